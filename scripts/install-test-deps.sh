@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages the test suite drives for real (Avahi, sshd,
+# cloud-init, xorriso, gdisk, dosfstools, mtools, QEMU, OVMF, GRUB, busybox, shellcheck)
+# and the python zeroconf module used as a second mDNS implementation.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(avahi-daemon avahi-utils dbus iproute2 openssh-server openssh-client
+  qemu-system-x86 ovmf grub-efi-amd64-bin grub-pc-bin grub-common mtools dosfstools xorriso
+  busybox-static cpio gdisk fdisk kmod cloud-init shellcheck util-linux
+  python3-zeroconf python3-jsonschema openssl ca-certificates zstd)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

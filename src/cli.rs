@@ -1,0 +1,179 @@
+//! The command line: clap types and the dispatch to one function per command.
+use crate::commands;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Unattended Ubuntu 22.04 USB installers for a two-node K3s cluster on an Eero LAN.
+///
+/// The whole job: `chocoimg build --all`, flash each image to a USB stick, boot each
+/// mini-PC from its stick and walk away; then `chocoimg fetch-kubeconfig` and
+/// `kubectl get nodes`. Nodes find each other over mDNS: no IP addresses to type.
+#[derive(Debug, Parser)]
+#[command(
+    name = "chocoimg",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Cluster profile (YAML) [default: profiles/chocolandiadc-mvp.yaml]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "CHOCOIMG_PROFILE",
+        value_name = "FILE"
+    )]
+    pub profile: Option<PathBuf>,
+}
+
+impl Global {
+    pub fn profile_path(&self) -> PathBuf {
+        self.profile
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::profile::DEFAULT_PROFILE))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the profile and report every problem at once (writes nothing).
+    Validate(ValidateArgs),
+    /// Write a node's autoinstall seed (user-data, meta-data) to a folder, to read or test.
+    Render(RenderArgs),
+    /// Build a node's flashable USB image: out/<cluster>/<node>.img.
+    Build(BuildArgs),
+    /// Show what an image holds: cluster, node, role, K3s version, Ubuntu release.
+    Inspect(InspectArgs),
+    /// Find this cluster's server on the LAN over mDNS and check its proof.
+    Discover(DiscoverArgs),
+    /// Fetch master1's admin kubeconfig over SSH, verify it, and merge it for kubectl.
+    FetchKubeconfig(FetchKubeconfigArgs),
+    /// Report the cluster (ready/degraded/unavailable) and each node from the K3s API.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {}
+
+/// Which nodes a command acts on.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct NodeSelection {
+    /// The node, by hostname (e.g. master1)
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Every node in the profile
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub nodes: NodeSelection,
+    /// Folder to write into; each node's seed goes in DIR/<node>/
+    /// [default: out/<cluster>/<node>/seed/]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub nodes: NodeSelection,
+    /// Use this local Ubuntu ISO instead of downloading it (still checked by SHA-256)
+    #[arg(long, value_name = "PATH")]
+    pub iso: Option<PathBuf>,
+    /// Also put K3s's airgap image tarball on the stick (first start needs no registry)
+    #[arg(long)]
+    pub airgap: bool,
+    /// Replace an existing image of the same node
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The image file (or a USB stick's device, e.g. /dev/sdb)
+    pub image: PathBuf,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// Seconds to listen for announcements
+    #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+    pub timeout: f64,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchKubeconfigArgs {
+    /// Skip discovery and use this server address (IP or host name)
+    #[arg(long, value_name = "ADDRESS")]
+    pub server: Option<String>,
+    /// Write a standalone kubeconfig here instead of merging into kubectl's
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Name of the context, cluster and user to write [default: the cluster's name]
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Make it kubectl's current context
+    #[arg(long)]
+    pub use_context: bool,
+    /// Seconds to wait for discovery
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub timeout: f64,
+    /// SSH port on the server
+    #[arg(long, default_value_t = 22)]
+    pub ssh_port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Kubeconfig to use [default: $KUBECONFIG's first file, else ~/.kube/config]
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Context to use [default: the cluster's name]
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs one command; the result is the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Validate(a) => commands::validate::run(g, a),
+        Command::Render(a) => commands::render::run(g, a),
+        Command::Build(a) => commands::build::run(g, a),
+        Command::Inspect(a) => commands::inspect::run(g, a),
+        Command::Discover(a) => commands::discover::run(g, a),
+        Command::FetchKubeconfig(a) => commands::fetch_kubeconfig::run(g, a),
+        Command::Status(a) => commands::status::run(g, a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,19 @@
+use crate::cli::{Global, ValidateArgs};
+
+pub fn run(global: &Global, _args: &ValidateArgs) -> anyhow::Result<i32> {
+    let plan = super::load_plan(global)?;
+    let nodes: Vec<String> = plan
+        .nodes
+        .iter()
+        .map(|n| format!("{} ({})", n.hostname, n.role))
+        .collect();
+    println!(
+        "{}: cluster {} is valid: K3s {}, Ubuntu {}, nodes: {}",
+        plan.profile_path.display(),
+        plan.cluster,
+        plan.k3s.version,
+        plan.ubuntu.release,
+        nodes.join(", ")
+    );
+    Ok(0)
+}

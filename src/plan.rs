@@ -1,0 +1,702 @@
+//! The plan: a profile checked and resolved into per-node values. Every later step
+//! (seed, image, cluster tools) reads only this. `resolve` writes nothing.
+use crate::profile::{self, Connection, Datastore, DiskSpec, Mode, Problems, Profile, Role};
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// Environment variable naming the folder that holds `<cluster>/` outputs (default `out`).
+pub const OUT_ENV: &str = "CHOCOIMG_OUT";
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub profile_path: PathBuf,
+    pub profile_sha256: String,
+    pub cluster: String,
+    pub k3s: K3sPin,
+    pub ubuntu: UbuntuPin,
+    pub network: Network,
+    pub ssh: SshAccess,
+    pub nodes: Vec<NodePlan>,
+    /// `out/<cluster>`: secrets, images, manifests.
+    pub out_dir: PathBuf,
+    /// `out/cache`: content-addressed downloads shared by every cluster.
+    pub cache_dir: PathBuf,
+    /// The lock file beside the profile (`profiles/<cluster>.lock`).
+    pub lock_path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct K3sPin {
+    pub version: String,
+    pub server: profile::RoleSettings,
+    pub agent: profile::RoleSettings,
+    pub airgap: bool,
+    pub release_base_url: String,
+    pub install_script_url: String,
+}
+
+impl K3sPin {
+    /// The release folder URL: the version's `+` must be `%2B` in GitHub's paths.
+    pub fn release_url(&self, file: &str) -> String {
+        format!(
+            "{}/{}/{}",
+            self.release_base_url.trim_end_matches('/'),
+            self.version.replace('+', "%2B"),
+            file
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UbuntuPin {
+    pub release: String,
+    pub iso_url: String,
+    pub iso_sha256: String,
+}
+
+impl UbuntuPin {
+    /// From 22.04.4 on, subiquity never picks the boot stick for `size: largest`
+    /// (image.md); older installers can, so they need an explicit disk.
+    pub fn installer_skips_boot_disk(&self) -> bool {
+        release_at_least(&self.release, (22, 4, 4))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub kind: String,
+    pub prefix_len: u8,
+    pub subnet: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SshAccess {
+    pub user: String,
+    pub key: SshKeySource,
+}
+
+#[derive(Debug, Clone)]
+pub enum SshKeySource {
+    /// The operator's own public key, already parsed and checked.
+    File { path: PathBuf, public_key: String },
+    /// No key on the laptop: a dedicated pair for this cluster, created on first build.
+    Generated { private_path: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct NodePlan {
+    pub hostname: String,
+    pub role: Role,
+    pub mac: Option<String>,
+    pub connection: NodeConnection,
+    pub address: Address,
+    pub disk: DiskSpec,
+    /// Node labels: the role's labels plus the node's own (node wins).
+    pub labels: BTreeMap<String, String>,
+    /// Agents: a fixed `https://ADDRESS:6443` that skips discovery.
+    pub server_address: Option<String>,
+}
+
+#[derive(Clone)]
+pub enum NodeConnection {
+    Ethernet,
+    /// The password is resolved here (env or secrets) and never printed.
+    Wifi {
+        ssid: String,
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for NodeConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeConnection::Ethernet => f.write_str("Ethernet"),
+            NodeConnection::Wifi { ssid, .. } => {
+                write!(f, "Wifi {{ ssid: {ssid:?}, password: <hidden> }}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Dhcp,
+    Static { ip: Ipv4Addr, prefix_len: u8 },
+}
+
+impl Plan {
+    pub fn node(&self, hostname: &str) -> anyhow::Result<&NodePlan> {
+        self.nodes
+            .iter()
+            .find(|n| n.hostname == hostname)
+            .ok_or_else(|| {
+                let names: Vec<_> = self.nodes.iter().map(|n| n.hostname.as_str()).collect();
+                crate::BadInput(format!(
+                    "no node named {hostname:?} in {}; the profile has: {}",
+                    self.profile_path.display(),
+                    names.join(", ")
+                ))
+                .into()
+            })
+    }
+
+    pub fn server(&self) -> &NodePlan {
+        self.nodes
+            .iter()
+            .find(|n| n.role == Role::Server)
+            .expect("a checked plan has exactly one server")
+    }
+
+    pub fn secrets_path(&self) -> PathBuf {
+        self.out_dir.join("secrets.yaml")
+    }
+}
+
+/// The default output root: `$CHOCOIMG_OUT`, else `out` in the current folder.
+pub fn default_out_root() -> PathBuf {
+    std::env::var_os(OUT_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("out"))
+}
+
+/// Loads, checks and resolves a profile. Reads the SSH key and (for Wi-Fi passwords)
+/// the secrets file, writes nothing.
+pub fn load(profile_path: &Path, out_root: &Path) -> Result<Plan, Problems> {
+    let text = std::fs::read(profile_path).map_err(|e| {
+        let mut p = Problems::new(profile_path);
+        p.push(
+            "(file)",
+            format!("cannot read the profile: {e}; pass an existing file with -p/--profile or set CHOCOIMG_PROFILE"),
+        );
+        p
+    })?;
+    let profile = profile::parse(profile_path, &String::from_utf8_lossy(&text))?;
+    let sha = crate::fsutil::sha256_hex(&text);
+    resolve(&profile, profile_path, &sha, out_root)
+}
+
+/// Phase one: check everything, report every problem together, resolve the rest.
+pub fn resolve(
+    profile: &Profile,
+    profile_path: &Path,
+    profile_sha256: &str,
+    out_root: &Path,
+) -> Result<Plan, Problems> {
+    let mut problems = Problems::new(profile_path);
+    let p = &mut problems;
+
+    let cluster = profile.cluster.name.clone();
+    if !is_rfc1123_label(&cluster) {
+        p.push("cluster.name", format!("{cluster:?} is not a valid name; use lowercase letters, digits and '-', at most 63, e.g. chocolandiadc-mvp"));
+    }
+    if profile.cluster.mode == Mode::Ha {
+        p.push(
+            "cluster.mode",
+            "mode `ha` (3 servers with embedded etcd) is not supported yet; use `single-server`",
+        );
+    }
+    if profile.cluster.datastore == Datastore::Etcd && profile.cluster.mode == Mode::SingleServer {
+        p.push("cluster.datastore", "a single-server cluster uses `sqlite`; `etcd` comes with mode `ha`, which is not supported yet");
+    }
+
+    let version = &profile.k3s.version;
+    if !is_k3s_version(version) {
+        p.push(
+            "k3s.version",
+            format!(
+                "{version:?} is not a K3s release; write it as vX.Y.Z+k3sN, e.g. v1.28.15+k3s1"
+            ),
+        );
+    }
+    for (role, settings) in [
+        ("server", &profile.k3s.server),
+        ("agent", &profile.k3s.agent),
+    ] {
+        check_labels(p, &format!("k3s.{role}.node_labels"), &settings.node_labels);
+        for key in settings.config.keys() {
+            if let Some(owned) = OWNED_K3S_KEYS.iter().find(|k| **k == key.as_str()) {
+                p.push(format!("k3s.{role}.config.{key}"), format!("`{owned}` is set by chocoimg itself (from the secrets, the discovery or the profile's own keys); remove it here"));
+            }
+        }
+    }
+
+    let ub = &profile.ubuntu;
+    if !release_at_least(&ub.release, (22, 4, 0)) || !ub.release.starts_with("22.04") {
+        p.push(
+            "ubuntu.release",
+            format!(
+                "{:?} is not an Ubuntu 22.04 point release; use e.g. 22.04.5",
+                ub.release
+            ),
+        );
+    }
+    if ub.iso_sha256.len() != 64 || !ub.iso_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        p.push(
+            "ubuntu.iso_sha256",
+            "must be the 64-hex-digit SHA-256 from the release's SHA256SUMS file",
+        );
+    }
+
+    let network = check_network(p, &profile.network);
+    let ssh = check_ssh(p, profile, &out_root.join(&cluster));
+
+    let servers = profile
+        .nodes
+        .iter()
+        .filter(|n| n.role == Role::Server)
+        .count();
+    if profile.cluster.mode == Mode::SingleServer && servers != 1 {
+        p.push("nodes", format!("a single-server cluster needs exactly one node with `role: server`, found {servers}"));
+    }
+    if profile.nodes.is_empty() {
+        p.push(
+            "nodes",
+            "list at least the server node, e.g. `- hostname: master1\n    role: server`",
+        );
+    }
+
+    let secrets_path = out_root.join(&cluster).join("secrets.yaml");
+    let mut nodes = Vec::new();
+    let mut seen_host: HashMap<String, usize> = HashMap::new();
+    let mut seen_mac: HashMap<String, usize> = HashMap::new();
+    let mut seen_ip: HashMap<Ipv4Addr, usize> = HashMap::new();
+    for (i, n) in profile.nodes.iter().enumerate() {
+        let key = |k: &str| format!("nodes[{i}].{k}");
+        if !is_rfc1123_label(&n.hostname) {
+            p.push(key("hostname"), format!("{:?} is not a valid hostname (RFC 1123): lowercase letters, digits and '-', 1-63 characters, not starting or ending with '-'", n.hostname));
+        }
+        if let Some(j) = seen_host.insert(n.hostname.clone(), i) {
+            p.push(
+                key("hostname"),
+                format!(
+                    "{:?} is already used by nodes[{j}]; every node needs its own hostname",
+                    n.hostname
+                ),
+            );
+        }
+        let mac = n.mac.as_ref().map(|m| m.to_ascii_lowercase());
+        if let Some(m) = &mac {
+            if !is_mac(m) {
+                p.push(key("mac"), format!("{m:?} is not a MAC address; write six hex pairs with ':', e.g. aa:bb:cc:dd:ee:ff"));
+            } else if let Some(j) = seen_mac.insert(m.clone(), i) {
+                p.push(
+                    key("mac"),
+                    format!("{m} is already the MAC of nodes[{j}]; each NIC has its own"),
+                );
+            }
+        }
+        let address = match n.address.as_str() {
+            "dhcp" => Address::Dhcp,
+            other => match parse_cidr(other) {
+                Some((ip, prefix_len)) => {
+                    if let Some(net) = &network {
+                        if !in_subnet(ip, net.subnet, net.prefix_len)
+                            || prefix_len != net.prefix_len
+                        {
+                            p.push(key("address"), format!("{other} is not inside network.subnet {}/{}; use an address of that subnet with /{}", net.subnet, net.prefix_len, net.prefix_len));
+                        } else if ip == net.gateway {
+                            p.push(key("address"), format!("{ip} is the gateway (the Eero); pick a free address outside its DHCP range"));
+                        }
+                    }
+                    if let Some(j) = seen_ip.insert(ip, i) {
+                        p.push(
+                            key("address"),
+                            format!("{ip} is already the address of nodes[{j}]"),
+                        );
+                    }
+                    if mac.is_none() {
+                        p.push(key("mac"), "a static address needs the NIC's MAC, so it lands on exactly one interface; add `mac:` or use `address: dhcp`");
+                    }
+                    Address::Static { ip, prefix_len }
+                }
+                None => {
+                    p.push(key("address"), format!("{other:?} is neither `dhcp` nor an IPv4 address in CIDR form like 192.168.4.10/24"));
+                    Address::Dhcp
+                }
+            },
+        };
+        let connection = match (n.connection, &n.wifi) {
+            (Connection::Ethernet, None) => NodeConnection::Ethernet,
+            (Connection::Ethernet, Some(_)) => {
+                p.push(
+                    key("wifi"),
+                    "only used with `connection: wifi`; remove it or set the connection",
+                );
+                NodeConnection::Ethernet
+            }
+            (Connection::Wifi, None) => {
+                p.push(
+                    key("wifi"),
+                    "`connection: wifi` needs `wifi: {ssid: NAME, password_env: VAR}`",
+                );
+                NodeConnection::Ethernet
+            }
+            (Connection::Wifi, Some(w)) => {
+                if w.ssid.is_empty() || w.ssid.len() > 32 {
+                    p.push(key("wifi.ssid"), "an SSID has 1 to 32 characters");
+                }
+                match wifi_password(w, &secrets_path) {
+                    Ok(password) => NodeConnection::Wifi {
+                        ssid: w.ssid.clone(),
+                        password,
+                    },
+                    Err(why) => {
+                        p.push(key("wifi.password_env"), why);
+                        NodeConnection::Ethernet
+                    }
+                }
+            }
+        };
+        let disk = n.disk.clone().unwrap_or_default();
+        let set = [&disk.serial, &disk.model, &disk.path]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if set > 1 {
+            p.push(
+                key("disk"),
+                "name the disk by one of serial, model or path, not several",
+            );
+        }
+        if n.disk.is_some() && set == 0 {
+            p.push(
+                key("disk"),
+                "give one of serial, model or path, or leave `disk` out to erase the largest disk",
+            );
+        }
+        if set == 0 && !release_at_least(&ub.release, (22, 4, 4)) {
+            p.push(key("disk"), format!("the {} installer can pick the USB stick itself as the largest disk; name the target disk (serial, model or path) or use 22.04.5", ub.release));
+        }
+        if let Some(v) = &n.k3s_version {
+            if v != version {
+                p.push(key("k3s_version"), format!("{v} differs from k3s.version {version}; all nodes run one K3s version (an agent must never be newer than its server): remove it or make them equal"));
+            }
+        }
+        let mut labels = match n.role {
+            Role::Server => profile.k3s.server.node_labels.clone(),
+            Role::Agent => profile.k3s.agent.node_labels.clone(),
+        };
+        check_labels(p, &key("labels"), &n.labels);
+        labels.extend(n.labels.clone());
+        let server_address = match (&n.server_address, n.role) {
+            (Some(_), Role::Server) => {
+                p.push(
+                    key("server_address"),
+                    "only agents take a fixed server address; remove it from the server",
+                );
+                None
+            }
+            (Some(a), Role::Agent) => {
+                if a.parse::<Ipv4Addr>().is_err() && !is_dns_name(a) {
+                    p.push(key("server_address"), format!("{a:?} is not an IPv4 address or host name, e.g. 192.168.4.10 or master1.local"));
+                }
+                Some(a.clone())
+            }
+            (None, _) => None,
+        };
+        nodes.push(NodePlan {
+            hostname: n.hostname.clone(),
+            role: n.role,
+            mac,
+            connection,
+            address,
+            disk,
+            labels,
+            server_address,
+        });
+    }
+
+    problems.into_result()?;
+    Ok(Plan {
+        profile_path: profile_path.to_path_buf(),
+        profile_sha256: profile_sha256.to_string(),
+        out_dir: out_root.join(&cluster),
+        cache_dir: out_root.join("cache"),
+        lock_path: profile_path.with_extension("lock"),
+        cluster,
+        k3s: K3sPin {
+            version: version.clone(),
+            server: profile.k3s.server.clone(),
+            agent: profile.k3s.agent.clone(),
+            airgap: profile.k3s.airgap,
+            release_base_url: profile.k3s.release_base_url.clone(),
+            install_script_url: profile.k3s.install_script_url.clone(),
+        },
+        ubuntu: UbuntuPin {
+            release: ub.release.clone(),
+            iso_url: ub.iso_url.clone(),
+            iso_sha256: ub.iso_sha256.to_ascii_lowercase(),
+        },
+        network: network.expect("no problems means the network parsed"),
+        ssh: ssh.expect("no problems means the SSH key resolved"),
+        nodes,
+    })
+}
+
+/// config.yaml keys chocoimg writes itself; a profile setting them would fight it.
+const OWNED_K3S_KEYS: &[&str] = &[
+    "token",
+    "agent-token",
+    "server",
+    "token-file",
+    "cluster-init",
+    "tls-san",
+    "node-label",
+    "write-kubeconfig-mode",
+    "disable",
+];
+
+fn check_network(p: &mut Problems, n: &profile::NetworkSpec) -> Option<Network> {
+    if n.kind != "eero-flat" {
+        p.push(
+            "network.kind",
+            format!(
+                "{:?} is not supported; the only network kind is `eero-flat`",
+                n.kind
+            ),
+        );
+    }
+    let Some((subnet, prefix_len)) = parse_cidr(&n.subnet) else {
+        p.push(
+            "network.subnet",
+            format!(
+                "{:?} is not an IPv4 network in CIDR form like 192.168.4.0/24",
+                n.subnet
+            ),
+        );
+        return None;
+    };
+    let gateway = match n.gateway.parse::<Ipv4Addr>() {
+        Ok(g) if in_subnet(g, subnet, prefix_len) => g,
+        Ok(g) => {
+            p.push(
+                "network.gateway",
+                format!("{g} is outside network.subnet {}", n.subnet),
+            );
+            return None;
+        }
+        Err(_) => {
+            p.push(
+                "network.gateway",
+                format!("{:?} is not an IPv4 address like 192.168.4.1", n.gateway),
+            );
+            return None;
+        }
+    };
+    let mut dns = Vec::new();
+    for (i, d) in n.dns.iter().enumerate() {
+        match d.parse() {
+            Ok(a) => dns.push(a),
+            Err(_) => p.push(
+                format!("network.dns[{i}]"),
+                format!("{d:?} is not an IPv4 address"),
+            ),
+        }
+    }
+    let mask = if prefix_len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix_len)
+    };
+    Some(Network {
+        kind: n.kind.clone(),
+        prefix_len,
+        subnet: Ipv4Addr::from(u32::from(subnet) & mask),
+        gateway,
+        dns,
+    })
+}
+
+fn check_ssh(p: &mut Problems, profile: &Profile, cluster_out: &Path) -> Option<SshAccess> {
+    let user = &profile.ssh.user;
+    let user_ok = !user.is_empty()
+        && user.len() <= 32
+        && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !user_ok {
+        p.push("ssh.user", format!("{user:?} is not a valid Linux user name; use lowercase letters, digits, '_' or '-', e.g. cbenitez"));
+    }
+    if ["root", "daemon", "bin", "sys", "nobody"].contains(&user.as_str()) {
+        p.push(
+            "ssh.user",
+            format!("{user:?} is a system account; name the admin user, e.g. cbenitez"),
+        );
+    }
+    let key = match &profile.ssh.public_key {
+        Some(path) => {
+            let path = expand_home(path);
+            match read_public_key(&path) {
+                Ok(public_key) => Some(SshKeySource::File { path, public_key }),
+                Err(why) => {
+                    p.push("ssh.public_key", why);
+                    None
+                }
+            }
+        }
+        None => {
+            let home = home_dir();
+            let found = ["id_ed25519.pub", "id_rsa.pub"]
+                .iter()
+                .filter_map(|f| home.as_ref().map(|h| h.join(".ssh").join(f)))
+                .find(|f| f.exists());
+            match found {
+                Some(path) => match read_public_key(&path) {
+                    Ok(public_key) => Some(SshKeySource::File { path, public_key }),
+                    Err(why) => {
+                        p.push("ssh.public_key", why);
+                        None
+                    }
+                },
+                None => Some(SshKeySource::Generated {
+                    private_path: cluster_out.join("ssh").join("id_ed25519"),
+                }),
+            }
+        }
+    };
+    key.map(|key| SshAccess {
+        user: user.clone(),
+        key,
+    })
+}
+
+fn read_public_key(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!("cannot read {}: {e}; point it at your public key (a .pub file) or leave it out to use ~/.ssh/id_ed25519.pub", path.display())
+    })?;
+    let line = text.trim();
+    match ssh_key::PublicKey::from_openssh(line) {
+        Ok(_) => Ok(line.to_string()),
+        Err(e) => Err(format!("{} is not an OpenSSH public key ({e}); give the .pub file, e.g. made by `ssh-keygen -t ed25519`", path.display())),
+    }
+}
+
+fn wifi_password(w: &profile::WifiSpec, secrets_path: &Path) -> Result<String, String> {
+    if let Some(var) = &w.password_env {
+        return match std::env::var(var) {
+            Ok(v) if (8..=63).contains(&v.len()) => Ok(v),
+            Ok(_) => Err(format!("the password in ${var} must have 8 to 63 characters (WPA2)")),
+            Err(_) => Err(format!("environment variable {var} is not set; export it with the Wi-Fi password before building")),
+        };
+    }
+    match crate::secrets::wifi_password(secrets_path, &w.ssid) {
+        Some(pw) => Ok(pw),
+        None => Err(format!("no password for SSID {:?}: set `password_env: VAR` and export VAR, or add it under `wifi_passwords:` in {}", w.ssid, secrets_path.display())),
+    }
+}
+
+fn check_labels(p: &mut Problems, key: &str, labels: &BTreeMap<String, String>) {
+    for (k, v) in labels {
+        let name = k.rsplit('/').next().unwrap_or(k);
+        let ok_name = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        let ok_value = v.len() <= 63
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok_name || !ok_value {
+            p.push(format!("{key}.{k}"), format!("`{k}={v}` is not a valid Kubernetes label; names and values use letters, digits, '-', '_' and '.', at most 63 characters"));
+        }
+    }
+}
+
+pub fn is_rfc1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_name(s: &str) -> bool {
+    s.split('.').all(is_rfc1123_label)
+}
+
+fn is_mac(s: &str) -> bool {
+    let parts: Vec<_> = s.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// `vX.Y.Z+k3sN`.
+pub fn is_k3s_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else {
+        return false;
+    };
+    let Some((semver, build)) = rest.split_once("+k3s") else {
+        return false;
+    };
+    let nums: Vec<_> = semver.split('.').collect();
+    nums.len() == 3
+        && nums
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        && !build.is_empty()
+        && build.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    let len: u8 = len.parse().ok()?;
+    (len <= 32).then_some(())?;
+    Some((ip.parse().ok()?, len))
+}
+
+fn in_subnet(ip: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// "22.04.5" >= (22, 4, 4); "22.04" counts as 22.04.0.
+fn release_at_least(release: &str, min: (u32, u32, u32)) -> bool {
+    let mut it = release.split('.').map(|p| p.parse::<u32>().ok());
+    let major = it.next().flatten();
+    let minor = it.next().flatten();
+    let point = it.next().unwrap_or(Some(0));
+    match (major, minor, point) {
+        (Some(a), Some(b), Some(c)) => (a, b, c) >= min,
+        _ => false,
+    }
+}
+
+pub fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// `~/x` → `$HOME/x`; other paths unchanged.
+pub fn expand_home(path: &Path) -> PathBuf {
+    match (path.strip_prefix("~"), home_dir()) {
+        (Ok(rest), Some(home)) => home.join(rest),
+        _ => path.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_names() {
+        assert!(is_k3s_version("v1.28.15+k3s1"));
+        assert!(!is_k3s_version("1.28.15+k3s1"));
+        assert!(!is_k3s_version("v1.28+k3s1"));
+        assert!(!is_k3s_version("v1.28.15-k3s1"));
+        assert!(is_rfc1123_label("master1"));
+        assert!(!is_rfc1123_label("Master1"));
+        assert!(!is_rfc1123_label("-a"));
+        assert!(release_at_least("22.04.5", (22, 4, 4)));
+        assert!(!release_at_least("22.04.3", (22, 4, 4)));
+        assert!(!release_at_least("22.04", (22, 4, 4)));
+    }
+}

@@ -1,0 +1,60 @@
+//! The announcement proof: one definition shared by the laptop's checks and the node
+//! scripts' templates. master1 publishes `ca` (hash of `/cacerts`) and
+//! `proof = HMAC-SHA256(key = agent_token, msg = "chocoimg/v1|<cluster>|<ca>")`; anyone
+//! holding the agent token (nodo1, the laptop) can recompute it, nobody else can forge it.
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+/// The fixed prefix of the proof message; a new scheme gets a new prefix.
+pub const PROOF_VERSION: &str = "chocoimg/v1";
+
+/// Hex SHA-256 of the exact bytes `https://<server>:6443/cacerts` returned.
+pub fn ca_hash(cacerts: &[u8]) -> String {
+    hex::encode(Sha256::digest(cacerts))
+}
+
+/// The message that is signed, exactly as the node scripts build it with `printf '%s'`.
+pub fn proof_message(cluster: &str, ca_hex: &str) -> String {
+    format!("{PROOF_VERSION}|{cluster}|{ca_hex}")
+}
+
+/// Hex HMAC-SHA256 keyed with the agent token's ASCII bytes (as `openssl dgst -mac HMAC
+/// -macopt key:<token>` does).
+pub fn proof(agent_token: &str, cluster: &str, ca_hex: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(agent_token.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(proof_message(cluster, ca_hex).as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Checks a published proof in constant time.
+pub fn verify(agent_token: &str, cluster: &str, ca_hex: &str, published: &str) -> bool {
+    let Ok(bytes) = hex::decode(published.trim()) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(agent_token.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(proof_message(cluster, ca_hex).as_bytes());
+    mac.verify_slice(&bytes).is_ok()
+}
+
+/// The secure agent join token: the agent refuses a server whose CA hash differs.
+pub fn agent_join_token(ca_hex: &str, agent_token: &str) -> String {
+    format!("K10{ca_hex}::node:{agent_token}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proof_matches_openssl_reference() {
+        // printf '%s' 'chocoimg/v1|c|ab' | openssl dgst -sha256 -mac HMAC -macopt key:k
+        let p = proof("k", "c", "ab");
+        assert_eq!(p.len(), 64);
+        assert!(verify("k", "c", "ab", &p));
+        assert!(!verify("k2", "c", "ab", &p));
+        assert!(!verify("k", "other", "ab", &p));
+        assert!(!verify("k", "c", "ab", "zz"));
+    }
+}

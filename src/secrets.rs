@@ -1,0 +1,214 @@
+//! The cluster's secrets: created once on the laptop, kept in `out/<cluster>/secrets.yaml`
+//! (mode 0600), reused by every later build. They never reach git, logs or the terminal.
+use crate::fsutil;
+use anyhow::{bail, Context, Result};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// master1's K3s `token`: full admin power; never leaves master1's image.
+    pub server_token: String,
+    /// master1's K3s `agent-token`: the only K3s secret an agent gets. Also the key of
+    /// the mDNS announcement proof.
+    pub agent_token: String,
+    /// The admin user's console password (SSH is key-only).
+    pub admin_password: String,
+    /// SHA-512 crypt of `admin_password`, for autoinstall's `identity.password`.
+    pub admin_password_hash: String,
+    /// Per-node SSH host keys, so the laptop knows them before first contact.
+    pub host_keys: BTreeMap<String, HostKey>,
+    /// Wi-Fi passwords by SSID, added by hand when a node uses Wi-Fi.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wifi_passwords: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HostKey {
+    /// OpenSSH private key (PEM-like `-----BEGIN OPENSSH PRIVATE KEY-----`).
+    pub private: String,
+    /// `ssh-ed25519 AAAA... root@<node>`.
+    pub public: String,
+}
+
+// Secrets must never be printed by accident, not even in a debug log.
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets { <hidden> }")
+    }
+}
+impl std::fmt::Debug for HostKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "HostKey {{ public: {:?}, private: <hidden> }}",
+            self.public
+        )
+    }
+}
+
+const HEADER: &str = "# chocoimg cluster secrets. Private: mode 0600, never commit, never share.\n# The USB images built from this file carry some of these values.\n";
+
+impl Secrets {
+    fn generate(nodes: &[&str]) -> Result<Secrets> {
+        let admin_password = random_hex(16);
+        let mut s = Secrets {
+            server_token: random_hex(32),
+            agent_token: random_hex(32),
+            admin_password_hash: sha512_crypt(&admin_password)?,
+            admin_password,
+            host_keys: BTreeMap::new(),
+            wifi_passwords: BTreeMap::new(),
+        };
+        s.add_missing_host_keys(nodes)?;
+        Ok(s)
+    }
+
+    /// Adds a host key for every node that has none yet; returns whether anything changed.
+    fn add_missing_host_keys(&mut self, nodes: &[&str]) -> Result<bool> {
+        let mut changed = false;
+        for node in nodes {
+            if !self.host_keys.contains_key(*node) {
+                self.host_keys
+                    .insert(node.to_string(), HostKey::generate(node)?);
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
+    pub fn host_key(&self, node: &str) -> Result<&HostKey> {
+        self.host_keys
+            .get(node)
+            .with_context(|| format!("the secrets file has no SSH host key for {node}; run `chocoimg render --node {node}` to add it"))
+    }
+
+    /// Every secret value, for masking in snapshots and for "never leaked" checks.
+    pub fn values(&self) -> Vec<&str> {
+        let mut v = vec![
+            self.server_token.as_str(),
+            self.agent_token.as_str(),
+            self.admin_password.as_str(),
+        ];
+        v.extend(self.host_keys.values().map(|k| k.private.as_str()));
+        v.extend(self.wifi_passwords.values().map(String::as_str));
+        v
+    }
+}
+
+impl HostKey {
+    fn generate(node: &str) -> Result<HostKey> {
+        let mut key =
+            ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)
+                .context("generating an ed25519 host key")?;
+        key.set_comment(format!("root@{node}"));
+        let private = key
+            .to_openssh(ssh_key::LineEnding::LF)
+            .context("encoding the host key")?
+            .to_string();
+        let public = key
+            .public_key()
+            .to_openssh()
+            .context("encoding the host key")?;
+        Ok(HostKey { private, public })
+    }
+}
+
+/// Loads the cluster's secrets, creating the file on first use and adding host keys for
+/// nodes new to the profile. Existing values are never changed.
+pub fn load_or_create(path: &Path, nodes: &[&str]) -> Result<Secrets> {
+    if path.exists() {
+        let mut secrets = load(path)?;
+        if secrets.add_missing_host_keys(nodes)? {
+            save(path, &secrets)?;
+        }
+        return Ok(secrets);
+    }
+    let secrets = Secrets::generate(nodes)?;
+    save(path, &secrets)?;
+    Ok(secrets)
+}
+
+/// Loads an existing secrets file; refuses one that others can read.
+pub fn load(path: &Path) -> Result<Secrets> {
+    check_private(path)?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // Parse errors must not quote the file: it is full of secrets.
+    let secrets: Secrets = serde_yaml_ng::from_str(&text).map_err(|e| {
+        let at = e.location().map(|l| format!(" at line {}", l.line())).unwrap_or_default();
+        anyhow::anyhow!("{} is not a valid secrets file{at}; restore it from a backup, or move it away to start a new cluster identity", path.display())
+    })?;
+    Ok(secrets)
+}
+
+fn save(path: &Path, secrets: &Secrets) -> Result<()> {
+    let body = serde_yaml_ng::to_string(secrets).context("encoding the secrets")?;
+    fsutil::write_atomic(path, format!("{HEADER}{body}").as_bytes(), 0o600)
+}
+
+/// A Wi-Fi password from the secrets file, if the file exists and has one for `ssid`.
+/// Read-only: used while checking a profile.
+pub fn wifi_password(path: &Path, ssid: &str) -> Option<String> {
+    load(path).ok()?.wifi_passwords.get(ssid).cloned()
+}
+
+fn check_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "{} is readable by other users (mode {:o}); run `chmod 600 {}` and rotate the secrets if others may have read it",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+fn sha512_crypt(password: &str) -> Result<String> {
+    let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT)
+        .map_err(|e| anyhow::anyhow!("sha512-crypt parameters: {e:?}"))?;
+    sha_crypt::sha512_simple(password, &params)
+        .map_err(|e| anyhow::anyhow!("hashing the admin password: {e:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c/secrets.yaml");
+        let a = load_or_create(&path, &["master1"]).unwrap();
+        let b = load_or_create(&path, &["master1", "nodo1"]).unwrap();
+        assert_eq!(a.server_token, b.server_token);
+        assert_eq!(a.host_keys["master1"], b.host_keys["master1"]);
+        assert!(b.host_keys.contains_key("nodo1"));
+        assert!(sha_crypt::sha512_check(&a.admin_password, &a.admin_password_hash).is_ok());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!format!("{a:?}").contains(&a.server_token));
+    }
+}
