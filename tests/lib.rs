@@ -1,0 +1,3 @@
+//! One integration test binary driving the real `chocoimg` and real peers.
+//! Each area adds its module here.
+mod support;

@@ -1,0 +1,26 @@
+//! Shared test helpers. Each helper that needs a system tool checks for it and fails
+//! with the install hint: a missing tool is a failure, never a silent pass.
+#![allow(dead_code)]
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The `chocoimg` binary under test.
+pub fn chocoimg() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_chocoimg"))
+}
+
+/// The repository root (for templates, profiles, fixtures).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Panics with the install hint unless `tool` is on PATH.
+pub fn require_tool(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed; run scripts/install-test-deps.sh (the README's test command does)"
+    );
+}
