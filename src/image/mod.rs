@@ -1,2 +1,600 @@
 //! The USB image: the Ubuntu ISO copied, its GRUB menu patched in place, and a CIDATA
 //! partition appended (image.md).
+//!
+//! Every change to the ISO's own bytes (grub.cfg, its directory records, md5sum.txt,
+//! MBR, primary GPT, old backup GPT header) is planned first, read-only, and then
+//! applied while the ISO streams into a temporary file next to the output, hashed on
+//! the way; one pass over 2 GB, memory flat. The CIDATA volume and the backup GPT go
+//! after it; the temporary file is renamed into place only when all is done.
+pub mod cidata;
+pub mod gpt;
+pub mod grub;
+pub mod iso9660;
+
+use crate::artifacts::PayloadFile;
+use crate::seed::SeedFile;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+/// The menu GRUB reads under BIOS and UEFI.
+pub const GRUB_CFG: &str = "/boot/grub/grub.cfg";
+/// Names the release; also what Ubuntu's UEFI GRUB searches for to find its root.
+pub const DISK_INFO: &str = "/.disk/info";
+pub const MD5SUM_TXT: &str = "/md5sum.txt";
+/// What `/.disk/info` starts with on every 22.04.x live-server ISO.
+pub const EXPECTED_RELEASE: &str = "Ubuntu-Server 22.04";
+
+const CHUNK: usize = 1 << 20;
+
+/// One in-place write, at an absolute byte offset of the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patch {
+    pub at: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// What an image says about itself: `/chocoimg.json` on CIDATA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub cluster: String,
+    pub node: String,
+    /// `server` or `agent`.
+    pub role: String,
+    pub k3s_version: String,
+    pub ubuntu_release: String,
+    pub chocoimg_version: String,
+}
+
+/// Why an ISO or an output cannot be used. A caller can match these; every message
+/// names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(
+        "{iso} is not an Ubuntu 22.04 live-server ISO: its /.disk/info says {found:?}; \
+         use ubuntu-22.04.5-live-server-amd64.iso"
+    )]
+    NotUbuntu2204 { iso: PathBuf, found: String },
+    #[error(
+        "{iso}: the new /boot/grub/grub.cfg needs {needed} bytes but the ISO reserves only \
+         {room} for it; this ISO cannot be patched in place (use the official 22.04.5 ISO)"
+    )]
+    GrubNoRoom { iso: PathBuf, needed: u64, room: u64 },
+    #[error("the ISO's /boot/grub/grub.cfg is not what an Ubuntu ISO ships: {detail}")]
+    GrubLayout { detail: String },
+    #[error("{iso} does not have the layout of an Ubuntu 22.04 ISO: {source}")]
+    Layout {
+        iso: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{0} already exists; pass --force to replace it")]
+    OutputExists(PathBuf),
+    #[error("interrupted; nothing was written under the final name")]
+    Interrupted,
+}
+
+impl ImageError {
+    /// True when the user's input is at fault (a refused ISO, an existing output).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, ImageError::Interrupted)
+    }
+}
+
+/// How long work is shown: bars on a terminal, plain lines otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressStyle {
+    Bars,
+    Lines,
+    Quiet,
+}
+
+impl ProgressStyle {
+    /// Bars when stderr is a terminal, else lines.
+    pub fn for_stderr() -> Self {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            ProgressStyle::Bars
+        } else {
+            ProgressStyle::Lines
+        }
+    }
+}
+
+/// Everything `build` needs for one node's image.
+pub struct BuildRequest<'a> {
+    /// The verified ISO (left untouched).
+    pub iso: &'a Path,
+    /// `out/<cluster>/<node>.img`.
+    pub output: &'a Path,
+    pub identity: &'a Identity,
+    pub seed: &'a [SeedFile],
+    pub payload: &'a [PayloadFile],
+    /// Replace an existing output.
+    pub force: bool,
+    pub progress: ProgressStyle,
+    /// Set (e.g. by a Ctrl-C handler) to stop; the long loops check it.
+    pub cancel: &'a AtomicBool,
+}
+
+/// A finished image.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub image: PathBuf,
+    pub sha256: String,
+    /// `<image>.sha256`, in `sha256sum` format.
+    pub sha256_file: PathBuf,
+    pub size: u64,
+    /// GPT partition number of CIDATA.
+    pub cidata_partition: usize,
+    pub boot_title: String,
+    pub kernel_line: String,
+    /// How many directory records of grub.cfg were updated.
+    pub grub_records: usize,
+}
+
+/// The changes planned on the ISO, before anything is written.
+struct Plan {
+    iso_len: u64,
+    patches: Vec<Patch>,
+    menu: grub::BootMenu,
+    grub_records: usize,
+    appended: gpt::Appended,
+    entries: Vec<cidata::Entry>,
+}
+
+/// Builds `req.output` from the ISO, the seed and the payload. Writes nothing under
+/// the final names unless everything succeeded.
+pub fn build(req: &BuildRequest) -> Result<Built> {
+    if req.output.exists() && !req.force {
+        return Err(ImageError::OutputExists(req.output.to_path_buf()).into());
+    }
+    let plan = plan(req)?;
+    let dir = crate::fsutil::parent_dir(req.output);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file_name = req
+        .output
+        .file_name()
+        .context("the output path has no file name")?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{file_name}."))
+        .suffix(".part")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+
+    let total = plan.iso_len + plan.entries.iter().map(|e| e.len()).sum::<u64>();
+    let meter = Meter::new(&format!("building {file_name}"), total, req.progress);
+    let (hash_tx, hash_rx) = mpsc::sync_channel::<Vec<u8>>(4);
+    let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();
+    let hasher = std::thread::spawn(move || {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for chunk in hash_rx {
+            h.update(&chunk);
+            let _ = back_tx.send(chunk);
+        }
+        hex::encode(h.finalize())
+    });
+    let written = write_image(req, &plan, tmp.as_file(), &meter, &hash_tx, &back_rx);
+    drop(hash_tx);
+    let sha256 = hasher.join().expect("the hashing thread does not panic");
+    written?;
+    meter.finish();
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+
+    if req.cancel.load(Ordering::SeqCst) {
+        return Err(ImageError::Interrupted.into());
+    }
+    let sha256_file = PathBuf::from(format!("{}.sha256", req.output.display()));
+    if req.force {
+        tmp.persist(req.output)
+            .with_context(|| format!("renaming into place {}", req.output.display()))?;
+    } else {
+        tmp.persist_noclobber(req.output)
+            .map_err(|e| match e.error.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    anyhow::Error::new(ImageError::OutputExists(req.output.to_path_buf()))
+                }
+                _ => anyhow::Error::new(e.error)
+                    .context(format!("renaming into place {}", req.output.display())),
+            })?;
+    }
+    let line = format!("{sha256}  {file_name}\n");
+    if let Err(e) = crate::fsutil::write_atomic(&sha256_file, line.as_bytes(), 0o644) {
+        let _ = std::fs::remove_file(req.output);
+        return Err(e);
+    }
+    Ok(Built {
+        image: req.output.to_path_buf(),
+        sha256,
+        sha256_file,
+        size: plan.appended.image_len,
+        cidata_partition: plan.appended.number,
+        boot_title: plan.menu.title,
+        kernel_line: plan.menu.kernel_line,
+        grub_records: plan.grub_records,
+    })
+}
+
+/// Phase one: reads the ISO and plans every change; refuses an ISO that is not a
+/// 22.04 live-server or whose grub.cfg has no room. Writes nothing.
+fn plan(req: &BuildRequest) -> Result<Plan> {
+    let layout = |e: Box<dyn std::error::Error + Send + Sync>| ImageError::Layout {
+        iso: req.iso.to_path_buf(),
+        source: e,
+    };
+    let mut file =
+        File::open(req.iso).with_context(|| format!("opening {}", req.iso.display()))?;
+    let iso_len = file.metadata()?.len();
+    let mut iso = iso9660::Iso::open(&mut file).map_err(|e| layout(e.into()))?;
+
+    let info = match iso.read_file(DISK_INFO, 4096) {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(iso9660::IsoError::NotFound { .. }) => "(no /.disk/info)".to_string(),
+        Err(e) => return Err(layout(e.into()).into()),
+    };
+    if !info.starts_with(EXPECTED_RELEASE) || !info.contains("LTS") {
+        return Err(ImageError::NotUbuntu2204 {
+            iso: req.iso.to_path_buf(),
+            found: info.lines().next().unwrap_or("").to_string(),
+        }
+        .into());
+    }
+
+    let original = iso
+        .read_file(GRUB_CFG, 1 << 20)
+        .map_err(|e| layout(e.into()))?;
+    let menu = grub::render(&String::from_utf8_lossy(&original), req.identity)?;
+    let mut patches = match iso.plan_replace(GRUB_CFG, menu.text.as_bytes()) {
+        Ok(p) => p,
+        Err(iso9660::IsoError::NoRoom { needed, room, .. }) => {
+            return Err(ImageError::GrubNoRoom {
+                iso: req.iso.to_path_buf(),
+                needed,
+                room,
+            }
+            .into())
+        }
+        Err(e) => return Err(layout(e.into()).into()),
+    };
+    let grub_records = (patches.len() - 1) / 2;
+
+    match iso.read_file(MD5SUM_TXT, 4 << 20) {
+        Ok(list) => {
+            if let Some(fixed) = fix_md5_line(&list, GRUB_CFG, menu.text.as_bytes()) {
+                patches.extend(
+                    iso.plan_replace(MD5SUM_TXT, &fixed)
+                        .map_err(|e| layout(e.into()))?,
+                );
+            }
+        }
+        Err(iso9660::IsoError::NotFound { .. }) => {}
+        Err(e) => return Err(layout(e.into()).into()),
+    }
+
+    let entries = cidata_entries(req)?;
+    let size = cidata::volume_size(&entries);
+    let appended = gpt::plan_append(&mut file, iso_len, size, cidata::LABEL)
+        .map_err(|e| layout(e.into()))?;
+    patches.extend(appended.head.iter().cloned());
+    patches.sort_by_key(|p| p.at);
+    for pair in patches.windows(2) {
+        assert!(
+            pair[0].at + pair[0].bytes.len() as u64 <= pair[1].at,
+            "planned ISO patches overlap"
+        );
+    }
+    Ok(Plan {
+        iso_len,
+        patches,
+        menu,
+        grub_records,
+        appended,
+        entries,
+    })
+}
+
+/// The files on CIDATA: seed at the root, payload under its names, a SHA256SUMS per
+/// payload folder, and the identity.
+fn cidata_entries(req: &BuildRequest) -> Result<Vec<cidata::Entry>> {
+    let mut entries: Vec<cidata::Entry> = req
+        .seed
+        .iter()
+        .map(|f| cidata::Entry {
+            name: f.name.clone(),
+            source: cidata::Source::Bytes(f.contents.clone()),
+        })
+        .collect();
+    let mut sums: std::collections::BTreeMap<String, String> = Default::default();
+    for p in req.payload {
+        let len = std::fs::metadata(&p.source)
+            .with_context(|| format!("reading {}", p.source.display()))?
+            .len();
+        entries.push(cidata::Entry {
+            name: p.name.clone(),
+            source: cidata::Source::File {
+                path: p.source.clone(),
+                len,
+            },
+        });
+        let (dir, base) = match p.name.rsplit_once('/') {
+            Some((d, b)) => (format!("{d}/"), b),
+            None => (String::new(), p.name.as_str()),
+        };
+        sums.entry(dir)
+            .or_default()
+            .push_str(&format!("{}  {base}\n", p.sha256));
+    }
+    for (dir, text) in sums {
+        entries.push(cidata::Entry {
+            name: format!("{dir}SHA256SUMS"),
+            source: cidata::Source::Bytes(text.into_bytes()),
+        });
+    }
+    let mut identity = serde_json::to_vec_pretty(req.identity)?;
+    identity.push(b'\n');
+    entries.push(cidata::Entry {
+        name: cidata::IDENTITY_FILE.into(),
+        source: cidata::Source::Bytes(identity),
+    });
+    Ok(entries)
+}
+
+/// Phase two: streams the patched ISO into `out`, hashing every chunk in order, then
+/// the CIDATA volume and the backup GPT.
+fn write_image(
+    req: &BuildRequest,
+    plan: &Plan,
+    out: &File,
+    meter: &Meter,
+    hash: &mpsc::SyncSender<Vec<u8>>,
+    spare: &mpsc::Receiver<Vec<u8>>,
+) -> Result<()> {
+    let iso_name = req.iso.display();
+    let out_name = req.output.display();
+    let mut src = File::open(req.iso).with_context(|| format!("opening {iso_name}"))?;
+    let mut dst = out;
+    let mut at = 0u64;
+    let mut created = 0;
+    while at < plan.iso_len {
+        if req.cancel.load(Ordering::SeqCst) {
+            return Err(ImageError::Interrupted.into());
+        }
+        let mut buf = match spare.try_recv() {
+            Ok(b) => b,
+            Err(_) => {
+                created += 1;
+                debug_assert!(created <= 8);
+                Vec::with_capacity(CHUNK)
+            }
+        };
+        let want = CHUNK.min((plan.iso_len - at) as usize);
+        buf.resize(want, 0);
+        src.read_exact(&mut buf)
+            .with_context(|| format!("reading {iso_name}"))?;
+        apply(&plan.patches, at, &mut buf);
+        dst.write_all(&buf)
+            .with_context(|| format!("writing {out_name}"))?;
+        at += want as u64;
+        meter.inc(want as u64);
+        hash.send(buf).expect("the hashing thread is alive");
+    }
+
+    let a = &plan.appended;
+    out.set_len(a.image_len)
+        .with_context(|| format!("growing {out_name}"))?;
+    cidata::write(out, a.start, a.size, &plan.entries, &mut |n| {
+        meter.inc(n);
+        if req.cancel.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other(ImageError::Interrupted));
+        }
+        Ok(())
+    })
+    .map_err(|e| match e.into_inner() {
+        Some(inner) if inner.is::<ImageError>() => {
+            anyhow::Error::new(*inner.downcast::<ImageError>().expect("checked"))
+        }
+        Some(inner) => anyhow::anyhow!(inner).context(format!("writing CIDATA in {out_name}")),
+        None => anyhow::anyhow!("writing CIDATA in {out_name}"),
+    })?;
+    for p in &a.tail {
+        dst.seek(SeekFrom::Start(p.at))?;
+        dst.write_all(&p.bytes)
+            .with_context(|| format!("writing the backup GPT in {out_name}"))?;
+    }
+
+    // Hash what follows the ISO by reading it back: padding, CIDATA, backup GPT.
+    dst.seek(SeekFrom::Start(plan.iso_len))?;
+    let mut reader = out;
+    let mut left = a.image_len - plan.iso_len;
+    while left > 0 {
+        let mut buf = spare.try_recv().unwrap_or_default();
+        buf.resize(CHUNK.min(left as usize), 0);
+        reader
+            .read_exact(&mut buf)
+            .with_context(|| format!("reading back {out_name}"))?;
+        left -= buf.len() as u64;
+        hash.send(buf).expect("the hashing thread is alive");
+    }
+    Ok(())
+}
+
+/// Copies the parts of `patches` that fall inside the chunk at `at`.
+fn apply(patches: &[Patch], at: u64, buf: &mut [u8]) {
+    let end = at + buf.len() as u64;
+    for p in patches {
+        let p_end = p.at + p.bytes.len() as u64;
+        if p_end <= at || p.at >= end {
+            continue;
+        }
+        let from = p.at.max(at);
+        let to = p_end.min(end);
+        buf[(from - at) as usize..(to - at) as usize]
+            .copy_from_slice(&p.bytes[(from - p.at) as usize..(to - p.at) as usize]);
+    }
+}
+
+/// md5sum.txt with the line for `path` carrying the MD5 of `contents` (same length:
+/// the hex is fixed width). `None` when the list has no such line.
+pub fn fix_md5_line(list: &[u8], path: &str, contents: &[u8]) -> Option<Vec<u8>> {
+    use md5::Digest;
+    let want = format!("  .{path}");
+    let text = String::from_utf8_lossy(list);
+    let mut found = false;
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        if body.len() == 32 + want.len() && body.ends_with(&want) {
+            found = true;
+            out.push_str(&hex::encode(md5::Md5::digest(contents)));
+            out.push_str(&line[32..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    found.then(|| out.into_bytes())
+}
+
+/// What an image holds, as `chocoimg inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Inspection {
+    #[serde(flatten)]
+    pub identity: Identity,
+    /// `/.disk/info` of the ISO inside.
+    pub iso_release: String,
+    pub boot_title: String,
+    pub kernel_line: String,
+    pub cidata_partition: usize,
+}
+
+/// Reads an image (or a stick's device): identity from CIDATA, menu from the ISO.
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let not_ours = |what: String| {
+        crate::BadInput(format!(
+            "{} is not a chocoimg image: {what}",
+            path.display()
+        ))
+    };
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let part = gpt::find_partition(&mut file, cidata::LABEL)
+        .map_err(|e| not_ours(e.to_string()))?
+        .ok_or_else(|| not_ours("no GPT partition named CIDATA".into()))?;
+    let start = part.first_lba * gpt::SECTOR;
+    let size = (part.last_lba + 1 - part.first_lba) * gpt::SECTOR;
+    let json = cidata::read_file(&file, start, size, cidata::IDENTITY_FILE, 1 << 16)
+        .map_err(|e| not_ours(format!("reading /{} on CIDATA: {e}", cidata::IDENTITY_FILE)))?;
+    let identity: Identity = serde_json::from_slice(&json)
+        .map_err(|e| not_ours(format!("/{} on CIDATA: {e}", cidata::IDENTITY_FILE)))?;
+    let mut iso = iso9660::Iso::open(&mut file).map_err(|e| not_ours(e.to_string()))?;
+    let info = iso
+        .read_file(DISK_INFO, 4096)
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let cfg = iso
+        .read_file(GRUB_CFG, 1 << 20)
+        .map_err(|e| not_ours(e.to_string()))?;
+    let entry = grub::first_entry(&String::from_utf8_lossy(&cfg))
+        .ok_or_else(|| not_ours("its grub.cfg has no boot entry".into()))?;
+    Ok(Inspection {
+        identity,
+        iso_release: info,
+        boot_title: entry.title,
+        kernel_line: entry.linux,
+        cidata_partition: part.number,
+    })
+}
+
+/// Progress of one long job: an indicatif bar, or a line every 10%.
+struct Meter {
+    bar: Option<indicatif::ProgressBar>,
+    label: String,
+    total: u64,
+    done: std::sync::atomic::AtomicU64,
+    style: ProgressStyle,
+}
+
+impl Meter {
+    fn new(label: &str, total: u64, style: ProgressStyle) -> Meter {
+        let bar = (style == ProgressStyle::Bars).then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b.set_message(label.to_string());
+            b
+        });
+        if style == ProgressStyle::Lines {
+            eprintln!("{label}: {} MiB", total >> 20);
+        }
+        Meter {
+            bar,
+            label: label.to_string(),
+            total: total.max(1),
+            done: Default::default(),
+            style,
+        }
+    }
+
+    fn inc(&self, n: u64) {
+        let before = self.done.fetch_add(n, Ordering::Relaxed);
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        } else if self.style == ProgressStyle::Lines {
+            let (a, b) = (before * 10 / self.total, (before + n) * 10 / self.total);
+            if b > a && b < 10 {
+                eprintln!("{}: {}%", self.label, b * 10);
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        } else if self.style == ProgressStyle::Lines {
+            eprintln!("{}: done", self.label);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patches_apply_across_chunk_edges() {
+        let patches = vec![Patch {
+            at: 6,
+            bytes: vec![1, 2, 3, 4],
+        }];
+        let mut a = vec![0u8; 8];
+        apply(&patches, 0, &mut a);
+        assert_eq!(a, [0, 0, 0, 0, 0, 0, 1, 2]);
+        let mut b = vec![0u8; 8];
+        apply(&patches, 8, &mut b);
+        assert_eq!(b, [3, 4, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn md5_line_is_fixed_in_place() {
+        let list = b"0123456789abcdef0123456789abcdef  ./boot/grub/grub.cfg\n\
+                     ffffffffffffffffffffffffffffffff  ./casper/vmlinuz\n";
+        let fixed = fix_md5_line(list, GRUB_CFG, b"").unwrap();
+        assert_eq!(fixed.len(), list.len());
+        let text = String::from_utf8(fixed).unwrap();
+        assert!(text.starts_with("d41d8cd98f00b204e9800998ecf8427e  ./boot/grub/grub.cfg\n"));
+        assert!(text.ends_with("ffffffffffffffffffffffffffffffff  ./casper/vmlinuz\n"));
+        assert!(fix_md5_line(b"x  ./other\n", GRUB_CFG, b"").is_none());
+    }
+}

@@ -1,0 +1,187 @@
+//! The GRUB menu on the stick: a first entry that installs this node unattended, then
+//! the ISO's own entries, unchanged but for their timeout.
+use super::{Identity, ImageError};
+use minijinja::{context, Environment, UndefinedBehavior};
+
+const TEMPLATE: &str = include_str!("../../templates/grub.cfg");
+/// Seconds before the install entry starts by itself.
+pub const TIMEOUT_SECS: u32 = 10;
+
+/// The patched menu and what `inspect` reports about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootMenu {
+    pub text: String,
+    /// The first entry's title.
+    pub title: String,
+    /// The first entry's `linux` arguments (kernel path and command line).
+    pub kernel_line: String,
+}
+
+/// Renders the menu for `id` from the ISO's `original` grub.cfg. The first original
+/// entry gives the kernel and initrd paths (and any arguments, kept).
+pub fn render(original: &str, id: &Identity) -> Result<BootMenu, ImageError> {
+    let first = first_entry(original).ok_or_else(|| ImageError::GrubLayout {
+        detail: "it has no menuentry with a `linux` and an `initrd` line".into(),
+    })?;
+    let kernel_line = with_autoinstall(&first.linux);
+    let title = format!(
+        "Install {} ({}) of {} - ERASES the target disk",
+        id.node, id.role, id.cluster
+    );
+    // Our entry comes first; the ISO's own timeout and default would override ours.
+    let kept: String = original
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !t.starts_with("set timeout=") && !t.starts_with("set default=")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    let text = env
+        .render_str(
+            TEMPLATE,
+            context! {
+                chocoimg_version => id.chocoimg_version,
+                cluster => id.cluster,
+                node => id.node,
+                role => id.role,
+                timeout => TIMEOUT_SECS,
+                title => title,
+                kernel_line => kernel_line,
+                initrd_line => first.initrd,
+                original => kept.trim_end(),
+            },
+        )
+        .map_err(|e| ImageError::GrubLayout {
+            detail: format!("rendering templates/grub.cfg: {e}"),
+        })?;
+    Ok(BootMenu {
+        text,
+        title,
+        kernel_line,
+    })
+}
+
+/// What a menu entry boots: the rest of its `linux` and `initrd` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub title: String,
+    pub linux: String,
+    pub initrd: String,
+}
+
+/// The first `menuentry` that has both a `linux` and an `initrd` line.
+pub fn first_entry(cfg: &str) -> Option<Entry> {
+    let mut current: Option<Entry> = None;
+    let mut depth = 0i32;
+    for line in cfg.lines() {
+        let t = line.trim();
+        if depth == 0 && t.starts_with("menuentry") {
+            current = Some(Entry {
+                title: entry_title(t),
+                linux: String::new(),
+                initrd: String::new(),
+            });
+        }
+        if let Some(e) = current.as_mut() {
+            let mut words = t.splitn(2, char::is_whitespace);
+            match (words.next(), words.next()) {
+                (Some("linux" | "linuxefi"), Some(rest)) => e.linux = rest.trim().to_string(),
+                (Some("initrd" | "initrdefi"), Some(rest)) => e.initrd = rest.trim().to_string(),
+                _ => {}
+            }
+        }
+        depth += t.matches('{').count() as i32 - t.matches('}').count() as i32;
+        if depth <= 0 {
+            depth = 0;
+            if let Some(e) = current.take() {
+                if !e.linux.is_empty() && !e.initrd.is_empty() {
+                    return Some(e);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn entry_title(line: &str) -> String {
+    let rest = line.trim_start_matches("menuentry").trim_start();
+    match rest.chars().next() {
+        Some(q @ ('"' | '\'')) => rest[1..].split(q).next().unwrap_or("").to_string(),
+        _ => rest.split_whitespace().next().unwrap_or("").to_string(),
+    }
+}
+
+/// `autoinstall` goes before `---` (arguments after it are the installed system's).
+fn with_autoinstall(linux: &str) -> String {
+    let words: Vec<&str> = linux.split_whitespace().collect();
+    if words.contains(&"autoinstall") {
+        return words.join(" ");
+    }
+    let mut out: Vec<&str> = Vec::with_capacity(words.len() + 1);
+    match words.iter().position(|w| *w == "---") {
+        Some(i) => {
+            out.extend(&words[..i]);
+            out.push("autoinstall");
+            out.extend(&words[i..]);
+        }
+        None => {
+            out.extend(&words);
+            out.push("autoinstall");
+        }
+    }
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UBUNTU: &str = "set timeout=30\n\nloadfont unicode\n\nmenuentry \"Try or Install Ubuntu Server\" {\n\tset gfxpayload=keep\n\tlinux\t/casper/vmlinuz  ---\n\tinitrd\t/casper/initrd\n}\nmenuentry \"Ubuntu Server with the HWE kernel\" {\n\tset gfxpayload=keep\n\tlinux\t/casper/hwe-vmlinuz  ---\n\tinitrd\t/casper/hwe-initrd\n}\n";
+
+    fn id() -> Identity {
+        Identity {
+            cluster: "chocolandiadc-mvp".into(),
+            node: "master1".into(),
+            role: "server".into(),
+            k3s_version: "v1.28.15+k3s1".into(),
+            ubuntu_release: "22.04.5".into(),
+            chocoimg_version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn first_entry_installs_unattended_and_originals_follow() {
+        let m = render(UBUNTU, &id()).unwrap();
+        assert_eq!(m.kernel_line, "/casper/vmlinuz autoinstall ---");
+        assert!(m.title.contains("ERASES") && m.title.contains("master1"));
+        assert!(m.text.contains("set timeout=10\n"));
+        assert!(!m.text.contains("set timeout=30"));
+        assert!(!m.text.contains("console=ttyS0"));
+        let ours = m.text.find(&m.title).unwrap();
+        let theirs = m.text.find("Try or Install Ubuntu Server").unwrap();
+        assert!(ours < theirs);
+        assert!(m.text.contains("/casper/hwe-vmlinuz  ---"));
+        let again = first_entry(&m.text).unwrap();
+        assert_eq!(again.title, m.title);
+        assert_eq!(again.initrd, "/casper/initrd");
+    }
+
+    #[test]
+    fn autoinstall_goes_before_the_separator_once() {
+        assert_eq!(with_autoinstall("/k quiet --- x"), "/k quiet autoinstall --- x");
+        assert_eq!(with_autoinstall("/k"), "/k autoinstall");
+        assert_eq!(with_autoinstall("/k autoinstall ---"), "/k autoinstall ---");
+    }
+
+    #[test]
+    fn a_menu_without_a_kernel_is_refused() {
+        assert!(matches!(
+            render("set timeout=5\n", &id()),
+            Err(ImageError::GrubLayout { .. })
+        ));
+    }
+}
