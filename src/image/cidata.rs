@@ -189,7 +189,82 @@ pub fn write(
         }
     }
     fs.unmount()?;
+    let mut dirs: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e.name.rsplit_once('/').map(|(d, _)| d))
+        .collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    for d in dirs {
+        fix_dot_entries(&mut Window::new(file, start, size), d)?;
+    }
     Ok(())
+}
+
+/// fatfs 0.3 writes a long-name entry before a new directory's `.` and `..`, which
+/// fsck.vfat rejects ("Expected a valid '.' entry in this slot"). Puts `.` and `..`
+/// in the first two slots, as FAT wants, and marks the two long-name entries deleted.
+/// Only for folders at the root with a plain 8.3 name (`k3s`).
+fn fix_dot_entries(disk: &mut Window, dir: &str) -> io::Result<()> {
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    let upper = dir.to_ascii_uppercase();
+    if dir.contains('/') || upper.is_empty() || upper.len() > 8 || upper.contains('.') {
+        return Err(bad(format!(
+            "CIDATA folder {dir:?}: only one level of plain folder names (at most 8 characters)"
+        )));
+    }
+    let mut short = [b' '; 11];
+    short[..upper.len()].copy_from_slice(upper.as_bytes());
+
+    let mut bpb = [0u8; 512];
+    disk.seek(SeekFrom::Start(0))?;
+    disk.read_exact(&mut bpb)?;
+    let u16_at = |at: usize| u64::from(u16::from_le_bytes([bpb[at], bpb[at + 1]]));
+    let u32_at = |at: usize| u64::from(u32::from_le_bytes(bpb[at..at + 4].try_into().unwrap()));
+    let sector = u16_at(11);
+    let per_cluster = u64::from(bpb[13]);
+    let reserved = u16_at(14);
+    let fats = u64::from(bpb[16]);
+    let root_entries = u16_at(17);
+    let fat_sectors = if u16_at(22) != 0 { u16_at(22) } else { u32_at(36) };
+    let root_sectors = (root_entries * 32).div_ceil(sector);
+    let data = reserved + fats * fat_sectors + root_sectors;
+    let cluster_at = |c: u64| (data + (c - 2) * per_cluster) * sector;
+    let (root_at, root_len) = if root_entries != 0 {
+        ((reserved + fats * fat_sectors) * sector, root_sectors * sector)
+    } else {
+        (cluster_at(u32_at(44)), per_cluster * sector)
+    };
+    let mut root = vec![0u8; root_len as usize];
+    disk.seek(SeekFrom::Start(root_at))?;
+    disk.read_exact(&mut root)?;
+    let entry = root
+        .chunks_exact(32)
+        .find(|e| e[0..11] == short && e[11] & 0x10 != 0)
+        .ok_or_else(|| bad(format!("folder {dir} not found on CIDATA")))?;
+    let cluster = u64::from(u16::from_le_bytes([entry[20], entry[21]])) << 16
+        | u64::from(u16::from_le_bytes([entry[26], entry[27]]));
+    let at = cluster_at(cluster);
+    let mut head = [0u8; 128];
+    disk.seek(SeekFrom::Start(at))?;
+    disk.read_exact(&mut head)?;
+    let (lfn_dot, dot, lfn_dotdot, dotdot) = (&head[0..32], &head[32..64], &head[64..96], &head[96..128]);
+    if lfn_dot[11] != 0x0F || &dot[0..11] != b".          " {
+        // Already well-formed (a fatfs that no longer does this).
+        return Ok(());
+    }
+    if lfn_dotdot[11] != 0x0F || &dotdot[0..11] != b"..         " {
+        return Err(bad(format!("unexpected layout of folder {dir} on CIDATA")));
+    }
+    let mut fixed = [0u8; 128];
+    fixed[0..32].copy_from_slice(dot);
+    fixed[32..64].copy_from_slice(dotdot);
+    fixed[64..96].copy_from_slice(lfn_dot);
+    fixed[96..128].copy_from_slice(lfn_dotdot);
+    fixed[64] = 0xE5;
+    fixed[96] = 0xE5;
+    disk.seek(SeekFrom::Start(at))?;
+    disk.write_all(&fixed)
 }
 
 /// Reads one file (at most `limit` bytes) off the CIDATA volume at `start` of `file`.

@@ -1,0 +1,446 @@
+//! The USB image, checked by tools nobody here wrote (xorriso, sgdisk, fsck.vfat, blkid,
+//! mtools) and booted in QEMU under UEFI (OVMF) and BIOS (SeaBIOS). The Ubuntu ISO is
+//! a replica (support::replica) because the real one cannot be had here.
+use crate::support::replica::{self, Variant};
+use crate::support::{chocoimg, require_tool};
+use chocoimg::artifacts::PayloadFile;
+use chocoimg::image::{self, BuildRequest, Built, Identity, ImageError, ProgressStyle};
+use chocoimg::seed::SeedFile;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+
+const USER_DATA: &str = "#cloud-config\nautoinstall:\n  version: 1\n  # replica test seed for master1\n";
+
+fn identity() -> Identity {
+    Identity {
+        cluster: "chocolandiadc-mvp".into(),
+        node: "master1".into(),
+        role: "server".into(),
+        k3s_version: "v1.28.15+k3s1".into(),
+        ubuntu_release: "22.04.5".into(),
+        chocoimg_version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+fn seed() -> Vec<SeedFile> {
+    vec![
+        SeedFile {
+            name: "user-data".into(),
+            contents: USER_DATA.as_bytes().to_vec(),
+        },
+        SeedFile {
+            name: "meta-data".into(),
+            contents: b"instance-id: master1\nlocal-hostname: master1\n".to_vec(),
+        },
+    ]
+}
+
+/// A small fake K3s payload (a real K3s cannot be had here): bytes with a pattern.
+fn payload(dir: &Path) -> Vec<PayloadFile> {
+    let k3s: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let install = b"#!/bin/sh\necho 'stand-in for get.k3s.io'\n".to_vec();
+    let mut out = Vec::new();
+    for (name, data) in [("k3s/k3s", k3s), ("k3s/install.sh", install)] {
+        let path = dir.join(name.replace('/', "_"));
+        std::fs::write(&path, &data).unwrap();
+        out.push(PayloadFile {
+            name: name.into(),
+            source: path,
+            sha256: chocoimg::fsutil::sha256_hex(&data),
+        });
+    }
+    out
+}
+
+fn build(iso: &Path, dir: &Path) -> anyhow::Result<Built> {
+    let id = identity();
+    let seed = seed();
+    let payload = payload(dir);
+    let cancel = AtomicBool::new(false);
+    image::build(&BuildRequest {
+        iso,
+        output: &dir.join("master1.img"),
+        identity: &id,
+        seed: &seed,
+        payload: &payload,
+        force: false,
+        progress: ProgressStyle::Quiet,
+        cancel: &cancel,
+    })
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// Extracts `path` from an ISO with xorriso, reading the tree `load` selects.
+fn xorriso_extract(iso: &Path, load: &[&str], path: &str, to: &Path) -> Vec<u8> {
+    // Extracting to "-" or /dev/stdout misbehaves (testing.md): use a file.
+    let _ = std::fs::remove_file(to);
+    let mut cmd = Command::new("xorriso");
+    cmd.args(load)
+        .arg("-indev")
+        .arg(iso)
+        .args(["-osirrox", "on", "-extract", path])
+        .arg(to);
+    run(&mut cmd);
+    std::fs::read(to).unwrap()
+}
+
+/// Partition `number`'s bytes, copied out of the image to `to`.
+fn partition_bytes(img: &Path, number: usize, to: &Path) -> (u64, u64) {
+    let mut f = std::fs::File::open(img).unwrap();
+    let p = image::gpt::Gpt::read(&mut f)
+        .unwrap()
+        .partitions()
+        .into_iter()
+        .find(|p| p.number == number)
+        .unwrap();
+    let start = p.first_lba * 512;
+    let len = (p.last_lba + 1 - p.first_lba) * 512;
+    use std::io::{Read, Seek, SeekFrom};
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut out = std::fs::File::create(to).unwrap();
+    std::io::copy(&mut f.take(len), &mut out).unwrap();
+    (start, len)
+}
+
+fn check_with_foreign_tools(variant: Variant) {
+    for t in ["xorriso", "sgdisk", "fsck.vfat", "blkid", "mcopy", "md5sum"] {
+        require_tool(t);
+    }
+    let iso = replica::replica(variant);
+    let tmp = tempfile::tempdir().unwrap();
+    let built = build(&iso, tmp.path()).unwrap();
+    let img = &built.image;
+    let expected_records = if variant == Variant::Joliet { 4 } else { 2 };
+    assert_eq!(built.grub_records, expected_records, "grub.cfg records");
+    assert!(built.kernel_line.contains("autoinstall"));
+
+    // grub.cfg read back by xorriso from every tree: Rock Ridge and (if present) Joliet
+    // views of the image's own descriptor set, and of partition 1's (-partition_offset).
+    let p1 = tmp.path().join("p1.iso");
+    partition_bytes(img, 1, &p1);
+    // `-read_fs ecma119` reads the plain ISO 9660 tree, `norock` the Joliet one.
+    let mut views: Vec<(PathBuf, &[&str], &str)> = vec![
+        (img.clone(), &[], "/boot/grub/grub.cfg"),
+        (p1.clone(), &[], "/boot/grub/grub.cfg"),
+        (img.clone(), &["-read_fs", "ecma119"], "/BOOT/GRUB/GRUB.CFG"),
+        (p1.clone(), &["-read_fs", "ecma119"], "/BOOT/GRUB/GRUB.CFG"),
+    ];
+    if variant == Variant::Joliet {
+        views.push((img.clone(), &["-read_fs", "norock"], "/boot/grub/grub.cfg"));
+        views.push((p1.clone(), &["-read_fs", "norock"], "/boot/grub/grub.cfg"));
+    }
+    let mut menus = Vec::new();
+    for (i, (source, load, path)) in views.iter().enumerate() {
+        let to = tmp.path().join(format!("grub-{i}.cfg"));
+        menus.push(xorriso_extract(source, load, path, &to));
+    }
+    let menu = String::from_utf8(menus[0].clone()).unwrap();
+    for (i, m) in menus.iter().enumerate() {
+        assert_eq!(m, &menus[0], "view {i} ({:?}) differs", views[i].1);
+    }
+    assert!(menu.contains(&built.boot_title), "{menu}");
+    assert!(menu.contains("linux\t/casper/vmlinuz autoinstall ---"), "{menu}");
+    assert!(menu.contains("set timeout=10"));
+    assert!(!menu.contains("set timeout=30"));
+    assert!(menu.contains("Try or Install Ubuntu Server"));
+    assert!(menu.contains("/casper/hwe-vmlinuz"));
+    assert!(!menu.contains("console=ttyS0"));
+
+    // md5sum.txt agrees with the new grub.cfg (md5sum -c on the extracted pair).
+    let sums = xorriso_extract(img, &[], "/md5sum.txt", &tmp.path().join("md5sum.txt"));
+    let line = String::from_utf8(sums)
+        .unwrap()
+        .lines()
+        .find(|l| l.ends_with("  ./boot/grub/grub.cfg"))
+        .unwrap()
+        .to_string();
+    let check = tmp.path().join("check");
+    std::fs::create_dir_all(check.join("boot/grub")).unwrap();
+    std::fs::write(check.join("boot/grub/grub.cfg"), &menus[0]).unwrap();
+    std::fs::write(check.join("sums"), format!("{line}\n")).unwrap();
+    run(Command::new("md5sum").current_dir(&check).args(["-c", "sums"]));
+
+    // The partition tables: sgdisk finds no problem; CIDATA is 1 MiB aligned after the
+    // ISO; the MBR keeps its boot code and bootable entry, only the 0xEE entry grew.
+    let v = run(Command::new("sgdisk").arg("-v").arg(img));
+    assert!(v.contains("No problems found"), "{v}");
+    let p = run(Command::new("sgdisk").arg("-p").arg(img));
+    assert!(p.contains("CIDATA"), "{p}");
+    let iso_len = std::fs::metadata(&iso).unwrap().len();
+    let part_path = tmp.path().join("cidata.img");
+    let (start, _) = partition_bytes(img, built.cidata_partition, &part_path);
+    assert_eq!(start % (1 << 20), 0);
+    assert!(start >= iso_len);
+    let (a, b) = (std::fs::read(&iso).unwrap(), std::fs::read(img).unwrap());
+    assert_eq!(a[..446], b[..446], "MBR boot code changed");
+    assert_eq!(a[462..478], b[462..478], "the bootable MBR entry changed");
+    assert_eq!(b[446 + 4], 0xEE);
+    let ee_len = u32::from_le_bytes(b[458..462].try_into().unwrap()) as u64;
+    assert_eq!((ee_len + 1) * 512, b.len() as u64);
+    assert_eq!(b.len() as u64, built.size);
+
+    // The CIDATA volume: fsck clean, blkid sees it, mtools reads the exact files.
+    run(Command::new("fsck.vfat").arg("-n").arg(&part_path));
+    let id = run(Command::new("blkid").arg("-p").arg(&part_path));
+    assert!(
+        id.contains("LABEL=\"CIDATA\"") && id.contains("TYPE=\"vfat\""),
+        "{id}"
+    );
+    let ud = run(Command::new("mcopy").arg("-i").arg(&part_path).args(["::user-data", "-"]));
+    assert_eq!(ud, USER_DATA);
+    let k3s = tmp.path().join("k3s.out");
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&part_path)
+        .arg("::k3s/k3s")
+        .arg(&k3s));
+    let sums = run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&part_path)
+        .args(["::k3s/SHA256SUMS", "-"]));
+    let want = chocoimg::fsutil::sha256_file(&k3s).unwrap();
+    assert!(sums.contains(&format!("{want}  k3s\n")), "{sums}");
+    assert!(sums.contains("  install.sh\n"), "{sums}");
+
+    // The .sha256 file checks with sha256sum.
+    run(Command::new("sha256sum")
+        .current_dir(tmp.path())
+        .args(["-c", "master1.img.sha256"]));
+
+    // inspect reads it all back.
+    let out = chocoimg()
+        .args(["inspect", "--json"])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["cluster"], "chocolandiadc-mvp");
+    assert_eq!(j["node"], "master1");
+    assert_eq!(j["role"], "server");
+    assert_eq!(j["k3s_version"], "v1.28.15+k3s1");
+    assert_eq!(j["boot_title"], built.boot_title.as_str());
+    assert!(j["iso_release"]
+        .as_str()
+        .unwrap()
+        .starts_with("Ubuntu-Server 22.04.5"));
+    assert!(j["kernel_line"].as_str().unwrap().contains("autoinstall"));
+}
+
+#[test]
+fn image_with_joliet_reads_back_in_foreign_tools() {
+    check_with_foreign_tools(Variant::Joliet);
+}
+
+#[test]
+fn image_without_joliet_reads_back_in_foreign_tools() {
+    check_with_foreign_tools(Variant::NoJoliet);
+}
+
+/// Leaves nothing but `keep` in `dir`.
+fn assert_only(dir: &Path, keep: &[&str]) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !keep.contains(&n.as_str()))
+        .collect();
+    names.sort();
+    assert!(names.is_empty(), "left behind: {names:?}");
+}
+
+const PAYLOAD_FILES: &[&str] = &["k3s_k3s", "k3s_install.sh"];
+
+#[test]
+fn image_refuses_a_non_ubuntu_iso() {
+    let iso = replica::replica(Variant::NotUbuntu);
+    let tmp = tempfile::tempdir().unwrap();
+    let err = build(&iso, tmp.path()).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::NotUbuntu2204 { .. })
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("Debian GNU/Linux 12"), "says what it found: {msg}");
+    assert!(msg.contains("22.04"), "{msg}");
+    assert_only(tmp.path(), PAYLOAD_FILES);
+}
+
+#[test]
+fn image_refuses_a_grub_cfg_without_room() {
+    let iso = replica::replica(Variant::FullGrub);
+    let tmp = tempfile::tempdir().unwrap();
+    let err = build(&iso, tmp.path()).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::GrubNoRoom { room: 2048, .. })
+        ),
+        "{msg}"
+    );
+    assert_only(tmp.path(), PAYLOAD_FILES);
+}
+
+#[test]
+fn image_is_not_overwritten_without_force() {
+    let iso = replica::replica(Variant::Joliet);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("master1.img"), b"older image").unwrap();
+    let err = build(&iso, tmp.path()).unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::OutputExists(_))
+        ),
+        "{err:#}"
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("master1.img")).unwrap(),
+        b"older image"
+    );
+}
+
+#[test]
+fn image_build_interrupted_leaves_nothing() {
+    let iso = replica::replica(Variant::Joliet);
+    let tmp = tempfile::tempdir().unwrap();
+    let (id, seed, payload) = (identity(), seed(), payload(tmp.path()));
+    let cancel = AtomicBool::new(true);
+    let err = image::build(&BuildRequest {
+        iso: &iso,
+        output: &tmp.path().join("master1.img"),
+        identity: &id,
+        seed: &seed,
+        payload: &payload,
+        force: false,
+        progress: ProgressStyle::Quiet,
+        cancel: &cancel,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::Interrupted)
+        ),
+        "{err:#}"
+    );
+    assert_only(tmp.path(), PAYLOAD_FILES);
+}
+
+/// Removes CRs and ANSI escape sequences (OVMF and GRUB write both).
+fn clean_log(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {}
+            '\x1b' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    while let Some(n) = chars.next() {
+                        if ('@'..='~').contains(&n) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Boots `img` as a USB stick (TCG: no KVM here) and returns the cleaned serial log.
+fn boot(img: &Path, uefi: bool, dir: &Path) -> String {
+    require_tool("qemu-system-x86_64");
+    require_tool("timeout");
+    let log = dir.join(if uefi { "uefi.log" } else { "bios.log" });
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=10", "400", "qemu-system-x86_64"])
+        .args(["-accel", "tcg", "-machine", "q35", "-m", "512", "-no-reboot"])
+        .args(["-display", "none", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-drive")
+        .arg(format!("if=none,id=stick,file={},format=raw", img.display()))
+        .args(["-device", "qemu-xhci,id=xhci"])
+        .args(["-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=1"]);
+    if uefi {
+        let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
+        let vars = Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd");
+        assert!(
+            code.is_file() && vars.is_file(),
+            "OVMF is not installed; run scripts/install-test-deps.sh"
+        );
+        let my_vars = dir.join("OVMF_VARS.fd");
+        std::fs::copy(vars, &my_vars).unwrap();
+        cmd.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                code.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                my_vars.display()
+            ));
+    }
+    let status = cmd
+        .stdin(std::process::Stdio::null())
+        .status()
+        .expect("running qemu");
+    let text = clean_log(&std::fs::read(&log).unwrap_or_default());
+    assert!(
+        status.success(),
+        "qemu did not power off by itself ({status}); serial log:\n{text}"
+    );
+    text
+}
+
+fn check_boot(uefi: bool) {
+    let iso = replica::replica(Variant::Joliet);
+    let tmp = tempfile::tempdir().unwrap();
+    let built = build(&iso, tmp.path()).unwrap();
+    let log = boot(&built.image, uefi, tmp.path());
+    let cmdline = log
+        .lines()
+        .find_map(|l| l.split_once(replica::CMDLINE_MARK).map(|(_, c)| c.to_string()))
+        .unwrap_or_else(|| panic!("the initramfs never printed its command line:\n{log}"));
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    assert!(words.contains(&"autoinstall"), "{cmdline}\n{log}");
+    assert!(!cmdline.contains("console=ttyS0"), "{cmdline}");
+    let begin = log
+        .find(replica::USER_DATA_BEGIN)
+        .unwrap_or_else(|| panic!("no user-data read off CIDATA:\n{log}"));
+    let rest = &log[begin + replica::USER_DATA_BEGIN.len()..];
+    let end = rest.find(replica::USER_DATA_END).expect("end marker");
+    assert_eq!(rest[..end].trim(), USER_DATA.trim(), "{log}");
+    assert!(log.contains(replica::DONE_MARK));
+}
+
+#[test]
+fn image_boots_under_uefi_and_reads_cidata() {
+    check_boot(true);
+}
+
+#[test]
+fn image_boots_under_bios_and_reads_cidata() {
+    check_boot(false);
+}
