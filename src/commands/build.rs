@@ -1,5 +1,122 @@
+//! `chocoimg build`: phase one checks and gathers everything (plan, secrets, seeds,
+//! verified artifacts); phase two writes one image per node, then its manifest.
+use crate::artifacts::{self, FetchOptions};
 use crate::cli::{BuildArgs, Global};
+use crate::image::{self, manifest::Manifest, BuildRequest, Identity, ImageError, ProgressStyle};
+use crate::plan::{NodePlan, Plan};
+use crate::{secrets, seed, BadInput};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
-pub fn run(_global: &Global, _args: &BuildArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`build` is not written yet")
+/// Set by Ctrl-C; the image writer checks it between chunks.
+static CANCEL: AtomicBool = AtomicBool::new(false);
+static HANDLER: OnceLock<()> = OnceLock::new();
+
+pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
+    let plan = super::load_plan(global)?;
+    let nodes: Vec<&NodePlan> = match &args.nodes.node {
+        Some(name) => vec![plan.node(name)?],
+        None => plan.nodes.iter().collect(),
+    };
+    for n in &nodes {
+        let out = image_path(&plan, n);
+        if out.exists() && !args.force {
+            return Err(BadInput(format!(
+                "{} already exists; pass --force to replace it",
+                out.display()
+            ))
+            .into());
+        }
+    }
+    let names: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
+    let secrets = secrets::load_or_create(&plan.secrets_path(), &names)?;
+    let seeds = nodes
+        .iter()
+        .map(|n| seed::render(&plan, &secrets, n))
+        .collect::<Result<Vec<_>>>()?;
+    let progress = ProgressStyle::for_stderr();
+    let fetched = artifacts::fetch(
+        &plan,
+        &FetchOptions {
+            iso: args.iso.clone(),
+            airgap: args.airgap || plan.k3s.airgap,
+            progress_bars: progress == ProgressStyle::Bars,
+        },
+    )?;
+
+    HANDLER.get_or_init(|| {
+        // A second handler cannot be set (e.g. by a test harness); then Ctrl-C just
+        // kills the process and the temporary file is left for the OS to drop.
+        let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::SeqCst));
+    });
+    for (node, seed) in nodes.iter().zip(&seeds) {
+        let output = image_path(&plan, node);
+        let identity = Identity {
+            cluster: plan.cluster.clone(),
+            node: node.hostname.clone(),
+            role: node.role.to_string(),
+            k3s_version: plan.k3s.version.clone(),
+            ubuntu_release: plan.ubuntu.release.clone(),
+            chocoimg_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let built = image::build(&BuildRequest {
+            iso: &fetched.iso,
+            output: &output,
+            identity: &identity,
+            seed: &seed.files,
+            payload: &fetched.payload,
+            force: args.force,
+            progress,
+            cancel: &CANCEL,
+        })
+        .map_err(as_bad_input)?;
+        let manifest = Manifest::new(&plan, node, seed, &fetched, &built);
+        let manifest_path = plan
+            .out_dir
+            .join(format!("{}.manifest.json", node.hostname));
+        let mut json = serde_json::to_vec_pretty(&manifest)?;
+        json.push(b'\n');
+        crate::fsutil::write_atomic(&manifest_path, &json, 0o644)
+            .with_context(|| format!("writing {}", manifest_path.display()))?;
+        print_flashing(&built, &manifest_path);
+    }
+    println!(
+        "\nWARNING: each image carries this cluster's secrets (K3s tokens, the node's SSH \
+         host key, the admin password hash). Keep the images and sticks private and wipe \
+         a stick once its node is installed. A machine that boots the stick again is \
+         reinstalled."
+    );
+    Ok(0)
+}
+
+/// `out/<cluster>/<node>.img`.
+pub fn image_path(plan: &Plan, node: &NodePlan) -> PathBuf {
+    plan.out_dir.join(format!("{}.img", node.hostname))
+}
+
+/// A refused ISO or an existing output is the user's to fix: exit 2.
+fn as_bad_input(err: anyhow::Error) -> anyhow::Error {
+    match err.downcast_ref::<ImageError>() {
+        Some(e) if e.is_bad_input() => BadInput(format!("{err:#}")).into(),
+        _ => err,
+    }
+}
+
+fn print_flashing(built: &image::Built, manifest: &std::path::Path) {
+    let img = built.image.display();
+    println!("{img}");
+    println!(
+        "  size    {:.2} GB ({} bytes)",
+        built.size as f64 / 1e9,
+        built.size
+    );
+    println!("  sha256  {}  ({})", built.sha256, built.sha256_file.display());
+    println!("  record  {}", manifest.display());
+    println!("  boots   \"{}\"", built.boot_title);
+    println!("  flash it to a USB stick (everything on the stick is erased):");
+    println!("    Linux    sudo dd if={img} of=/dev/sdX bs=4M conv=fsync status=progress");
+    println!("    macOS    sudo dd if={img} of=/dev/rdiskN bs=4m");
+    println!("    Windows  balenaEtcher, or Rufus in DD image mode");
 }

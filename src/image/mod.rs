@@ -10,6 +10,7 @@ pub mod cidata;
 pub mod gpt;
 pub mod grub;
 pub mod iso9660;
+pub mod manifest;
 
 use crate::artifacts::PayloadFile;
 use crate::seed::SeedFile;
