@@ -190,29 +190,6 @@ fn sha512_crypt(password: &str) -> Result<String> {
         .map_err(|e| anyhow::anyhow!("hashing the admin password: {e:?}"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn created_once_private_and_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c/secrets.yaml");
-        let a = load_or_create(&path, &["master1"]).unwrap();
-        let b = load_or_create(&path, &["master1", "nodo1"]).unwrap();
-        assert_eq!(a.server_token, b.server_token);
-        assert_eq!(a.host_keys["master1"], b.host_keys["master1"]);
-        assert!(b.host_keys.contains_key("nodo1"));
-        assert!(sha_crypt::sha512_check(&a.admin_password, &a.admin_password_hash).is_ok());
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert!(!format!("{a:?}").contains(&a.server_token));
-    }
-}
-
 /// Creates the cluster's own SSH key pair when the plan asks for one and it does not exist
 /// yet (the laptop had no key). Returns the private key's path when it was just created.
 pub fn ensure_admin_key(plan: &crate::plan::Plan) -> Result<Option<std::path::PathBuf>> {
@@ -236,4 +213,27 @@ pub fn ensure_admin_key(plan: &crate::plan::Plan) -> Result<Option<std::path::Pa
     fsutil::write_atomic(private_path, private.as_bytes(), 0o600)?;
     fsutil::write_atomic(&pub_path, format!("{public}\n").as_bytes(), 0o644)?;
     Ok(Some(private_path.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c/secrets.yaml");
+        let a = load_or_create(&path, &["master1"]).unwrap();
+        let b = load_or_create(&path, &["master1", "nodo1"]).unwrap();
+        assert_eq!(a.server_token, b.server_token);
+        assert_eq!(a.host_keys["master1"], b.host_keys["master1"]);
+        assert!(b.host_keys.contains_key("nodo1"));
+        assert!(sha_crypt::sha512_check(&a.admin_password, &a.admin_password_hash).is_ok());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!format!("{a:?}").contains(&a.server_token));
+    }
 }

@@ -84,7 +84,7 @@ pub fn render(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Seed> {
         }],
         ssh_pwauth: false,
         ssh_deletekeys: true,
-        ssh_genkeytypes: vec![],
+        ssh_genkeytypes: vec!["ed25519".into()],
         ssh_keys: BTreeMap::from([
             ("ed25519_private".to_string(), host_key.private.clone()),
             ("ed25519_public".to_string(), host_key.public.clone()),
@@ -384,7 +384,7 @@ struct InstalledConfig {
     users: Vec<AdminUser>,
     ssh_pwauth: bool,
     ssh_deletekeys: bool,
-    /// Only the pinned host key: the laptop's known_hosts names exactly that one.
+    /// Only ed25519, which `ssh_keys` provides: the pinned key is the only host key.
     ssh_genkeytypes: Vec<String>,
     ssh_keys: BTreeMap<String, String>,
     write_files: Vec<WriteFile>,

@@ -1,3 +1,5 @@
 //! One integration test binary driving the real `chocoimg` and real peers.
 //! Each area adds its module here.
+mod profile;
+mod seed;
 mod support;
