@@ -74,6 +74,10 @@ pub fn render(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Seed> {
     write_files.extend(discovery.files);
 
     let installed = InstalledConfig {
+        // subiquity appends this list to the one it makes from `identity` (its
+        // merge_cloud_init_config extends lists): both describe the same user, so the
+        // admin is right whichever entry cloud-init applies, and this first boot can be
+        // tested with cloud-init alone.
         users: vec![AdminUser {
             name: plan.ssh.user.clone(),
             groups: vec!["adm".into(), "sudo".into()],

@@ -503,3 +503,48 @@ fn render_one_node_into_a_chosen_folder() {
         "{err}"
     );
 }
+
+#[test]
+fn without_an_ssh_key_the_cluster_gets_its_own_pair_and_says_so() {
+    let ws = Workspace::with_default_profile();
+    std::fs::remove_file(ws.home().join(".ssh/id_ed25519.pub")).unwrap();
+    let out = ws.ok(&["render", "--node", "master1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let private = ws.out().join(CLUSTER).join("ssh/id_ed25519");
+    assert!(
+        err.contains("created one for this cluster") && err.contains(private.to_str().unwrap()),
+        "{err}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let public = std::fs::read_to_string(private.with_extension("pub")).unwrap();
+    let seed = std::fs::read_to_string(ws.seed_file(CLUSTER, "master1", "user-data")).unwrap();
+    assert!(
+        seed.contains(public.trim()),
+        "the generated key is the one the nodes trust"
+    );
+    // ssh-keygen (OpenSSH itself) reads the pair.
+    crate::support::require_tool("ssh-keygen");
+    let derived = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(&private)
+        .output()
+        .unwrap();
+    assert!(derived.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&derived.stdout)
+            .split_whitespace()
+            .nth(1),
+        public.split_whitespace().nth(1)
+    );
+    // A second render keeps the pair.
+    ws.ok(&["render", "--node", "master1"]);
+    assert_eq!(
+        std::fs::read_to_string(private.with_extension("pub")).unwrap(),
+        public
+    );
+}
