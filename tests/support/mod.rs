@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod workspace;
+
 /// The `chocoimg` binary under test.
 pub fn chocoimg() -> Command {
     Command::new(env!("CARGO_BIN_EXE_chocoimg"))
