@@ -248,6 +248,52 @@ fn image_without_joliet_reads_back_in_foreign_tools() {
     check_with_foreign_tools(Variant::NoJoliet);
 }
 
+/// A payload over ~500 MB (K3s's airgap images) makes fatfs pick FAT32, whose root
+/// and FSInfo differ: fsck.vfat and mtools must find that volume clean too.
+#[test]
+fn cidata_fat32_volume_is_clean() {
+    use chocoimg::image::cidata::{self, Entry, Source};
+    for t in ["fsck.vfat", "mcopy", "blkid"] {
+        require_tool(t);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("cidata.img");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    let size = 600u64 << 20;
+    f.set_len(size).unwrap(); // sparse: only what fatfs writes takes space
+    let entries = vec![
+        Entry {
+            name: "user-data".into(),
+            source: Source::Bytes(USER_DATA.as_bytes().to_vec()),
+        },
+        Entry {
+            name: "k3s/k3s".into(),
+            source: Source::Bytes(vec![7u8; 100_000]),
+        },
+        Entry {
+            name: "k3s/SHA256SUMS".into(),
+            source: Source::Bytes(b"abc  k3s\n".to_vec()),
+        },
+    ];
+    cidata::write(&f, 0, size, &entries, &mut |_| Ok(())).unwrap();
+    let info = run(Command::new("blkid").args(["-p", "-o", "export"]).arg(&path));
+    assert!(info.contains("VERSION=FAT32"), "{info}");
+    assert!(info.contains("LABEL=CIDATA"), "{info}");
+    run(Command::new("fsck.vfat").arg("-n").arg(&path));
+    let ud = run(Command::new("mcopy").arg("-i").arg(&path).args(["::user-data", "-"]));
+    assert_eq!(ud, USER_DATA);
+    let sums = run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&path)
+        .args(["::k3s/SHA256SUMS", "-"]));
+    assert_eq!(sums, "abc  k3s\n");
+}
+
 /// Leaves nothing but `keep` in `dir`.
 fn assert_only(dir: &Path, keep: &[&str]) {
     let mut names: Vec<String> = std::fs::read_dir(dir)

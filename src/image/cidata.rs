@@ -188,6 +188,9 @@ pub fn write(
             out.flush()?;
         }
     }
+    // FAT32 keeps a free-cluster count in FSInfo; fatfs leaves it "unknown" after
+    // formatting unless counted once (fsck.vfat reports it).
+    fs.stats()?;
     fs.unmount()?;
     let mut dirs: Vec<&str> = entries
         .iter()
@@ -204,7 +207,7 @@ pub fn write(
 /// fatfs 0.3 writes a long-name entry before a new directory's `.` and `..`, which
 /// fsck.vfat rejects ("Expected a valid '.' entry in this slot"). Puts `.` and `..`
 /// in the first two slots, as FAT wants, and marks the two long-name entries deleted.
-/// Only for folders at the root with a plain 8.3 name (`k3s`).
+/// Only for folders at the root with a plain 8.3 name (`k3s`). Also sets `..` to 0.
 fn fix_dot_entries(disk: &mut Window, dir: &str) -> io::Result<()> {
     let bad = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
     let upper = dir.to_ascii_uppercase();
@@ -259,6 +262,9 @@ fn fix_dot_entries(disk: &mut Window, dir: &str) -> io::Result<()> {
     let mut fixed = [0u8; 128];
     fixed[0..32].copy_from_slice(dot);
     fixed[32..64].copy_from_slice(dotdot);
+    // `..` of a folder at the root names cluster 0 (fatfs writes FAT32's root cluster).
+    fixed[32 + 20..32 + 22].fill(0);
+    fixed[32 + 26..32 + 28].fill(0);
     fixed[64..96].copy_from_slice(lfn_dot);
     fixed[96..128].copy_from_slice(lfn_dotdot);
     fixed[64] = 0xE5;
