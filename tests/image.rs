@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
-const USER_DATA: &str = "#cloud-config\nautoinstall:\n  version: 1\n  # replica test seed for master1\n";
+const USER_DATA: &str =
+    "#cloud-config\nautoinstall:\n  version: 1\n  # replica test seed for master1\n";
 
 fn identity() -> Identity {
     Identity {
@@ -71,7 +72,9 @@ fn build(iso: &Path, dir: &Path) -> anyhow::Result<Built> {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -150,7 +153,10 @@ fn check_with_foreign_tools(variant: Variant) {
         assert_eq!(m, &menus[0], "view {i} ({:?}) differs", views[i].1);
     }
     assert!(menu.contains(&built.boot_title), "{menu}");
-    assert!(menu.contains("linux\t/casper/vmlinuz autoinstall ---"), "{menu}");
+    assert!(
+        menu.contains("linux\t/casper/vmlinuz autoinstall ---"),
+        "{menu}"
+    );
     assert!(menu.contains("set timeout=10"));
     assert!(!menu.contains("set timeout=30"));
     assert!(menu.contains("Try or Install Ubuntu Server"));
@@ -169,7 +175,9 @@ fn check_with_foreign_tools(variant: Variant) {
     std::fs::create_dir_all(check.join("boot/grub")).unwrap();
     std::fs::write(check.join("boot/grub/grub.cfg"), &menus[0]).unwrap();
     std::fs::write(check.join("sums"), format!("{line}\n")).unwrap();
-    run(Command::new("md5sum").current_dir(&check).args(["-c", "sums"]));
+    run(Command::new("md5sum")
+        .current_dir(&check)
+        .args(["-c", "sums"]));
 
     // The partition tables: sgdisk finds no problem; CIDATA is 1 MiB aligned after the
     // ISO; the MBR keeps its boot code and bootable entry, only the 0xEE entry grew.
@@ -197,7 +205,10 @@ fn check_with_foreign_tools(variant: Variant) {
         id.contains("LABEL=\"CIDATA\"") && id.contains("TYPE=\"vfat\""),
         "{id}"
     );
-    let ud = run(Command::new("mcopy").arg("-i").arg(&part_path).args(["::user-data", "-"]));
+    let ud = run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&part_path)
+        .args(["::user-data", "-"]));
     assert_eq!(ud, USER_DATA);
     let k3s = tmp.path().join("k3s.out");
     run(Command::new("mcopy")
@@ -224,7 +235,11 @@ fn check_with_foreign_tools(variant: Variant) {
         .arg(img)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["cluster"], "chocolandiadc-mvp");
     assert_eq!(j["node"], "master1");
@@ -281,11 +296,16 @@ fn cidata_fat32_volume_is_clean() {
         },
     ];
     cidata::write(&f, 0, size, &entries, &mut |_| Ok(())).unwrap();
-    let info = run(Command::new("blkid").args(["-p", "-o", "export"]).arg(&path));
+    let info = run(Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(&path));
     assert!(info.contains("VERSION=FAT32"), "{info}");
     assert!(info.contains("LABEL=CIDATA"), "{info}");
     run(Command::new("fsck.vfat").arg("-n").arg(&path));
-    let ud = run(Command::new("mcopy").arg("-i").arg(&path).args(["::user-data", "-"]));
+    let ud = run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&path)
+        .args(["::user-data", "-"]));
     assert_eq!(ud, USER_DATA);
     let sums = run(Command::new("mcopy")
         .arg("-i")
@@ -320,7 +340,10 @@ fn image_refuses_a_non_ubuntu_iso() {
         ),
         "{msg}"
     );
-    assert!(msg.contains("Debian GNU/Linux 12"), "says what it found: {msg}");
+    assert!(
+        msg.contains("Debian GNU/Linux 12"),
+        "says what it found: {msg}"
+    );
     assert!(msg.contains("22.04"), "{msg}");
     assert_only(tmp.path(), PAYLOAD_FILES);
 }
@@ -398,7 +421,7 @@ fn clean_log(raw: &[u8]) -> String {
             '\x1b' => {
                 if chars.peek() == Some(&'[') {
                     chars.next();
-                    while let Some(n) = chars.next() {
+                    for n in chars.by_ref() {
                         if ('@'..='~').contains(&n) {
                             break;
                         }
@@ -420,12 +443,23 @@ fn boot(img: &Path, uefi: bool, dir: &Path) -> String {
     let log = dir.join(if uefi { "uefi.log" } else { "bios.log" });
     let mut cmd = Command::new("timeout");
     cmd.args(["--kill-after=10", "400", "qemu-system-x86_64"])
-        .args(["-accel", "tcg", "-machine", "q35", "-m", "512", "-no-reboot"])
+        .args([
+            "-accel",
+            "tcg",
+            "-machine",
+            "q35",
+            "-m",
+            "512",
+            "-no-reboot",
+        ])
         .args(["-display", "none", "-monitor", "none"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
         .arg("-drive")
-        .arg(format!("if=none,id=stick,file={},format=raw", img.display()))
+        .arg(format!(
+            "if=none,id=stick,file={},format=raw",
+            img.display()
+        ))
         .args(["-device", "qemu-xhci,id=xhci"])
         .args(["-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=1"]);
     if uefi {
@@ -467,7 +501,10 @@ fn check_boot(uefi: bool) {
     let log = boot(&built.image, uefi, tmp.path());
     let cmdline = log
         .lines()
-        .find_map(|l| l.split_once(replica::CMDLINE_MARK).map(|(_, c)| c.to_string()))
+        .find_map(|l| {
+            l.split_once(replica::CMDLINE_MARK)
+                .map(|(_, c)| c.to_string())
+        })
         .unwrap_or_else(|| panic!("the initramfs never printed its command line:\n{log}"));
     let words: Vec<&str> = cmdline.split_whitespace().collect();
     assert!(words.contains(&"autoinstall"), "{cmdline}\n{log}");

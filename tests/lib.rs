@@ -1,6 +1,6 @@
 //! One integration test binary driving the real `chocoimg` and real peers.
 //! Each area adds its module here.
+mod image;
 mod profile;
 mod seed;
 mod support;
-mod image;

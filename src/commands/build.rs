@@ -112,7 +112,11 @@ fn print_flashing(built: &image::Built, manifest: &std::path::Path) {
         built.size as f64 / 1e9,
         built.size
     );
-    println!("  sha256  {}  ({})", built.sha256, built.sha256_file.display());
+    println!(
+        "  sha256  {}  ({})",
+        built.sha256,
+        built.sha256_file.display()
+    );
     println!("  record  {}", manifest.display());
     println!("  boots   \"{}\"", built.boot_title);
     println!("  flash it to a USB stick (everything on the stick is erased):");

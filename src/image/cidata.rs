@@ -15,7 +15,10 @@ pub const IDENTITY_FILE: &str = "chocoimg.json";
 pub enum Source {
     Bytes(Vec<u8>),
     /// A file on the laptop, streamed; its length as checked when planned.
-    File { path: PathBuf, len: u64 },
+    File {
+        path: PathBuf,
+        len: u64,
+    },
 }
 
 /// One file on the volume, `/`-separated name relative to its root.
@@ -229,12 +232,19 @@ fn fix_dot_entries(disk: &mut Window, dir: &str) -> io::Result<()> {
     let reserved = u16_at(14);
     let fats = u64::from(bpb[16]);
     let root_entries = u16_at(17);
-    let fat_sectors = if u16_at(22) != 0 { u16_at(22) } else { u32_at(36) };
+    let fat_sectors = if u16_at(22) != 0 {
+        u16_at(22)
+    } else {
+        u32_at(36)
+    };
     let root_sectors = (root_entries * 32).div_ceil(sector);
     let data = reserved + fats * fat_sectors + root_sectors;
     let cluster_at = |c: u64| (data + (c - 2) * per_cluster) * sector;
     let (root_at, root_len) = if root_entries != 0 {
-        ((reserved + fats * fat_sectors) * sector, root_sectors * sector)
+        (
+            (reserved + fats * fat_sectors) * sector,
+            root_sectors * sector,
+        )
     } else {
         (cluster_at(u32_at(44)), per_cluster * sector)
     };
@@ -251,7 +261,8 @@ fn fix_dot_entries(disk: &mut Window, dir: &str) -> io::Result<()> {
     let mut head = [0u8; 128];
     disk.seek(SeekFrom::Start(at))?;
     disk.read_exact(&mut head)?;
-    let (lfn_dot, dot, lfn_dotdot, dotdot) = (&head[0..32], &head[32..64], &head[64..96], &head[96..128]);
+    let (lfn_dot, dot, lfn_dotdot, dotdot) =
+        (&head[0..32], &head[32..64], &head[64..96], &head[96..128]);
     if lfn_dot[11] != 0x0F || &dot[0..11] != b".          " {
         // Already well-formed (a fatfs that no longer does this).
         return Ok(());
@@ -316,8 +327,8 @@ mod tests {
         write(&tmp, 4096, size, &entries, &mut |_| Ok(())).unwrap();
         let back = read_file(&tmp, 4096, size, "k3s/SHA256SUMS", 100).unwrap();
         assert_eq!(back, b"abc  k3s\n");
-        let fs = fatfs::FileSystem::new(Window::new(&tmp, 4096, size), fatfs::FsOptions::new())
-            .unwrap();
+        let fs =
+            fatfs::FileSystem::new(Window::new(&tmp, 4096, size), fatfs::FsOptions::new()).unwrap();
         assert_eq!(fs.volume_label(), "CIDATA");
     }
 }

@@ -11,8 +11,7 @@ pub const SECTOR: u64 = 512;
 pub const ALIGN: u64 = 1 << 20;
 /// EBD0A0A2-B9E5-4433-87C0-68B6B72699C7 (Microsoft basic data) as stored on disk.
 pub const BASIC_DATA: [u8; 16] = [
-    0xA2, 0xA0, 0xD0, 0xEB, 0xE5, 0xB9, 0x33, 0x44, 0x87, 0xC0, 0x68, 0xB6, 0xB7, 0x26, 0x99,
-    0xC7,
+    0xA2, 0xA0, 0xD0, 0xEB, 0xE5, 0xB9, 0x33, 0x44, 0x87, 0xC0, 0x68, 0xB6, 0xB7, 0x26, 0x99, 0xC7,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +23,11 @@ pub enum GptError {
     #[error("the GPT has no free entry for the CIDATA partition")]
     NoFreeEntry,
     #[error("partition {index} ends at byte {end}, past the end of the ISO ({iso_len})")]
-    PastEnd { index: usize, end: u64, iso_len: u64 },
+    PastEnd {
+        index: usize,
+        end: u64,
+        iso_len: u64,
+    },
     #[error("reading the partition tables: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -55,7 +58,9 @@ impl Gpt {
         file.seek(SeekFrom::Start(SECTOR))?;
         file.read_exact(&mut header)?;
         if &header[0..8] != b"EFI PART" {
-            return Err(GptError::BadGpt("no \"EFI PART\" signature at LBA 1".into()));
+            return Err(GptError::BadGpt(
+                "no \"EFI PART\" signature at LBA 1".into(),
+            ));
         }
         let header_size = u32_at(&header, 12) as usize;
         if !(92..=SECTOR as usize).contains(&header_size) {
@@ -76,7 +81,9 @@ impl Gpt {
         file.seek(SeekFrom::Start(u64_at(&header, 72) * SECTOR))?;
         file.read_exact(&mut entries)?;
         if crc32fast::hash(&entries) != u32_at(&header, 88) {
-            return Err(GptError::BadGpt("partition entry array CRC32 mismatch".into()));
+            return Err(GptError::BadGpt(
+                "partition entry array CRC32 mismatch".into(),
+            ));
         }
         Ok(Gpt {
             header,
@@ -138,7 +145,10 @@ pub fn plan_append(
     size: u64,
     name: &str,
 ) -> Result<Appended, GptError> {
-    assert!(size % ALIGN == 0 && size > 0, "partition size must be whole MiB");
+    assert!(
+        size % ALIGN == 0 && size > 0,
+        "partition size must be whole MiB"
+    );
     let mut mbr = [0u8; SECTOR as usize];
     file.seek(SeekFrom::Start(0))?;
     file.read_exact(&mut mbr)?;

@@ -172,7 +172,10 @@ mod tests {
 
     #[test]
     fn autoinstall_goes_before_the_separator_once() {
-        assert_eq!(with_autoinstall("/k quiet --- x"), "/k quiet autoinstall --- x");
+        assert_eq!(
+            with_autoinstall("/k quiet --- x"),
+            "/k quiet autoinstall --- x"
+        );
         assert_eq!(with_autoinstall("/k"), "/k autoinstall");
         assert_eq!(with_autoinstall("/k autoinstall ---"), "/k autoinstall ---");
     }

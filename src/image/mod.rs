@@ -64,7 +64,11 @@ pub enum ImageError {
         "{iso}: the new /boot/grub/grub.cfg needs {needed} bytes but the ISO reserves only \
          {room} for it; this ISO cannot be patched in place (use the official 22.04.5 ISO)"
     )]
-    GrubNoRoom { iso: PathBuf, needed: u64, room: u64 },
+    GrubNoRoom {
+        iso: PathBuf,
+        needed: u64,
+        room: u64,
+    },
     #[error("the ISO's /boot/grub/grub.cfg is not what an Ubuntu ISO ships: {detail}")]
     GrubLayout { detail: String },
     #[error("{iso} does not have the layout of an Ubuntu 22.04 ISO: {source}")]
@@ -232,8 +236,7 @@ fn plan(req: &BuildRequest) -> Result<Plan> {
         iso: req.iso.to_path_buf(),
         source: e,
     };
-    let mut file =
-        File::open(req.iso).with_context(|| format!("opening {}", req.iso.display()))?;
+    let mut file = File::open(req.iso).with_context(|| format!("opening {}", req.iso.display()))?;
     let iso_len = file.metadata()?.len();
     let mut iso = iso9660::Iso::open(&mut file).map_err(|e| layout(e.into()))?;
 
@@ -283,8 +286,8 @@ fn plan(req: &BuildRequest) -> Result<Plan> {
 
     let entries = cidata_entries(req)?;
     let size = cidata::volume_size(&entries);
-    let appended = gpt::plan_append(&mut file, iso_len, size, cidata::LABEL)
-        .map_err(|e| layout(e.into()))?;
+    let appended =
+        gpt::plan_append(&mut file, iso_len, size, cidata::LABEL).map_err(|e| layout(e.into()))?;
     patches.extend(appended.head.iter().cloned());
     patches.sort_by_key(|p| p.at);
     for pair in patches.windows(2) {

@@ -179,7 +179,14 @@ pub fn replica(variant: Variant) -> PathBuf {
 
 /// A replica with an extra file of `pad_mib` MiB (for the benchmark).
 pub fn replica_padded(variant: Variant, pad_mib: u32) -> PathBuf {
-    for tool in ["xorriso", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy", "md5sum"] {
+    for tool in [
+        "xorriso",
+        "grub-mkimage",
+        "mkfs.vfat",
+        "mmd",
+        "mcopy",
+        "md5sum",
+    ] {
         require_tool(tool);
     }
     assert!(
