@@ -89,7 +89,8 @@ impl<'f> Iso<'f> {
                 bases.push(start);
             }
         }
-        let len = file.metadata()?.len();
+        // Seek, not metadata: a USB stick's block device reports length 0.
+        let len = file.seek(SeekFrom::End(0))?;
         let mut sets = Vec::new();
         for base in bases {
             if base + DESCRIPTORS_AT + BLOCK > len {

@@ -20,7 +20,6 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 
 /// The menu GRUB reads under BIOS and UEFI.
 pub const GRUB_CFG: &str = "/boot/grub/grub.cfg";
@@ -175,25 +174,8 @@ pub fn build(req: &BuildRequest) -> Result<Built> {
 
     let total = plan.iso_len + plan.entries.iter().map(|e| e.len()).sum::<u64>();
     let meter = Meter::new(&format!("building {file_name}"), total, req.progress);
-    let (hash_tx, hash_rx) = mpsc::sync_channel::<Vec<u8>>(4);
-    let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();
-    let hasher = std::thread::spawn(move || {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        for chunk in hash_rx {
-            h.update(&chunk);
-            let _ = back_tx.send(chunk);
-        }
-        hex::encode(h.finalize())
-    });
-    let written = write_image(req, &plan, tmp.as_file(), &meter, &hash_tx, &back_rx);
-    drop(hash_tx);
-    let sha256 = hasher.join().expect("the hashing thread does not panic");
-    written?;
+    let sha256 = write_image(req, &plan, tmp.path(), tmp.as_file(), &meter)?;
     meter.finish();
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("writing {}", tmp.path().display()))?;
 
     if req.cancel.load(Ordering::SeqCst) {
         return Err(ImageError::Interrupted.into());
@@ -352,46 +334,61 @@ fn cidata_entries(req: &BuildRequest) -> Result<Vec<cidata::Entry>> {
     Ok(entries)
 }
 
-/// Phase two: streams the patched ISO into `out`, hashing every chunk in order, then
-/// the CIDATA volume and the backup GPT.
+/// Phase two. The kernel copies the ISO (copy_file_range or reflink, through
+/// `std::fs::copy`) while another thread reads it too, applies the planned patches to
+/// its chunks and hashes them: the image's SHA-256 costs no second pass. Then the
+/// patches go into the copy, CIDATA and the backup GPT after it; the hash goes on over
+/// those bytes (read back) while the file is synced. Returns the hex SHA-256.
 fn write_image(
     req: &BuildRequest,
     plan: &Plan,
+    out_path: &Path,
     out: &File,
     meter: &Meter,
-    hash: &mpsc::SyncSender<Vec<u8>>,
-    spare: &mpsc::Receiver<Vec<u8>>,
-) -> Result<()> {
+) -> Result<String> {
+    use sha2::Digest;
     let iso_name = req.iso.display();
     let out_name = req.output.display();
-    let mut src = File::open(req.iso).with_context(|| format!("opening {iso_name}"))?;
-    let mut dst = out;
-    let mut at = 0u64;
-    let mut created = 0;
-    while at < plan.iso_len {
-        if req.cancel.load(Ordering::SeqCst) {
-            return Err(ImageError::Interrupted.into());
-        }
-        let mut buf = match spare.try_recv() {
-            Ok(b) => b,
-            Err(_) => {
-                created += 1;
-                debug_assert!(created <= 8);
-                Vec::with_capacity(CHUNK)
+    let head_hash = |h: &mut sha2::Sha256| -> Result<()> {
+        let mut src = File::open(req.iso).with_context(|| format!("opening {iso_name}"))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut at = 0u64;
+        while at < plan.iso_len {
+            if req.cancel.load(Ordering::SeqCst) {
+                return Err(ImageError::Interrupted.into());
             }
-        };
-        let want = CHUNK.min((plan.iso_len - at) as usize);
-        buf.resize(want, 0);
-        src.read_exact(&mut buf)
-            .with_context(|| format!("reading {iso_name}"))?;
-        apply(&plan.patches, at, &mut buf);
-        dst.write_all(&buf)
-            .with_context(|| format!("writing {out_name}"))?;
-        at += want as u64;
-        meter.inc(want as u64);
-        hash.send(buf).expect("the hashing thread is alive");
-    }
+            let n = CHUNK.min((plan.iso_len - at) as usize);
+            src.read_exact(&mut buf[..n])
+                .with_context(|| format!("reading {iso_name}"))?;
+            apply(&plan.patches, at, &mut buf[..n]);
+            h.update(&buf[..n]);
+            meter.inc(n as u64);
+            at += n as u64;
+        }
+        Ok(())
+    };
+    let mut hasher = sha2::Sha256::new();
+    std::thread::scope(|s| -> Result<()> {
+        let hashing = s.spawn(|| head_hash(&mut hasher));
+        let copied = std::fs::copy(req.iso, out_path)
+            .with_context(|| format!("copying {iso_name} to {}", out_path.display()));
+        let hashed = hashing.join().expect("the hashing thread does not panic");
+        let copied = copied?;
+        hashed?;
+        if copied != plan.iso_len {
+            anyhow::bail!("{iso_name} changed while it was copied");
+        }
+        Ok(())
+    })?;
+    // std::fs::copy gave the copy the ISO's mode; the image will hold secrets.
+    crate::fsutil::set_mode(out_path, 0o600)?;
 
+    let mut dst = out;
+    for p in &plan.patches {
+        dst.seek(SeekFrom::Start(p.at))?;
+        dst.write_all(&p.bytes)
+            .with_context(|| format!("writing {out_name}"))?;
+    }
     let a = &plan.appended;
     out.set_len(a.image_len)
         .with_context(|| format!("growing {out_name}"))?;
@@ -415,20 +412,31 @@ fn write_image(
             .with_context(|| format!("writing the backup GPT in {out_name}"))?;
     }
 
-    // Hash what follows the ISO by reading it back: padding, CIDATA, backup GPT.
-    dst.seek(SeekFrom::Start(plan.iso_len))?;
-    let mut reader = out;
-    let mut left = a.image_len - plan.iso_len;
-    while left > 0 {
-        let mut buf = spare.try_recv().unwrap_or_default();
-        buf.resize(CHUNK.min(left as usize), 0);
-        reader
-            .read_exact(&mut buf)
-            .with_context(|| format!("reading back {out_name}"))?;
-        left -= buf.len() as u64;
-        hash.send(buf).expect("the hashing thread is alive");
+    // Hash what follows the ISO (padding, CIDATA, backup GPT) while the file syncs.
+    std::thread::scope(|s| -> Result<()> {
+        let syncing = s.spawn(|| out.sync_all());
+        let mut reader = File::open(out_path).with_context(|| format!("opening {out_name}"))?;
+        reader.seek(SeekFrom::Start(plan.iso_len))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut left = a.image_len - plan.iso_len;
+        while left > 0 {
+            let n = CHUNK.min(left as usize);
+            reader
+                .read_exact(&mut buf[..n])
+                .with_context(|| format!("reading back {out_name}"))?;
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        syncing
+            .join()
+            .expect("the sync thread does not panic")
+            .with_context(|| format!("writing {out_name}"))?;
+        Ok(())
+    })?;
+    if req.cancel.load(Ordering::SeqCst) {
+        return Err(ImageError::Interrupted.into());
     }
-    Ok(())
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Copies the parts of `patches` that fall inside the chunk at `at`.
