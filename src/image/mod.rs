@@ -371,7 +371,13 @@ fn write_image(
     std::thread::scope(|s| -> Result<()> {
         let hashing = s.spawn(|| head_hash(&mut hasher));
         let copied = std::fs::copy(req.iso, out_path)
-            .with_context(|| format!("copying {iso_name} to {}", out_path.display()));
+            .with_context(|| format!("copying {iso_name} to {}", out_path.display()))
+            // Start writing the copy back while the hashing catches up.
+            .and_then(|n| {
+                out.sync_data()
+                    .with_context(|| format!("writing {}", out_path.display()))?;
+                Ok(n)
+            });
         let hashed = hashing.join().expect("the hashing thread does not panic");
         let copied = copied?;
         hashed?;
