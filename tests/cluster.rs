@@ -1,0 +1,406 @@
+//! Issue 4: the cluster assembles itself. Node scripts run for real against Avahi in
+//! network namespaces; the laptop commands run as the real binary inside them.
+use crate::support::k3s::{fake_systemctl, pki, standin, Cluster};
+use crate::support::netns::{Host, Lan};
+use crate::support::{chocoimg, require_tool};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const LIB: &str = "usr/local/lib/chocoimg";
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn rendered_node_scripts_pass_shellcheck() {
+    require_tool("shellcheck");
+    let c = Cluster::new("chocotest", "chocotest", None);
+    for node in ["master1", "nodo1"] {
+        let setup = c.node_setup(node);
+        let scripts: Vec<_> = setup
+            .files
+            .iter()
+            .filter(|f| f.path.ends_with(".sh"))
+            .collect();
+        assert!(scripts.len() >= 2, "{node}: {scripts:?}");
+        for f in scripts {
+            assert!(f.content.starts_with("#!/bin/sh\n"), "{}", f.path);
+            let p = c.dir.path().join(format!("{node}-{}", f.path.replace('/', "_")));
+            std::fs::write(&p, &f.content).unwrap();
+            ok(Command::new("shellcheck").args(["-s", "sh", "-S", "style"]).arg(&p));
+        }
+    }
+}
+
+#[test]
+fn node_files_keep_secrets_where_they_belong() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    for node in ["master1", "nodo1"] {
+        let setup = c.node_setup(node);
+        let token = setup.file("/etc/chocoimg/agent-token").unwrap();
+        assert_eq!(token.permissions, "0600");
+        assert_eq!(token.content.trim(), c.secrets.agent_token);
+        for f in &setup.files {
+            assert!(!f.content.contains(&c.secrets.server_token), "{}", f.path);
+            if f.path != token.path {
+                assert!(!f.content.contains(&c.secrets.agent_token), "{}", f.path);
+            }
+        }
+        assert!(setup.first_boot.iter().any(|c| c.contains("--no-block")));
+    }
+    let master = c.node_setup("master1");
+    let sudoers = master.file("/etc/sudoers.d/chocoimg-kubeconfig").unwrap();
+    assert_eq!(sudoers.permissions, "0440");
+    assert!(sudoers
+        .content
+        .contains("chocotest ALL=(root) NOPASSWD: /usr/bin/cat /etc/rancher/k3s/k3s.yaml\n"));
+    assert!(c.node_setup("nodo1").file(&sudoers.path).is_none());
+}
+
+#[test]
+fn sudoers_dropin_passes_visudo() {
+    require_tool("visudo");
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let setup = c.node_setup("master1");
+    let f = setup.file("/etc/sudoers.d/chocoimg-kubeconfig").unwrap();
+    let p = c.dir.path().join("sudoers");
+    std::fs::write(&p, &f.content).unwrap();
+    ok(Command::new("visudo").arg("-cf").arg(&p));
+}
+
+/// master1 on the LAN: Avahi configured by the rendered avahi-config.sh, the K3s
+/// stand-in serving /cacerts on 6443, and the rendered announce.sh run for real.
+struct Master {
+    host: Host,
+    root: PathBuf,
+    services: PathBuf,
+    cacerts: PathBuf,
+    pki: crate::support::k3s::Pki,
+    _k3s: crate::support::k3s::Standin,
+}
+
+fn start_master(c: &Cluster, lan: &mut Lan) -> Master {
+    let mut host = lan.add_host("master1");
+    let root = c.install_node_files("master1", &host.dir.join("root"));
+    let conf = host.dir.join("avahi-daemon.conf");
+    ok(lan
+        .cmd(&host, "sh")
+        .arg(root.join(LIB).join("avahi-config.sh"))
+        .env("CHOCOIMG_AVAHI_CONF", &conf));
+    let conf_text = std::fs::read_to_string(&conf).unwrap();
+    for line in [
+        "allow-interfaces=eth0\n",
+        "use-ipv6=no\n",
+        "publish-aaaa-on-ipv4=no\n",
+        "publish-workstation=no\n",
+    ] {
+        assert!(conf_text.contains(line), "{line} missing in:\n{conf_text}");
+    }
+    let avahi = lan.start_avahi(&mut host, Some(&conf));
+    // Stand-in for K3s (none can run here): serves /cacerts like K3s does.
+    let pki = pki(
+        &host.dir.join("pki"),
+        "k3s-server-ca",
+        &["IP:127.0.0.1", &format!("IP:{}", host.ip)],
+    );
+    let k3s = standin(
+        lan.cmd(&host, "/usr/bin/python3"),
+        &[
+            "--bind".into(),
+            "0.0.0.0".into(),
+            "--port".into(),
+            "6443".into(),
+            "--cert".into(),
+            pki.server_cert.display().to_string(),
+            "--key".into(),
+            pki.server_key.display().to_string(),
+            "--cacerts".into(),
+            pki.ca.display().to_string(),
+        ],
+    );
+    let master = Master {
+        services: avahi.services_dir,
+        cacerts: pki.ca.clone(),
+        pki,
+        root,
+        host,
+        _k3s: k3s,
+    };
+    announce(lan, &master);
+    master
+}
+
+fn announce(lan: &Lan, m: &Master) -> String {
+    ok(lan
+        .cmd(&m.host, "sh")
+        .arg(m.root.join(LIB).join("announce.sh"))
+        .env(
+            "CHOCOIMG_AGENT_TOKEN_FILE",
+            m.root.join("etc/chocoimg/agent-token"),
+        )
+        .env("CHOCOIMG_AVAHI_SERVICES", &m.services))
+}
+
+fn ca_of(path: &Path) -> String {
+    chocoimg::proof::ca_hash(&std::fs::read(path).unwrap())
+}
+
+/// Publishes a hand-made `_k3s._tcp` announcement from `dir` (an Avahi services folder).
+fn publish_fake(dir: &Path, file: &str, name: &str, cluster: &str, ca: &str, proof: &str) {
+    std::fs::write(
+        dir.join(file),
+        format!(
+            r#"<?xml version="1.0" standalone='no'?>
+<!DOCTYPE service-group SYSTEM "avahi-service.dtd">
+<service-group>
+  <name>{name}</name>
+  <service protocol="ipv4">
+    <type>_k3s._tcp</type>
+    <port>6443</port>
+    <txt-record>txtvers=1</txt-record>
+    <txt-record>cluster={cluster}</txt-record>
+    <txt-record>role=server</txt-record>
+    <txt-record>k3s=v1.28.15+k3s1</txt-record>
+    <txt-record>ca={ca}</txt-record>
+    <txt-record>proof={proof}</txt-record>
+  </service>
+</service-group>
+"#
+        ),
+    )
+    .unwrap();
+}
+
+/// A host announcing a forged master1 of our cluster and another cluster's server.
+fn start_forger(c: &Cluster, lan: &mut Lan) -> Host {
+    let mut host = lan.add_host("forger");
+    let avahi = lan.start_avahi(&mut host, None);
+    let ca = chocoimg::proof::ca_hash(b"an attacker's CA");
+    let forged = chocoimg::proof::proof("not-the-agent-token", &c.plan.cluster, &ca);
+    publish_fake(
+        &avahi.services_dir,
+        "forged.service",
+        "master1-forged",
+        &c.plan.cluster,
+        &ca,
+        &forged,
+    );
+    let theirs = chocoimg::proof::proof("their-token", "othercluster", &ca);
+    publish_fake(
+        &avahi.services_dir,
+        "foreign.service",
+        "otherserver",
+        "othercluster",
+        &ca,
+        &theirs,
+    );
+    host
+}
+
+#[test]
+fn discover_finds_master1_verified_and_flags_forged_and_foreign() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let m = start_master(&c, &mut lan);
+    let service = std::fs::read_to_string(m.services.join("chocoimg-k3s.service")).unwrap();
+    let ca = ca_of(&m.cacerts);
+    let proof = chocoimg::proof::proof(&c.secrets.agent_token, "chocotest", &ca);
+    for txt in [
+        "txtvers=1".to_string(),
+        "cluster=chocotest".into(),
+        "role=server".into(),
+        "k3s=v1.28.15+k3s1".into(),
+        format!("ca={ca}"),
+        format!("proof={proof}"),
+    ] {
+        assert!(
+            service.contains(&format!("<txt-record>{txt}</txt-record>")),
+            "{txt} not in {service}"
+        );
+    }
+    assert_eq!(service.matches("<txt-record>").count(), 6, "{service}");
+    for secret in c.secrets.values() {
+        assert!(!service.contains(secret));
+    }
+    // Re-running with nothing changed leaves the file alone (no re-announcement).
+    assert!(announce(&lan, &m).contains("already announcing"));
+    let _forger = start_forger(&c, &mut lan);
+    let laptop = lan.add_host("laptop");
+
+    let run = |args: &[&str]| {
+        lan.cmd(&laptop, chocoimg().get_program())
+            .args(args)
+            .envs(c.envs())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["discover", "--json", "--timeout", "4"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_instance = |i: &str| {
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["instance"] == i)
+            .unwrap_or_else(|| panic!("{i} not in {found:#}"))
+            .clone()
+    };
+    let ours = by_instance("master1");
+    assert_eq!(ours["verdict"], "verified", "{found:#}");
+    assert_eq!(ours["addresses"], serde_json::json!(["10.99.0.1"]));
+    assert_eq!(ours["ca"], ca.as_str());
+    assert_eq!(ours["port"], 6443);
+    assert_eq!(by_instance("master1-forged")["verdict"], "forged");
+    assert_eq!(by_instance("otherserver")["verdict"], "foreign-cluster");
+    assert_eq!(by_instance("otherserver")["cluster"], "othercluster");
+    assert_eq!(found[0]["instance"], "master1", "verified first");
+
+    let table = run(&["discover", "--timeout", "3"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(text.contains("verified"), "{text}");
+    assert!(text.contains("forged"), "{text}");
+    assert!(text.contains("foreign cluster (othercluster)"), "{text}");
+
+    // The second implementation sees the same announcement, with a proof that checks.
+    let zc = ok(lan.cmd(&laptop, "/usr/bin/python3").args([
+        crate::support::repo()
+            .join("tests/support/zeroconf_browse.py")
+            .display()
+            .to_string(),
+        laptop.ip.to_string(),
+        "5".into(),
+    ]));
+    let zc: serde_json::Value = serde_json::from_str(&zc).unwrap();
+    let m1 = zc
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "master1._k3s._tcp.local.")
+        .unwrap_or_else(|| panic!("zeroconf did not see master1: {zc:#}"));
+    assert_eq!(m1["addresses"], serde_json::json!(["10.99.0.1"]));
+    assert_eq!(m1["txt"]["ca"], ca.as_str());
+    assert!(chocoimg::proof::verify(
+        &c.secrets.agent_token,
+        "chocotest",
+        m1["txt"]["ca"].as_str().unwrap(),
+        m1["txt"]["proof"].as_str().unwrap()
+    ));
+}
+
+#[test]
+fn discover_says_what_was_tried_when_nothing_answers() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let laptop = lan.add_host("laptop");
+    let out = lan
+        .cmd(&laptop, chocoimg().get_program())
+        .args(["discover", "--timeout", "1"])
+        .envs(c.envs())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "_k3s._tcp.local.",
+        "different LAN",
+        "isolat",
+        "Local Network",
+        "still installing",
+    ] {
+        assert!(err.contains(needle), "{needle} not in {err}");
+    }
+}
+
+fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std::process::Output {
+    lan.cmd(nodo, "sh")
+        .arg(root.join(LIB).join("join.sh"))
+        .env(
+            "CHOCOIMG_AGENT_TOKEN_FILE",
+            root.join("etc/chocoimg/agent-token"),
+        )
+        .env(
+            "CHOCOIMG_K3S_CONFIG_DIR",
+            root.join("etc/rancher/k3s/config.yaml.d"),
+        )
+        .env("CHOCOIMG_SYSTEMCTL", fake_systemctl(state))
+        .env("CHOCOIMG_TRIES", "10")
+        .env("CHOCOIMG_PAUSE", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn join_writes_the_agent_config_ignores_forgeries_and_follows_master1() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let _forger = start_forger(&c, &mut lan);
+    let mut m = start_master(&c, &mut lan);
+    let mut nodo = lan.add_host("nodo1");
+    let root = c.install_node_files("nodo1", &nodo.dir.join("root"));
+    lan.start_avahi(&mut nodo, None);
+    let state = nodo.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let dropin = root.join("etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml");
+    let ca = ca_of(&m.cacerts);
+    let expect = |addr: &str| {
+        format!(
+            "# Written by chocoimg-join: where this agent's server is, and its join token.\nserver: \"https://{addr}:6443\"\ntoken: \"K10{ca}::node:{}\"\n",
+            c.secrets.agent_token
+        )
+    };
+
+    let out = run_join(&lan, &nodo, &root, &state);
+    let log = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(std::fs::read_to_string(&dropin).unwrap(), expect("10.99.0.2"), "{log}");
+    assert_eq!(
+        chocoimg::proof::agent_join_token(&ca, &c.secrets.agent_token),
+        format!("K10{ca}::node:{}", c.secrets.agent_token)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dropin).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(log.contains("found master1 of cluster chocotest at 10.99.0.2"), "{log}");
+    assert!(log.contains("forged announcement"), "{log}");
+    assert!(log.contains("another cluster (othercluster)"), "{log}");
+    let calls = || std::fs::read_to_string(state.join("systemctl.log")).unwrap_or_default();
+    assert_eq!(calls(), "is-active --quiet k3s-agent\nstart --no-block k3s-agent\n");
+
+    // Nothing changed: no restart.
+    let out = run_join(&lan, &nodo, &root, &state);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("still at 10.99.0.2"));
+    assert!(!calls().contains("restart"), "{}", calls());
+
+    // master1 gets a new DHCP address: the next run follows it and restarts the agent.
+    lan.readdress(&mut m.host, 20);
+    let mut followed = false;
+    for _ in 0..5 {
+        let out = run_join(&lan, &nodo, &root, &state);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        if std::fs::read_to_string(&dropin).unwrap() == expect("10.99.0.20") {
+            followed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(followed, "join did not follow master1 to 10.99.0.20");
+    assert!(calls().ends_with("restart --no-block k3s-agent\n"), "{}", calls());
+}
