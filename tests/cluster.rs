@@ -401,6 +401,18 @@ fn join_writes_the_agent_config_ignores_forgeries_and_follows_master1() {
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    assert!(followed, "join did not follow master1 to 10.99.0.20");
+    if !followed {
+        let browse = lan
+            .cmd(&nodo, "avahi-browse")
+            .args(["-rptk", "_k3s._tcp"])
+            .output()
+            .unwrap();
+        panic!(
+            "join did not follow master1 to 10.99.0.20; nodo1's Avahi sees:\n{}\ndrop-in:\n{}\nmaster1's Avahi log:\n{}",
+            String::from_utf8_lossy(&browse.stdout),
+            std::fs::read_to_string(&dropin).unwrap(),
+            std::fs::read_to_string(m.host.dir.join("avahi.log")).unwrap()
+        );
+    }
     assert!(calls().ends_with("restart --no-block k3s-agent\n"), "{}", calls());
 }

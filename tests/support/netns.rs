@@ -111,7 +111,7 @@ impl Lan {
     /// Moves a host to a new address (a DHCP lease that changed).
     pub fn readdress(&self, host: &mut Host, n: u8) {
         let new = Ipv4Addr::new(10, 99, 0, n);
-        ip(&["-n", &host.ns, "addr", "add", &format!("{new}/24"), "dev", "eth0"]);
+        // Old one first: deleting a primary address also deletes its secondaries.
         ip(&[
             "-n",
             &host.ns,
@@ -121,11 +121,8 @@ impl Lan {
             "dev",
             "eth0",
         ]);
-        // The old default route went with the old address's prefix route only if it
-        // referenced it; make sure one exists.
-        let _ = Command::new("ip")
-            .args(["-n", &host.ns, "route", "replace", "default", "dev", "eth0"])
-            .status();
+        ip(&["-n", &host.ns, "addr", "add", &format!("{new}/24"), "dev", "eth0"]);
+        ip(&["-n", &host.ns, "route", "replace", "default", "dev", "eth0"]);
         host.ip = new;
     }
 
