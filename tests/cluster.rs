@@ -416,3 +416,124 @@ fn join_writes_the_agent_config_ignores_forgeries_and_follows_master1() {
     }
     assert!(calls().ends_with("restart --no-block k3s-agent\n"), "{}", calls());
 }
+
+fn nodes_json(nodes: &[(&str, &str)]) -> String {
+    let items: Vec<_> = nodes
+        .iter()
+        .map(|(name, ready)| {
+            serde_json::json!({
+                "metadata": {"name": name},
+                "status": {"conditions": [
+                    {"type": "MemoryPressure", "status": "False"},
+                    {"type": "Ready", "status": ready}
+                ]}
+            })
+        })
+        .collect();
+    serde_json::json!({"kind": "NodeList", "apiVersion": "v1", "items": items}).to_string()
+}
+
+fn kubeconfig_for(pki: &crate::support::k3s::Pki, name: &str, server: &str) -> String {
+    let k3s: serde_yaml_ng::Value = serde_yaml_ng::from_str(&pki.k3s_kubeconfig()).unwrap();
+    let ours = chocoimg::cluster::kubeconfig::adopt(&k3s, name, server).unwrap();
+    serde_yaml_ng::to_string(&ours).unwrap()
+}
+
+#[test]
+fn status_reports_the_seeds_states_with_exit_codes() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let pki = pki(&c.dir.path().join("pki"), "k3s-server-ca", &["IP:127.0.0.1"]);
+    let nodes = c.dir.path().join("nodes.json");
+    std::fs::write(&nodes, nodes_json(&[("master1", "True"), ("nodo1", "False")])).unwrap();
+    // Stand-in for the K3s API (none can run here), on loopback, client certs required.
+    let path = |p: &Path| p.display().to_string();
+    let api = standin(
+        Command::new("/usr/bin/python3"),
+        &[
+            "--cert".into(),
+            path(&pki.server_cert),
+            "--key".into(),
+            path(&pki.server_key),
+            "--cacerts".into(),
+            path(&pki.ca),
+            "--client-ca".into(),
+            path(&pki.ca),
+            "--nodes".into(),
+            path(&nodes),
+        ],
+    );
+    let kc = c.dir.path().join("kubeconfig");
+    let server = format!("https://127.0.0.1:{}", api.port);
+    std::fs::write(&kc, kubeconfig_for(&pki, "chocotest", &server)).unwrap();
+    let status = |json: bool| {
+        let mut cmd = c.chocoimg();
+        cmd.arg("status").arg("--kubeconfig").arg(&kc);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = status(true);
+    assert_eq!(code, Some(3), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "degraded");
+    assert_eq!(v["nodes"][0]["name"], "master1");
+    assert_eq!(v["nodes"][0]["state"], "Ready");
+    assert_eq!(v["nodes"][1]["state"], "NotReady");
+    let (code, out, _) = status(false);
+    assert_eq!(code, Some(3));
+    assert!(out.starts_with("cluster chocotest: degraded"), "{out}");
+    assert!(out.contains("nodo1    NotReady"), "{out}");
+
+    std::fs::write(&nodes, nodes_json(&[("master1", "True"), ("nodo1", "True")])).unwrap();
+    let (code, out, err) = status(false);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("cluster chocotest: ready"), "{out}");
+
+    std::fs::write(&nodes, nodes_json(&[("master1", "True"), ("nodo1", "Unknown")])).unwrap();
+    let (code, out, _) = status(true);
+    assert_eq!(code, Some(3));
+    assert!(out.contains("\"Unknown\""), "{out}");
+
+    // nodo1 not joined yet: the profile expects it, the API does not know it.
+    std::fs::write(&nodes, nodes_json(&[("master1", "True")])).unwrap();
+    let (code, out, _) = status(true);
+    assert_eq!(code, Some(3), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["nodes"][1]["name"], "nodo1");
+    assert_eq!(v["nodes"][1]["registered"], false);
+
+    // A client certificate the API does not accept: unavailable.
+    let other = pki_other(&c);
+    let foreign_client = crate::support::k3s::Pki {
+        ca: pki.ca.clone(),
+        server_cert: pki.server_cert.clone(),
+        server_key: pki.server_key.clone(),
+        client_cert: other.client_cert.clone(),
+        client_key: other.client_key.clone(),
+    };
+    std::fs::write(&kc, kubeconfig_for(&foreign_client, "chocotest", &server)).unwrap();
+    let (code, out, _) = status(true);
+    assert_eq!(code, Some(4), "{out}");
+    // And a server whose CA is not the kubeconfig's: unavailable too (TLS refuses it).
+    std::fs::write(&kc, kubeconfig_for(&other, "chocotest", &server)).unwrap();
+    let (code, out, _) = status(true);
+    assert_eq!(code, Some(4), "{out}");
+
+    // No API at all: unavailable, and says so.
+    std::fs::write(&kc, kubeconfig_for(&pki, "chocotest", &server)).unwrap();
+    drop(api);
+    let (code, out, err) = status(false);
+    assert_eq!(code, Some(4), "{out}{err}");
+    assert!(out.starts_with("cluster chocotest: unavailable"), "{out}");
+    assert!(err.contains("did not answer"), "{err}");
+}
+
+fn pki_other(c: &Cluster) -> crate::support::k3s::Pki {
+    pki(&c.dir.path().join("pki-other"), "someone-else", &["IP:127.0.0.1"])
+}
