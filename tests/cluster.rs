@@ -537,3 +537,230 @@ fn status_reports_the_seeds_states_with_exit_codes() {
 fn pki_other(c: &Cluster) -> crate::support::k3s::Pki {
     pki(&c.dir.path().join("pki-other"), "someone-else", &["IP:127.0.0.1"])
 }
+
+/// OpenSSH's sshd on master1, in a private mount namespace whose /etc is an overlay (the
+/// host's /etc is never touched): the profile's admin user exists there, K3s's
+/// kubeconfig is bind-mounted from `k3s_yaml` (root-only), and the rendered sudoers
+/// drop-in is installed, so the real sudo decides. `host_key` is the sshd's host key.
+fn start_sshd(
+    c: &Cluster,
+    lan: &Lan,
+    host: &Host,
+    port: u16,
+    host_key: &str,
+    k3s_yaml: &Path,
+) -> PathBuf {
+    require_tool("sshd");
+    require_tool("sudo");
+    require_tool("useradd");
+    let dir = host.dir.join(format!("sshd-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("host_key");
+    std::fs::write(&key, host_key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let auth = dir.join("authorized_keys");
+    std::fs::copy(c.ssh_key.with_extension("pub"), &auth).unwrap();
+    let sudoers = dir.join("sudoers");
+    let setup = c.node_setup("master1");
+    std::fs::write(
+        &sudoers,
+        &setup.file("/etc/sudoers.d/chocoimg-kubeconfig").unwrap().content,
+    )
+    .unwrap();
+    let cfg = dir.join("sshd_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Port {port}\nListenAddress 0.0.0.0\nHostKey {}\nPidFile {}/sshd.pid\n\
+             AuthorizedKeysFile {}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\nPermitRootLogin no\n",
+            key.display(),
+            dir.display(),
+            auth.display()
+        ),
+    )
+    .unwrap();
+    // sshd's compiled-in privilege separation folder (empty; testing.md).
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    ok(Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&cfg));
+    let user = &c.plan.ssh.user;
+    let script = format!(
+        "set -e; mkdir -p /run/sshd; ovl={d}/ovl; mkdir -p $ovl; mount -t tmpfs tmpfs $ovl; \
+         mkdir $ovl/upper $ovl/work; \
+         mount -t overlay overlay -o lowerdir=/etc,upperdir=$ovl/upper,workdir=$ovl/work /etc; \
+         id {user} >/dev/null 2>&1 || useradd -M -d /nonexistent -s /bin/sh {user}; \
+         usermod -p '*' {user}; \
+         mkdir -p /etc/rancher/k3s; touch /etc/rancher/k3s/k3s.yaml; \
+         mount --bind {k3s} /etc/rancher/k3s/k3s.yaml; \
+         install -m 0440 {sudoers} /etc/sudoers.d/chocoimg-kubeconfig; \
+         exec /usr/sbin/sshd -D -e -f {cfg}",
+        d = dir.display(),
+        k3s = k3s_yaml.display(),
+        sudoers = sudoers.display(),
+        cfg = cfg.display(),
+    );
+    let log = dir.join("sshd.log");
+    let mut cmd = lan.cmd(host, "unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(script)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    lan.spawn(cmd);
+    crate::support::netns::wait_for(
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .map(|s| s.contains("Server listening"))
+                .unwrap_or(false)
+        },
+        &format!("sshd on port {port} (log {})", log.display()),
+    );
+    log
+}
+
+fn private_file(path: &Path, content: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn fetch_kubeconfig_merges_a_verified_kubeconfig_and_refuses_impostors() {
+    require_tool("ssh");
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let mut m = start_master(&c, &mut lan);
+    let k3s_yaml = m.host.dir.join("k3s.yaml");
+    private_file(&k3s_yaml, &m.pki.k3s_kubeconfig());
+    let sshd_log = start_sshd(
+        &c,
+        &lan,
+        &m.host,
+        22,
+        &c.secrets.host_keys["master1"].private,
+        &k3s_yaml,
+    );
+    let laptop = lan.add_host("laptop");
+    let kube = c.home.join(".kube/config");
+    std::fs::create_dir_all(kube.parent().unwrap()).unwrap();
+    let existing = "apiVersion: v1\nkind: Config\ncurrent-context: work\nclusters:\n- name: work\n  cluster:\n    server: https://work.example:6443\nusers:\n- name: work\n  user:\n    token: abc\ncontexts:\n- name: work\n  context:\n    cluster: work\n    user: work\n";
+    private_file(&kube, existing);
+    let fetch = |args: &[&str]| {
+        let out = lan
+            .cmd(&laptop, chocoimg().get_program())
+            .arg("fetch-kubeconfig")
+            .args(args)
+            .envs(c.envs())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let read = |p: &Path| -> serde_yaml_ng::Value {
+        serde_yaml_ng::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let named = |doc: &serde_yaml_ng::Value, list: &str, name: &str| {
+        doc[list]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // Discovered over mDNS, proof and CA checked, merged next to "work".
+    let (code, log) = fetch(&["--timeout", "5"]);
+    assert_eq!(code, Some(0), "{log}\nsshd: {}", std::fs::read_to_string(&sshd_log).unwrap());
+    let doc = read(&kube);
+    assert_eq!(doc["current-context"], "work", "{log}");
+    assert_eq!(named(&doc, "contexts", "work").len(), 1);
+    assert_eq!(named(&doc, "users", "work")[0]["user"]["token"], "abc");
+    let ours = named(&doc, "clusters", "chocotest");
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0]["cluster"]["server"], "https://10.99.0.1:6443");
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(ours[0]["cluster"]["certificate-authority-data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(ca, std::fs::read(&m.cacerts).unwrap());
+    assert_eq!(named(&doc, "contexts", "chocotest")[0]["context"]["user"], "chocotest");
+    assert!(!std::fs::read_to_string(&kube).unwrap().contains("default"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&kube).unwrap().permissions().mode() & 0o777, 0o600);
+    let backups: Vec<_> = std::fs::read_dir(kube.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("config.chocoimg-backup-"))
+        .collect();
+    assert_eq!(backups.len(), 1);
+    assert_eq!(std::fs::read_to_string(backups[0].path()).unwrap(), existing);
+    let merged = std::fs::read(&kube).unwrap();
+
+    // Another machine's host key: refused, nothing written.
+    let impostor_key = c.dir.path().join("impostor");
+    ok(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&impostor_key));
+    start_sshd(
+        &c,
+        &lan,
+        &m.host,
+        2222,
+        &std::fs::read_to_string(&impostor_key).unwrap(),
+        &k3s_yaml,
+    );
+    let standalone = c.dir.path().join("standalone.yaml");
+    let (code, log) = fetch(&[
+        "--server",
+        "10.99.0.1",
+        "--ssh-port",
+        "2222",
+        "--output",
+        standalone.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("is not master1's"), "{log}");
+    assert!(!standalone.exists());
+
+    // The right host, but a kubeconfig whose CA is not the one the API serves: refused.
+    let other = pki(&c.dir.path().join("pki-other"), "other-ca", &["IP:127.0.0.1"]);
+    private_file(&k3s_yaml, &other.k3s_kubeconfig());
+    let (code, log) = fetch(&["--server", "10.99.0.1"]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("not the one its API serves"), "{log}");
+    assert_eq!(std::fs::read(&kube).unwrap(), merged, "nothing written");
+    private_file(&k3s_yaml, &m.pki.k3s_kubeconfig());
+
+    // --output writes a standalone file (the pinned host, the fixed address).
+    let (code, log) = fetch(&["--server", "10.99.0.1", "--output", standalone.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{log}");
+    let alone = read(&standalone);
+    assert_eq!(alone["current-context"], "chocotest");
+    assert_eq!(alone["clusters"].as_sequence().unwrap().len(), 1);
+    assert_eq!(std::fs::metadata(&standalone).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // master1 moves: re-running refreshes the address; --use-context switches to it.
+    lan.readdress(&mut m.host, 20);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, log) = fetch(&["--timeout", "5", "--use-context"]);
+    assert_eq!(code, Some(0), "{log}");
+    let doc = read(&kube);
+    let ours = named(&doc, "clusters", "chocotest");
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0]["cluster"]["server"], "https://10.99.0.20:6443");
+    assert_eq!(doc["current-context"], "chocotest");
+    assert_eq!(named(&doc, "contexts", "work").len(), 1);
+    let merged = std::fs::read(&kube).unwrap();
+
+    // What /cacerts serves is no longer what master1 announced: refused, nothing written.
+    std::fs::copy(&other.ca, &m.cacerts).unwrap();
+    let (code, log) = fetch(&["--timeout", "5"]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("is not the one master1 announced"), "{log}");
+    assert_eq!(std::fs::read(&kube).unwrap(), merged, "nothing written");
+}
