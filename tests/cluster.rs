@@ -764,3 +764,29 @@ fn fetch_kubeconfig_merges_a_verified_kubeconfig_and_refuses_impostors() {
     assert!(log.contains("is not the one master1 announced"), "{log}");
     assert_eq!(std::fs::read(&kube).unwrap(), merged, "nothing written");
 }
+
+#[test]
+fn join_with_a_fixed_server_address_skips_discovery() {
+    let c = Cluster::new("chocotest", "chocotest", Some("10.99.0.1"));
+    let mut lan = Lan::new();
+    let m = start_master(&c, &mut lan);
+    assert_eq!(m.host.ip.to_string(), "10.99.0.1");
+    // nodo1 runs no Avahi at all: discovery would fail, the fixed address does not need it.
+    let nodo = lan.add_host("nodo1");
+    let root = c.install_node_files("nodo1", &nodo.dir.join("root"));
+    let state = nodo.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let out = run_join(&lan, &nodo, &root, &state);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{log}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(log.contains("fixed server address 10.99.0.1"), "{log}");
+    let dropin =
+        std::fs::read_to_string(root.join("etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml"))
+            .unwrap();
+    let ca = ca_of(&m.cacerts);
+    assert!(dropin.contains("server: \"https://10.99.0.1:6443\"\n"), "{dropin}");
+    assert!(
+        dropin.contains(&format!("token: \"K10{ca}::node:{}\"\n", c.secrets.agent_token)),
+        "{dropin}"
+    );
+}
