@@ -35,9 +35,14 @@ fn rendered_node_scripts_pass_shellcheck() {
         assert!(scripts.len() >= 2, "{node}: {scripts:?}");
         for f in scripts {
             assert!(f.content.starts_with("#!/bin/sh\n"), "{}", f.path);
-            let p = c.dir.path().join(format!("{node}-{}", f.path.replace('/', "_")));
+            let p = c
+                .dir
+                .path()
+                .join(format!("{node}-{}", f.path.replace('/', "_")));
             std::fs::write(&p, &f.content).unwrap();
-            ok(Command::new("shellcheck").args(["-s", "sh", "-S", "style"]).arg(&p));
+            ok(Command::new("shellcheck")
+                .args(["-s", "sh", "-S", "style"])
+                .arg(&p));
         }
     }
 }
@@ -367,9 +372,14 @@ fn join_writes_the_agent_config_ignores_forgeries_and_follows_master1() {
     };
 
     let out = run_join(&lan, &nodo, &root, &state);
-    let log = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert_eq!(std::fs::read_to_string(&dropin).unwrap(), expect("10.99.0.2"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(&dropin).unwrap(),
+        expect("10.99.0.2"),
+        "{log}"
+    );
     assert_eq!(
         chocoimg::proof::agent_join_token(&ca, &c.secrets.agent_token),
         format!("K10{ca}::node:{}", c.secrets.agent_token)
@@ -377,11 +387,17 @@ fn join_writes_the_agent_config_ignores_forgeries_and_follows_master1() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&dropin).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    assert!(log.contains("found master1 of cluster chocotest at 10.99.0.2"), "{log}");
+    assert!(
+        log.contains("found master1 of cluster chocotest at 10.99.0.2"),
+        "{log}"
+    );
     assert!(log.contains("forged announcement"), "{log}");
     assert!(log.contains("another cluster (othercluster)"), "{log}");
     let calls = || std::fs::read_to_string(state.join("systemctl.log")).unwrap_or_default();
-    assert_eq!(calls(), "is-active --quiet k3s-agent\nstart --no-block k3s-agent\n");
+    assert_eq!(
+        calls(),
+        "is-active --quiet k3s-agent\nstart --no-block k3s-agent\n"
+    );
 
     // Nothing changed: no restart.
     let out = run_join(&lan, &nodo, &root, &state);
@@ -394,7 +410,11 @@ fn join_writes_the_agent_config_ignores_forgeries_and_follows_master1() {
     let mut followed = false;
     for _ in 0..5 {
         let out = run_join(&lan, &nodo, &root, &state);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         if std::fs::read_to_string(&dropin).unwrap() == expect("10.99.0.20") {
             followed = true;
             break;
@@ -414,7 +434,11 @@ fn join_writes_the_agent_config_ignores_forgeries_and_follows_master1() {
             std::fs::read_to_string(m.host.dir.join("avahi.log")).unwrap()
         );
     }
-    assert!(calls().ends_with("restart --no-block k3s-agent\n"), "{}", calls());
+    assert!(
+        calls().ends_with("restart --no-block k3s-agent\n"),
+        "{}",
+        calls()
+    );
 }
 
 fn nodes_json(nodes: &[(&str, &str)]) -> String {
@@ -442,9 +466,17 @@ fn kubeconfig_for(pki: &crate::support::k3s::Pki, name: &str, server: &str) -> S
 #[test]
 fn status_reports_the_seeds_states_with_exit_codes() {
     let c = Cluster::new("chocotest", "chocotest", None);
-    let pki = pki(&c.dir.path().join("pki"), "k3s-server-ca", &["IP:127.0.0.1"]);
+    let pki = pki(
+        &c.dir.path().join("pki"),
+        "k3s-server-ca",
+        &["IP:127.0.0.1"],
+    );
     let nodes = c.dir.path().join("nodes.json");
-    std::fs::write(&nodes, nodes_json(&[("master1", "True"), ("nodo1", "False")])).unwrap();
+    std::fs::write(
+        &nodes,
+        nodes_json(&[("master1", "True"), ("nodo1", "False")]),
+    )
+    .unwrap();
     // Stand-in for the K3s API (none can run here), on loopback, client certs required.
     let path = |p: &Path| p.display().to_string();
     let api = standin(
@@ -490,12 +522,20 @@ fn status_reports_the_seeds_states_with_exit_codes() {
     assert!(out.starts_with("cluster chocotest: degraded"), "{out}");
     assert!(out.contains("nodo1    NotReady"), "{out}");
 
-    std::fs::write(&nodes, nodes_json(&[("master1", "True"), ("nodo1", "True")])).unwrap();
+    std::fs::write(
+        &nodes,
+        nodes_json(&[("master1", "True"), ("nodo1", "True")]),
+    )
+    .unwrap();
     let (code, out, err) = status(false);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.starts_with("cluster chocotest: ready"), "{out}");
 
-    std::fs::write(&nodes, nodes_json(&[("master1", "True"), ("nodo1", "Unknown")])).unwrap();
+    std::fs::write(
+        &nodes,
+        nodes_json(&[("master1", "True"), ("nodo1", "Unknown")]),
+    )
+    .unwrap();
     let (code, out, _) = status(true);
     assert_eq!(code, Some(3));
     assert!(out.contains("\"Unknown\""), "{out}");
@@ -535,7 +575,11 @@ fn status_reports_the_seeds_states_with_exit_codes() {
 }
 
 fn pki_other(c: &Cluster) -> crate::support::k3s::Pki {
-    pki(&c.dir.path().join("pki-other"), "someone-else", &["IP:127.0.0.1"])
+    pki(
+        &c.dir.path().join("pki-other"),
+        "someone-else",
+        &["IP:127.0.0.1"],
+    )
 }
 
 /// OpenSSH's sshd on master1, in a private mount namespace whose /etc is an overlay (the
@@ -565,7 +609,10 @@ fn start_sshd(
     let setup = c.node_setup("master1");
     std::fs::write(
         &sudoers,
-        &setup.file("/etc/sudoers.d/chocoimg-kubeconfig").unwrap().content,
+        &setup
+            .file("/etc/sudoers.d/chocoimg-kubeconfig")
+            .unwrap()
+            .content,
     )
     .unwrap();
     let cfg = dir.join("sshd_config");
@@ -675,7 +722,12 @@ fn fetch_kubeconfig_merges_a_verified_kubeconfig_and_refuses_impostors() {
 
     // Discovered over mDNS, proof and CA checked, merged next to "work".
     let (code, log) = fetch(&["--timeout", "5"]);
-    assert_eq!(code, Some(0), "{log}\nsshd: {}", std::fs::read_to_string(&sshd_log).unwrap());
+    assert_eq!(
+        code,
+        Some(0),
+        "{log}\nsshd: {}",
+        std::fs::read_to_string(&sshd_log).unwrap()
+    );
     let doc = read(&kube);
     assert_eq!(doc["current-context"], "work", "{log}");
     assert_eq!(named(&doc, "contexts", "work").len(), 1);
@@ -685,20 +737,37 @@ fn fetch_kubeconfig_merges_a_verified_kubeconfig_and_refuses_impostors() {
     assert_eq!(ours[0]["cluster"]["server"], "https://10.99.0.1:6443");
     use base64::Engine;
     let ca = base64::engine::general_purpose::STANDARD
-        .decode(ours[0]["cluster"]["certificate-authority-data"].as_str().unwrap())
+        .decode(
+            ours[0]["cluster"]["certificate-authority-data"]
+                .as_str()
+                .unwrap(),
+        )
         .unwrap();
     assert_eq!(ca, std::fs::read(&m.cacerts).unwrap());
-    assert_eq!(named(&doc, "contexts", "chocotest")[0]["context"]["user"], "chocotest");
+    assert_eq!(
+        named(&doc, "contexts", "chocotest")[0]["context"]["user"],
+        "chocotest"
+    );
     assert!(!std::fs::read_to_string(&kube).unwrap().contains("default"));
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&kube).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&kube).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let backups: Vec<_> = std::fs::read_dir(kube.parent().unwrap())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("config.chocoimg-backup-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("config.chocoimg-backup-")
+        })
         .collect();
     assert_eq!(backups.len(), 1);
-    assert_eq!(std::fs::read_to_string(backups[0].path()).unwrap(), existing);
+    assert_eq!(
+        std::fs::read_to_string(backups[0].path()).unwrap(),
+        existing
+    );
     let merged = std::fs::read(&kube).unwrap();
 
     // Another machine's host key: refused, nothing written.
@@ -728,7 +797,11 @@ fn fetch_kubeconfig_merges_a_verified_kubeconfig_and_refuses_impostors() {
     assert!(!standalone.exists());
 
     // The right host, but a kubeconfig whose CA is not the one the API serves: refused.
-    let other = pki(&c.dir.path().join("pki-other"), "other-ca", &["IP:127.0.0.1"]);
+    let other = pki(
+        &c.dir.path().join("pki-other"),
+        "other-ca",
+        &["IP:127.0.0.1"],
+    );
     private_file(&k3s_yaml, &other.k3s_kubeconfig());
     let (code, log) = fetch(&["--server", "10.99.0.1"]);
     assert_eq!(code, Some(1), "{log}");
@@ -737,12 +810,20 @@ fn fetch_kubeconfig_merges_a_verified_kubeconfig_and_refuses_impostors() {
     private_file(&k3s_yaml, &m.pki.k3s_kubeconfig());
 
     // --output writes a standalone file (the pinned host, the fixed address).
-    let (code, log) = fetch(&["--server", "10.99.0.1", "--output", standalone.to_str().unwrap()]);
+    let (code, log) = fetch(&[
+        "--server",
+        "10.99.0.1",
+        "--output",
+        standalone.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(0), "{log}");
     let alone = read(&standalone);
     assert_eq!(alone["current-context"], "chocotest");
     assert_eq!(alone["clusters"].as_sequence().unwrap().len(), 1);
-    assert_eq!(std::fs::metadata(&standalone).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&standalone).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     // master1 moves: re-running refreshes the address; --use-context switches to it.
     lan.readdress(&mut m.host, 20);
@@ -778,15 +859,25 @@ fn join_with_a_fixed_server_address_skips_discovery() {
     std::fs::create_dir_all(&state).unwrap();
     let out = run_join(&lan, &nodo, &root, &state);
     let log = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{log}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{log}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(log.contains("fixed server address 10.99.0.1"), "{log}");
     let dropin =
         std::fs::read_to_string(root.join("etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml"))
             .unwrap();
     let ca = ca_of(&m.cacerts);
-    assert!(dropin.contains("server: \"https://10.99.0.1:6443\"\n"), "{dropin}");
     assert!(
-        dropin.contains(&format!("token: \"K10{ca}::node:{}\"\n", c.secrets.agent_token)),
+        dropin.contains("server: \"https://10.99.0.1:6443\"\n"),
+        "{dropin}"
+    );
+    assert!(
+        dropin.contains(&format!(
+            "token: \"K10{ca}::node:{}\"\n",
+            c.secrets.agent_token
+        )),
         "{dropin}"
     );
 }

@@ -1,4 +1,4 @@
 //! One integration test binary driving the real `chocoimg` and real peers.
 //! Each area adds its module here.
-mod support;
 mod cluster;
+mod support;

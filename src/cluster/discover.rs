@@ -101,9 +101,7 @@ pub fn browse(cluster: &str, agent_token: &str, opts: Browse) -> Result<Vec<Serv
     daemon
         .disable_interface(mdns_sd::IfKind::IPv6)
         .context("limiting mDNS to IPv4")?;
-    let events = daemon
-        .browse(SERVICE_TYPE)
-        .context("browsing _k3s._tcp")?;
+    let events = daemon.browse(SERVICE_TYPE).context("browsing _k3s._tcp")?;
     let deadline = start + opts.timeout;
     let mut found: BTreeMap<String, Server> = BTreeMap::new();
     loop {

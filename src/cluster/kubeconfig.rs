@@ -91,7 +91,12 @@ pub struct Fetched {
 
 /// Fetches, checks and merges master1's admin kubeconfig. Writes nothing unless every
 /// check passed.
-pub fn fetch(plan: &Plan, secrets: &Secrets, target: &Target, opts: &FetchOptions) -> Result<Fetched> {
+pub fn fetch(
+    plan: &Plan,
+    secrets: &Secrets,
+    target: &Target,
+    opts: &FetchOptions,
+) -> Result<Fetched> {
     let server = plan.server();
     let cacerts = get_cacerts(&target.address)?;
     let ca = crate::proof::ca_hash(&cacerts);
@@ -105,11 +110,21 @@ pub fn fetch(plan: &Plan, secrets: &Secrets, target: &Target, opts: &FetchOption
             );
         }
     }
-    let text = read_over_ssh(plan, secrets, &server.hostname, &target.address, opts.ssh_port)?;
+    let text = read_over_ssh(
+        plan,
+        secrets,
+        &server.hostname,
+        &target.address,
+        opts.ssh_port,
+    )?;
     let k3s: Value = serde_yaml_ng::from_str(&text)
         .with_context(|| format!("{K3S_KUBECONFIG} from {} is not YAML", server.hostname))?;
-    let kube_ca = cluster_ca(&k3s, "default")
-        .with_context(|| format!("reading the CA of {K3S_KUBECONFIG} from {}", server.hostname))?;
+    let kube_ca = cluster_ca(&k3s, "default").with_context(|| {
+        format!(
+            "reading the CA of {K3S_KUBECONFIG} from {}",
+            server.hostname
+        )
+    })?;
     if !same_certificates(&kube_ca, &cacerts) {
         bail!(
             "the kubeconfig from {} names a CA that is not the one its API serves at \
@@ -297,10 +312,12 @@ fn decode_data(v: Option<&Value>, what: &str) -> Result<Vec<u8>> {
 
 /// The PEM bytes of cluster `name`'s `certificate-authority-data`.
 pub fn cluster_ca(doc: &Value, name: &str) -> Result<Vec<u8>> {
-    let cluster = find_named(doc, "clusters", name)
-        .ok_or_else(|| anyhow!("no cluster named {name:?}"))?;
+    let cluster =
+        find_named(doc, "clusters", name).ok_or_else(|| anyhow!("no cluster named {name:?}"))?;
     decode_data(
-        cluster.get("cluster").and_then(|c| c.get("certificate-authority-data")),
+        cluster
+            .get("cluster")
+            .and_then(|c| c.get("certificate-authority-data")),
         "certificate-authority-data",
     )
 }
@@ -352,7 +369,10 @@ pub fn adopt(k3s: &Value, name: &str, server_url: &str) -> Result<Value> {
     let mut doc = Mapping::new();
     doc.insert("apiVersion".into(), "v1".into());
     doc.insert("kind".into(), "Config".into());
-    doc.insert("clusters".into(), Value::Sequence(vec![entry("cluster", cluster)]));
+    doc.insert(
+        "clusters".into(),
+        Value::Sequence(vec![entry("cluster", cluster)]),
+    );
     doc.insert("users".into(), Value::Sequence(vec![entry("user", user)]));
     doc.insert(
         "contexts".into(),
@@ -365,7 +385,12 @@ pub fn adopt(k3s: &Value, name: &str, server_url: &str) -> Result<Value> {
 
 /// Merges `ours` (from `adopt`) into `existing`: every other entry kept as it was, ours
 /// replaced in place or appended; current-context set only when `set_current`.
-pub fn merge(existing: Option<Value>, ours: &Value, name: &str, set_current: bool) -> Result<Value> {
+pub fn merge(
+    existing: Option<Value>,
+    ours: &Value,
+    name: &str,
+    set_current: bool,
+) -> Result<Value> {
     let mut doc = match existing {
         None => {
             let mut m = Mapping::new();
@@ -464,7 +489,10 @@ mod tests {
         assert_eq!(merged["current-context"], "work");
         assert_eq!(merged["clusters"].as_sequence().unwrap().len(), 2);
         assert_eq!(merged["clusters"][0], existing["clusters"][0]);
-        assert_eq!(merged["clusters"][1]["cluster"]["server"], "https://10.0.0.5:6443");
+        assert_eq!(
+            merged["clusters"][1]["cluster"]["server"],
+            "https://10.0.0.5:6443"
+        );
         assert_eq!(merged["users"].as_sequence().unwrap().len(), 2);
         assert_eq!(merged["contexts"][1]["name"], "c1");
         assert!(merged.get("extensions").is_some());

@@ -50,7 +50,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "avahi-config.sh",
         include_str!("../../templates/node/avahi-config.sh"),
     ),
-    ("announce.sh", include_str!("../../templates/node/announce.sh")),
+    (
+        "announce.sh",
+        include_str!("../../templates/node/announce.sh"),
+    ),
     ("join.sh", include_str!("../../templates/node/join.sh")),
     (
         "chocoimg-announce.service",

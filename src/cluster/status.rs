@@ -85,14 +85,17 @@ pub fn access(doc: &Value, context: &str) -> Result<ApiAccess> {
     })?;
     let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(String::from);
     let c = &ctx["context"];
-    let cluster_name = field(c, "cluster").ok_or_else(|| anyhow!("context {context} names no cluster"))?;
+    let cluster_name =
+        field(c, "cluster").ok_or_else(|| anyhow!("context {context} names no cluster"))?;
     let user_name = field(c, "user").unwrap_or_default();
     let cluster = find("clusters", &cluster_name)
         .ok_or_else(|| anyhow!("the kubeconfig has no cluster {cluster_name:?}"))?;
     let server = field(&cluster["cluster"], "server")
         .ok_or_else(|| anyhow!("cluster {cluster_name} has no server"))?;
     let ca_pem = crate::cluster::kubeconfig::cluster_ca(doc, &cluster_name)?;
-    let user = find("users", &user_name).map(|u| u["user"].clone()).unwrap_or(Value::Null);
+    let user = find("users", &user_name)
+        .map(|u| u["user"].clone())
+        .unwrap_or(Value::Null);
     let b64 = |k: &str| -> Result<Option<Vec<u8>>> {
         use base64::Engine;
         match field(&user, k) {
@@ -206,7 +209,8 @@ fn list_nodes(api: &ApiAccess, timeout: Duration) -> Result<serde_json::Value> {
     }
     if let Some(pem) = &api.identity_pem {
         builder = builder.identity(
-            reqwest::Identity::from_pem(pem).context("reading the kubeconfig's client certificate")?,
+            reqwest::Identity::from_pem(pem)
+                .context("reading the kubeconfig's client certificate")?,
         );
     }
     let client = builder.build().context("building the HTTPS client")?;

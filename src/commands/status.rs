@@ -52,7 +52,11 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
         println!("cluster {context}: {state} (API {})", st.server);
         let width = st.nodes.iter().map(|n| n.name.len()).max().unwrap_or(0);
         for n in &st.nodes {
-            let note = if n.registered { "" } else { "  (not registered with the API)" };
+            let note = if n.registered {
+                ""
+            } else {
+                "  (not registered with the API)"
+            };
             println!("  {:<width$}  {:?}{note}", n.name, n.state);
         }
         if let Some(err) = &st.error {

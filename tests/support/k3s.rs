@@ -47,8 +47,7 @@ impl Cluster {
         std::fs::create_dir_all(&home).unwrap();
         let plan = chocoimg::plan::load(&profile, &out_root).expect("test profile is valid");
         let secrets =
-            chocoimg::secrets::load_or_create(&plan.secrets_path(), &["master1", "nodo1"])
-                .unwrap();
+            chocoimg::secrets::load_or_create(&plan.secrets_path(), &["master1", "nodo1"]).unwrap();
         Cluster {
             dir,
             profile,
@@ -126,14 +125,31 @@ pub fn pki(dir: &Path, cn: &str, sans: &[&str]) -> Pki {
     for key in ["ca.key", "server.key", "client.key"] {
         openssl(
             dir,
-            &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key],
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                key,
+            ],
         );
     }
     openssl(
         dir,
         &[
-            "req", "-x509", "-new", "-key", "ca.key", "-days", "30", "-subj",
-            &format!("/CN={cn}"), "-out", "ca.crt",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-days",
+            "30",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-out",
+            "ca.crt",
         ],
     );
     let san = sans.join(",");
@@ -144,29 +160,72 @@ pub fn pki(dir: &Path, cn: &str, sans: &[&str]) -> Pki {
     .unwrap();
     openssl(
         dir,
-        &["req", "-new", "-key", "server.key", "-subj", "/CN=k3s", "-out", "server.csr"],
-    );
-    openssl(
-        dir,
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "30", "-extfile", "ext.cnf", "-extensions", "s",
-            "-out", "server.crt",
+            "req",
+            "-new",
+            "-key",
+            "server.key",
+            "-subj",
+            "/CN=k3s",
+            "-out",
+            "server.csr",
         ],
     );
     openssl(
         dir,
         &[
-            "req", "-new", "-key", "client.key", "-subj", "/O=system:masters/CN=system:admin",
-            "-out", "client.csr",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            "s",
+            "-out",
+            "server.crt",
         ],
     );
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "30", "-extfile", "ext.cnf", "-extensions", "c",
-            "-out", "client.crt",
+            "req",
+            "-new",
+            "-key",
+            "client.key",
+            "-subj",
+            "/O=system:masters/CN=system:admin",
+            "-out",
+            "client.csr",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            "c",
+            "-out",
+            "client.crt",
         ],
     );
     Pki {
@@ -182,7 +241,8 @@ impl Pki {
     /// A K3s-style admin kubeconfig (`default` names, 127.0.0.1) for this PKI.
     pub fn k3s_kubeconfig(&self) -> String {
         use base64::Engine;
-        let b64 = |p: &Path| base64::engine::general_purpose::STANDARD.encode(std::fs::read(p).unwrap());
+        let b64 =
+            |p: &Path| base64::engine::general_purpose::STANDARD.encode(std::fs::read(p).unwrap());
         format!(
             "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://127.0.0.1:6443\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\nkind: Config\npreferences: {{}}\nusers:\n- name: default\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
             b64(&self.ca),

@@ -41,7 +41,9 @@ pub struct Avahi {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -55,7 +57,13 @@ fn ip(args: &[&str]) {
 
 impl Lan {
     pub fn new() -> Lan {
-        for tool in ["ip", "unshare", "dbus-daemon", "avahi-daemon", "avahi-browse"] {
+        for tool in [
+            "ip",
+            "unshare",
+            "dbus-daemon",
+            "avahi-daemon",
+            "avahi-browse",
+        ] {
             super::require_tool(tool);
         }
         let id = format!(
@@ -87,14 +95,32 @@ impl Lan {
         self.hosts.push(ns.clone());
         let peer = format!("p{n}");
         ip(&[
-            "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
             &self.bridge_ns,
         ]);
         ip(&["-n", &self.bridge_ns, "link", "set", &peer, "master", "br0"]);
         ip(&["-n", &self.bridge_ns, "link", "set", &peer, "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         ip(&["-n", &ns, "link", "set", "eth0", "multicast", "on"]);
-        ip(&["-n", &ns, "addr", "add", &format!("{ip_addr}/24"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip_addr}/24"),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
         ip(&["-n", &ns, "route", "add", "default", "dev", "eth0"]);
         let dir = self.dir.path().join(name);
@@ -121,7 +147,15 @@ impl Lan {
             "dev",
             "eth0",
         ]);
-        ip(&["-n", &host.ns, "addr", "add", &format!("{new}/24"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &host.ns,
+            "addr",
+            "add",
+            &format!("{new}/24"),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", &host.ns, "route", "replace", "default", "dev", "eth0"]);
         host.ip = new;
     }
