@@ -1,3 +1,4 @@
 //! One integration test binary driving the real `chocoimg` and real peers.
 //! Each area adds its module here.
+mod artifacts;
 mod support;

@@ -24,3 +24,4 @@ pub fn require_tool(tool: &str) {
         "{tool} is not installed; run scripts/install-test-deps.sh (the README's test command does)"
     );
 }
+pub mod http;
