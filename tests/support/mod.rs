@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod http;
+pub mod workspace;
+
 /// The `chocoimg` binary under test.
 pub fn chocoimg() -> Command {
     Command::new(env!("CARGO_BIN_EXE_chocoimg"))
@@ -24,4 +27,3 @@ pub fn require_tool(tool: &str) {
         "{tool} is not installed; run scripts/install-test-deps.sh (the README's test command does)"
     );
 }
-pub mod http;
