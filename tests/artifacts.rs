@@ -129,6 +129,8 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 
 fn err_text(r: anyhow::Result<Fetched>) -> (String, i32) {
     let err = r.expect_err("fetch should have been refused");
+    // Shown with --nocapture, to read the messages users get.
+    eprintln!("{err:#}");
     (format!("{err:#}"), chocoimg::exit_code_for(&err))
 }
 
@@ -262,6 +264,46 @@ fn a_transfer_cut_halfway_resumes_with_a_range_request() {
         Some(format!("bytes={half}-").as_str()),
         "the second request must resume where the first stopped"
     );
+}
+
+#[test]
+fn a_resume_survives_a_redirect() {
+    // GitHub answers release downloads with a redirect to its storage host.
+    let fx = Fixture::new();
+    let stored = "/storage/k3s-blob";
+    fx.srv.put(stored, fx.k3s.clone());
+    fx.srv.redirect(&format!("/k3s/{VERSION}/k3s"), stored);
+    fx.srv.cut_once(stored, 1000);
+    let got = fx.fetch("out", &plain()).unwrap();
+    assert_eq!(got.payload[0].sha256, sha(&fx.k3s));
+    let ranges: Vec<_> = fx
+        .srv
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == stored)
+        .map(|r| r.range)
+        .collect();
+    assert_eq!(ranges, [None, Some("bytes=1000-".to_string())]);
+}
+
+#[test]
+fn a_resume_onto_stale_bytes_starts_over_once() {
+    let fx = Fixture::new();
+    let plan = fx.plan("out");
+    // An earlier run left bytes of some other file under the same URL.
+    let part = artifacts::Cache::new(&plan.cache_dir).partial_path(&plan.ubuntu.iso_url);
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, bytes(5000, 99)).unwrap();
+    let got = artifacts::fetch(&plan, &plain()).unwrap();
+    assert_eq!(crate_sha_file(&got.iso), sha(&fx.iso));
+    let ranges: Vec<_> = fx
+        .srv
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == ISO_PATH)
+        .map(|r| r.range)
+        .collect();
+    assert_eq!(ranges, [Some("bytes=5000-".to_string()), None]);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Interruptions tolerated in one download before giving up (the partial file stays, so
+/// Interruptions in a row without progress before giving up (the partial file stays, so
 /// the next run resumes anyway).
 const MAX_RESUMES: u32 = 5;
 
@@ -73,8 +73,10 @@ pub struct Source<'a> {
     pub url: &'a str,
     /// For messages, e.g. "K3s v1.28.15+k3s1 binary".
     pub label: &'a str,
-    /// The profile setting behind the URL, for "check ..." hints.
+    /// What to check when the file is not there, e.g. "k3s.version / the mirror".
     pub hint: &'a str,
+    /// The profile key that sets the URL, for "point ... at a reachable mirror".
+    pub url_key: &'a str,
 }
 
 /// A finished download, not yet in the cache.
@@ -82,6 +84,8 @@ pub struct Source<'a> {
 pub struct Downloaded {
     pub partial: PathBuf,
     pub sha256: String,
+    /// Some bytes came through a Range request (this run's or an earlier run's).
+    pub resumed: bool,
 }
 
 fn client_for(url: &str) -> Result<reqwest::blocking::Client> {
@@ -122,7 +126,7 @@ fn request_error(src: &Source, err: reqwest::Error) -> anyhow::Error {
     };
     anyhow!(err).context(format!(
         "{what} {} ({}); check the network, or point {} at a reachable mirror",
-        src.url, src.label, src.hint
+        src.url, src.label, src.url_key
     ))
 }
 
@@ -165,6 +169,8 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
     let client = client_for(src.url)?;
     let started = Instant::now();
     let mut resumes = 0;
+    let mut resumed = false;
+    let mut first_attempt = true;
     let mut announced = false;
     let mut bar: Option<ProgressBar> = None;
     loop {
@@ -173,11 +179,26 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
         if have > 0 {
             req = req.header(RANGE, format!("bytes={have}-"));
         }
-        let resp = req.send().map_err(|e| request_error(src, e))?;
+        let resp = req.send().map_err(|e| {
+            let err = request_error(src, e);
+            if have > 0 {
+                err.context(format!(
+                    "{} of {} is kept in {}; run again to resume",
+                    HumanBytes(have),
+                    src.label,
+                    partial.display()
+                ))
+            } else {
+                err
+            }
+        })?;
         let status = resp.status();
         let (start, total) = if status == StatusCode::PARTIAL_CONTENT && have > 0 {
             match parse_content_range(resp.headers().get(CONTENT_RANGE)) {
-                Some((first, total)) if first == have => (have, total),
+                Some((first, total)) if first == have => {
+                    resumed = true;
+                    (have, total)
+                }
                 _ => {
                     // Not the bytes we asked for: start over rather than splice garbage.
                     remove_if_exists(&partial)?;
@@ -197,6 +218,13 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
             }
             continue;
         } else if status.is_success() {
+            if have > 0 {
+                eprintln!(
+                    "{} does not resume downloads (HTTP {status} to a Range request); \
+                     starting {} over",
+                    src.url, src.label
+                );
+            }
             (0, resp.content_length())
         } else {
             return Err(status_error(src, status));
@@ -228,8 +256,14 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
                 );
             }
         }
-        if start > 0 && bar.is_none() {
-            eprintln!("resuming {} at {}", src.label, HumanBytes(start));
+        if start > 0 && first_attempt {
+            if bar.is_none() {
+                eprintln!(
+                    "resuming {} at {} (left by an earlier run)",
+                    src.label,
+                    HumanBytes(start)
+                );
+            }
         }
 
         // Hash what is already there, then keep hashing as bytes arrive.
@@ -247,6 +281,7 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
         if let Some(pb) = &bar {
             pb.set_position(start);
         }
+        first_attempt = false;
 
         let mut written = start;
         let mut resp = resp;
@@ -264,7 +299,8 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(e.to_string()),
+                // The io::Error wraps reqwest's; its causes say what actually happened.
+                Err(e) => break Some(format!("{:#}", anyhow::Error::from(e))),
             }
         };
         file.flush()
@@ -278,14 +314,17 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
             _ => None,
         };
         if let Some(why) = interrupted.or(short) {
-            resumes += 1;
+            // Only attempts that bring nothing count: a slow, flaky line still finishes.
+            if written == start {
+                resumes += 1;
+            }
             if resumes > MAX_RESUMES {
                 if let Some(pb) = &bar {
                     pb.abandon();
                 }
                 bail!(
-                    "downloading {} from {} was interrupted {MAX_RESUMES} times (last: {why}); \
-                     run the build again to resume from {} (kept in {})",
+                    "downloading {} from {} was interrupted {MAX_RESUMES} times without progress \
+                     (last: {why}); run the build again to resume from {} (kept in {})",
                     src.label,
                     src.url,
                     HumanBytes(written),
@@ -314,7 +353,11 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
             secs,
             HumanBytes((written as f64 / secs) as u64)
         );
-        return Ok(Downloaded { partial, sha256 });
+        return Ok(Downloaded {
+            partial,
+            sha256,
+            resumed,
+        });
     }
 }
 

@@ -140,6 +140,7 @@ pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fe
     let mut sums: Option<BTreeMap<String, String>> = None;
     let sums_url = k3s.release_url(K3S_SUMS);
     let release_hint = "k3s.version / the mirror (k3s.release_base_url)";
+    let release_key = "k3s.release_base_url";
 
     let mut wanted = vec![
         (K3S_BINARY, k3s.release_url(K3S_BINARY), true),
@@ -154,15 +155,16 @@ pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fe
             K3S_INSTALL_SCRIPT => format!("K3s {} install script", k3s.version),
             _ => format!("K3s {} airgap images", k3s.version),
         };
-        let hint = if published {
-            release_hint
+        let (hint, url_key) = if published {
+            (release_hint, release_key)
         } else {
-            "k3s.install_script_url"
+            ("k3s.install_script_url", "k3s.install_script_url")
         };
         let src = Source {
             url: &url,
             label: &label,
             hint,
+            url_key,
         };
         // The release's own files keep their hash across mirrors; the script is pinned by
         // its URL (a different URL is a different script).
@@ -183,13 +185,17 @@ pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fe
             None => None,
         };
         let (source, sha256) = match cached {
-            Some(hit) => hit,
+            Some(hit) => {
+                eprintln!("using the cached {label} (SHA-256 checked)");
+                hit
+            }
             None if published => {
                 if sums.is_none() {
                     let text = download::fetch_text(&Source {
                         url: &sums_url,
                         label: &format!("K3s {} checksum list", k3s.version),
                         hint: release_hint,
+                        url_key: release_key,
                     })?;
                     sums = Some(parse_sha256sums(&text));
                 }
@@ -261,6 +267,7 @@ pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fe
                 url: &ub.iso_url,
                 label: &label,
                 hint: "ubuntu.iso_url (and ubuntu.release)",
+                url_key: "ubuntu.iso_url",
             };
             obtain(
                 &cache,
@@ -313,14 +320,24 @@ fn obtain(
     progress_bars: bool,
 ) -> Result<PathBuf> {
     if let Some(hit) = cache.get(expected)? {
+        eprintln!("using the cached {} (SHA-256 checked)", src.label);
         return Ok(hit);
     }
-    let got = download::download(cache, src, progress_bars)?;
+    let mut got = download::download(cache, src, progress_bars)?;
+    if got.sha256 != expected && got.resumed {
+        // The file may have changed between the two parts: one clean try from the start.
+        eprintln!(
+            "{} does not match after resuming; downloading it again from the start",
+            src.label
+        );
+        download::remove_if_exists(&got.partial)?;
+        got = download::download(cache, src, progress_bars)?;
+    }
     if got.sha256 != expected {
         download::remove_if_exists(&got.partial)?;
         return Err(crate::BadInput(format!(
             "refusing {} from {}: its SHA-256 is {}, but {} says {}; nothing was kept. \
-             Check {} (a wrong mirror or a damaged download)",
+             A wrong mirror or a damaged download: check {}, then build again",
             src.label, src.url, got.sha256, expected_from, expected, src.hint
         ))
         .into());
@@ -372,8 +389,8 @@ impl LockRefusal {
         let lock = lock_path.display();
         crate::BadInput(format!(
             "refusing the {label}: {what}.\n  \
-             lock file {lock} records: {old}\n  \
-             now:                 {new}\n\
+             locked: {old} (in {lock})\n  \
+             now:    {new}\n\
              Pinned artifacts must not change behind an unchanged version or URL. If you \
              trust this change, accept it deliberately: delete {entry} in {lock} (or the \
              whole file), build again, and review the lock file's diff before committing it.",

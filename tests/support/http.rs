@@ -32,6 +32,8 @@ struct State {
     /// Path -> bytes to send before closing the connection (used once).
     cuts: HashMap<String, usize>,
     ignore_range: bool,
+    /// Path -> path it answers 302 to (as GitHub sends release downloads elsewhere).
+    redirects: HashMap<String, String>,
     requests: Vec<Request>,
 }
 
@@ -104,6 +106,12 @@ impl TestServer {
             .unwrap()
             .cuts
             .insert(path.to_string(), after);
+    }
+
+    /// `from` answers `302 Found` with `Location: to` (a path on this server).
+    pub fn redirect(&self, from: &str, to: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.redirects.insert(from.to_string(), to.to_string());
     }
 
     /// Answer Range requests with the whole file (200), like servers without Range support.
@@ -182,6 +190,15 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             path: path.clone(),
             range: range.clone(),
         });
+        if let Some(to) = st.redirects.get(&path).cloned() {
+            drop(st);
+            let mut out = stream;
+            write!(
+                out,
+                "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+            return out.flush();
+        }
         let body = st.files.get(&path).cloned();
         let cut = st.cuts.remove(&path);
         (body, cut, st.ignore_range)
