@@ -256,14 +256,12 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
                 );
             }
         }
-        if start > 0 && first_attempt {
-            if bar.is_none() {
-                eprintln!(
-                    "resuming {} at {} (left by an earlier run)",
-                    src.label,
-                    HumanBytes(start)
-                );
-            }
+        if start > 0 && first_attempt && bar.is_none() {
+            eprintln!(
+                "resuming {} at {} (left by an earlier run)",
+                src.label,
+                HumanBytes(start)
+            );
         }
 
         // Hash what is already there, then keep hashing as bytes arrive.
