@@ -82,29 +82,21 @@ pub fn install_script_url(k3s: &K3sPin) -> String {
 
 /// `fetch`, with the lock file either enforced or updated to what is fetched now.
 pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fetched> {
-    let cache = Cache::new(&plan.cache_dir);
-    let lock_path = &plan.lock_path;
-    let old = Lock::load(lock_path)?;
-    let mut notes: Vec<String> = Vec::new();
-    let refuse_or_note = |notes: &mut Vec<String>, refusal: LockRefusal| -> Result<()> {
-        match mode {
-            LockMode::Enforce => Err(refusal.into_error(lock_path)),
-            LockMode::Update => {
-                notes.push(format!(
-                    "lock: accepted a changed {}: {} -> {}",
-                    refusal.label, refusal.old, refusal.new
-                ));
-                Ok(())
-            }
-        }
+    let old = Lock::load(&plan.lock_path)?;
+    let mut run = Fetch {
+        plan,
+        opts,
+        mode,
+        cache: Cache::new(&plan.cache_dir),
+        notes: Vec::new(),
+        sums: None,
     };
 
     // Phase one: the lock against the profile, and a local --iso, before any download.
     let ub = &plan.ubuntu;
     match &old.ubuntu {
-        Some(l) if l.release == ub.release && l.sha256 != ub.iso_sha256 => refuse_or_note(
-            &mut notes,
-            LockRefusal {
+        Some(l) if l.release == ub.release && l.sha256 != ub.iso_sha256 => {
+            run.lock_mismatch(LockRefusal {
                 label: format!("Ubuntu {} ISO", ub.release),
                 what: format!(
                     "the profile's ubuntu.iso_sha256 is now {} while ubuntu.release is still {}",
@@ -113,9 +105,9 @@ pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fe
                 old: l.sha256.clone(),
                 new: ub.iso_sha256.clone(),
                 entry: "the `ubuntu:` entry".into(),
-            },
-        )?,
-        Some(l) if l.release != ub.release => notes.push(format!(
+            })?
+        }
+        Some(l) if l.release != ub.release => run.notes.push(format!(
             "lock: Ubuntu release {} -> {}, recording the new ISO",
             l.release, ub.release
         )),
@@ -130,133 +122,23 @@ pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fe
     let k3s = &plan.k3s;
     let same_version = old.k3s.as_ref().filter(|k| k.version == k3s.version);
     if let (Some(prev), None) = (&old.k3s, same_version) {
-        notes.push(format!(
+        run.notes.push(format!(
             "lock: K3s version {} -> {}, recording the new release's files",
             prev.version, k3s.version
         ));
     }
+    // Files not fetched this time (airgap off) keep their pins for the next time.
     let mut locked_files = same_version.map(|k| k.files.clone()).unwrap_or_default();
-    let mut payload = Vec::new();
-    let mut sums: Option<BTreeMap<String, String>> = None;
-    let sums_url = k3s.release_url(K3S_SUMS);
-    let release_hint = "k3s.version / the mirror (k3s.release_base_url)";
-    let release_key = "k3s.release_base_url";
-
-    let mut wanted = vec![
-        (K3S_BINARY, k3s.release_url(K3S_BINARY), true),
-        (K3S_INSTALL_SCRIPT, install_script_url(k3s), false),
-    ];
+    let mut names = vec![K3S_BINARY, K3S_INSTALL_SCRIPT];
     if opts.airgap || k3s.airgap {
-        wanted.push((K3S_AIRGAP_IMAGES, k3s.release_url(K3S_AIRGAP_IMAGES), true));
+        names.push(K3S_AIRGAP_IMAGES);
     }
-    for (name, url, published) in wanted {
-        let label = match name {
-            K3S_BINARY => format!("K3s {} binary", k3s.version),
-            K3S_INSTALL_SCRIPT => format!("K3s {} install script", k3s.version),
-            _ => format!("K3s {} airgap images", k3s.version),
-        };
-        let (hint, url_key) = if published {
-            (release_hint, release_key)
-        } else {
-            ("k3s.install_script_url", "k3s.install_script_url")
-        };
-        let src = Source {
-            url: &url,
-            label: &label,
-            hint,
-            url_key,
-        };
-        // The release's own files keep their hash across mirrors; the script is pinned by
-        // its URL (a different URL is a different script).
-        let locked = same_version
-            .and_then(|k| k.files.get(name))
-            .filter(|l| published || l.url == url);
-        if let Some(prev) = same_version.and_then(|k| k.files.get(name)) {
-            if locked.is_none() {
-                notes.push(format!(
-                    "lock: {label} URL {} -> {url}, recording the new script's hash",
-                    prev.url
-                ));
-            }
-        }
-
-        let cached = match locked {
-            Some(l) => cache.get(&l.sha256)?.map(|p| (p, l.sha256.clone())),
-            None => None,
-        };
-        let (source, sha256) = match cached {
-            Some(hit) => {
-                eprintln!("using the cached {label} (SHA-256 checked)");
-                hit
-            }
-            None if published => {
-                if sums.is_none() {
-                    let text = download::fetch_text(&Source {
-                        url: &sums_url,
-                        label: &format!("K3s {} checksum list", k3s.version),
-                        hint: release_hint,
-                        url_key: release_key,
-                    })?;
-                    sums = Some(parse_sha256sums(&text));
-                }
-                let listed = sums
-                    .as_ref()
-                    .and_then(|s| s.get(name))
-                    .cloned()
-                    .ok_or_else(|| {
-                        crate::BadInput(format!(
-                            "{sums_url} lists no `{name}`; check {release_hint}"
-                        ))
-                    })?;
-                if let Some(l) = locked.filter(|l| l.sha256 != listed) {
-                    refuse_or_note(
-                        &mut notes,
-                        LockRefusal {
-                            label: label.clone(),
-                            what: format!(
-                                "the release's {K3S_SUMS} ({sums_url}) now lists {listed} for `{name}`, for the same version {}",
-                                k3s.version
-                            ),
-                            old: l.sha256.clone(),
-                            new: listed.clone(),
-                            entry: format!("the `{name}` entry under `k3s.files`"),
-                        },
-                    )?;
-                }
-                let path = obtain(&cache, &src, &listed, &sums_url, opts.progress_bars)?;
-                (path, listed)
-            }
-            None => {
-                let got = download::download(&cache, &src, opts.progress_bars)?;
-                if let Some(l) = locked.filter(|l| l.sha256 != got.sha256) {
-                    let refusal = LockRefusal {
-                        label: label.clone(),
-                        what: format!("{url} now serves different bytes, at the same URL"),
-                        old: l.sha256.clone(),
-                        new: got.sha256.clone(),
-                        entry: format!("the `{name}` entry under `k3s.files`"),
-                    };
-                    if mode == LockMode::Enforce {
-                        download::remove_if_exists(&got.partial)?;
-                    }
-                    refuse_or_note(&mut notes, refusal)?;
-                }
-                let path = cache.insert(&got.partial, &got.sha256)?;
-                (path, got.sha256)
-            }
-        };
-        locked_files.insert(
-            name.to_string(),
-            LockedFile {
-                url: url.clone(),
-                sha256: sha256.clone(),
-            },
-        );
-        payload.push(PayloadFile {
-            name: format!("{CIDATA_K3S_DIR}/{name}"),
-            source,
-            sha256,
-        });
+    let mut payload = Vec::new();
+    for name in names {
+        let prev = same_version.and_then(|k| k.files.get(name));
+        let (file, locked) = run.k3s_file(name, prev)?;
+        locked_files.insert(name.to_string(), locked);
+        payload.push(file);
     }
 
     let iso = match local_iso {
@@ -270,7 +152,7 @@ pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fe
                 url_key: "ubuntu.iso_url",
             };
             obtain(
-                &cache,
+                &run.cache,
                 &src,
                 &ub.iso_sha256,
                 "the profile's ubuntu.iso_sha256",
@@ -292,15 +174,17 @@ pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fe
         }),
     };
     if new != old {
-        if old == Lock::default() {
-            notes.push(format!(
+        new.save(&plan.lock_path)?;
+        run.notes.push(if old == Lock::default() {
+            format!(
                 "lock: recorded the artifacts in {} (commit it beside the profile)",
-                lock_path.display()
-            ));
-        }
-        new.save(lock_path)?;
+                plan.lock_path.display()
+            )
+        } else {
+            format!("lock: updated {}", plan.lock_path.display())
+        });
     }
-    for note in notes {
+    for note in &run.notes {
         eprintln!("{note}");
     }
     Ok(Fetched {
@@ -308,6 +192,163 @@ pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fe
         iso_sha256: ub.iso_sha256.clone(),
         payload,
     })
+}
+
+/// One `fetch` in progress: what it needs across files.
+struct Fetch<'a> {
+    plan: &'a Plan,
+    opts: &'a FetchOptions,
+    mode: LockMode,
+    cache: Cache,
+    /// Lock changes to report at the end.
+    notes: Vec<String>,
+    /// The release's checksum list, fetched once when first needed.
+    sums: Option<BTreeMap<String, String>>,
+}
+
+const RELEASE_HINT: &str = "k3s.version / the mirror (k3s.release_base_url)";
+const RELEASE_KEY: &str = "k3s.release_base_url";
+
+impl Fetch<'_> {
+    /// Refused when enforcing; recorded (and reported) when updating the lock.
+    fn lock_mismatch(&mut self, refusal: LockRefusal) -> Result<()> {
+        match self.mode {
+            LockMode::Enforce => Err(refusal.into_error(&self.plan.lock_path)),
+            LockMode::Update => {
+                self.notes.push(format!(
+                    "lock: accepted a changed {}: {} -> {}",
+                    refusal.label, refusal.old, refusal.new
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// The SHA-256 the release's `sha256sum-amd64.txt` lists for `name`.
+    fn published_sha256(&mut self, name: &str) -> Result<String> {
+        let k3s = &self.plan.k3s;
+        let sums_url = k3s.release_url(K3S_SUMS);
+        if self.sums.is_none() {
+            let text = download::fetch_text(&Source {
+                url: &sums_url,
+                label: &format!("K3s {} checksum list", k3s.version),
+                hint: RELEASE_HINT,
+                url_key: RELEASE_KEY,
+            })?;
+            self.sums = Some(parse_sha256sums(&text));
+        }
+        let listed = self.sums.as_ref().and_then(|s| s.get(name)).cloned();
+        listed.ok_or_else(|| {
+            crate::BadInput(format!(
+                "{sums_url} lists no `{name}`; check {RELEASE_HINT}"
+            ))
+            .into()
+        })
+    }
+
+    /// One K3s file, verified, and its new lock entry. `prev` is the lock's entry for the
+    /// same K3s version.
+    fn k3s_file(
+        &mut self,
+        name: &str,
+        prev: Option<&LockedFile>,
+    ) -> Result<(PayloadFile, LockedFile)> {
+        let k3s = &self.plan.k3s;
+        let published = name != K3S_INSTALL_SCRIPT;
+        let (url, label, hint, url_key) = match name {
+            K3S_INSTALL_SCRIPT => (
+                install_script_url(k3s),
+                format!("K3s {} install script", k3s.version),
+                "k3s.install_script_url",
+                "k3s.install_script_url",
+            ),
+            K3S_BINARY => (
+                k3s.release_url(name),
+                format!("K3s {} binary", k3s.version),
+                RELEASE_HINT,
+                RELEASE_KEY,
+            ),
+            _ => (
+                k3s.release_url(name),
+                format!("K3s {} airgap images", k3s.version),
+                RELEASE_HINT,
+                RELEASE_KEY,
+            ),
+        };
+        let src = Source {
+            url: &url,
+            label: &label,
+            hint,
+            url_key,
+        };
+        // A release file keeps its hash on any mirror; the script is pinned by its URL
+        // (a different URL is a different script).
+        let locked = prev.filter(|l| published || l.url == url);
+        if let (Some(p), None) = (prev, locked) {
+            self.notes.push(format!(
+                "lock: {label} URL {} -> {url}, recording the new script's hash",
+                p.url
+            ));
+        }
+        let entry = format!("the `{name}` entry under `k3s.files`");
+
+        let cached = match locked {
+            Some(l) => self.cache.get(&l.sha256)?.map(|p| (p, l.sha256.clone())),
+            None => None,
+        };
+        let (source, sha256) = match cached {
+            Some(hit) => {
+                eprintln!("using the cached {label} (SHA-256 checked)");
+                hit
+            }
+            None if published => {
+                let listed = self.published_sha256(name)?;
+                if let Some(l) = locked.filter(|l| l.sha256 != listed) {
+                    self.lock_mismatch(LockRefusal {
+                        label: label.clone(),
+                        what: format!(
+                            "the release's {K3S_SUMS} ({}) now lists {listed} for `{name}`, for the same version {}",
+                            k3s.release_url(K3S_SUMS),
+                            k3s.version
+                        ),
+                        old: l.sha256.clone(),
+                        new: listed.clone(),
+                        entry,
+                    })?;
+                }
+                let from = k3s.release_url(K3S_SUMS);
+                let path = obtain(&self.cache, &src, &listed, &from, self.opts.progress_bars)?;
+                (path, listed)
+            }
+            None => {
+                // No published sum: the lock is the only pin.
+                let got = download::download(&self.cache, &src, self.opts.progress_bars)?;
+                if let Some(l) = locked.filter(|l| l.sha256 != got.sha256) {
+                    let refusal = LockRefusal {
+                        label: label.clone(),
+                        what: format!("{url} now serves different bytes, at the same URL"),
+                        old: l.sha256.clone(),
+                        new: got.sha256.clone(),
+                        entry,
+                    };
+                    if self.mode == LockMode::Enforce {
+                        download::remove_if_exists(&got.partial)?;
+                    }
+                    self.lock_mismatch(refusal)?;
+                }
+                let path = self.cache.insert(&got.partial, &got.sha256)?;
+                (path, got.sha256)
+            }
+        };
+        Ok((
+            PayloadFile {
+                name: format!("{CIDATA_K3S_DIR}/{name}"),
+                source,
+                sha256: sha256.clone(),
+            },
+            LockedFile { url, sha256 },
+        ))
+    }
 }
 
 /// The file with `expected` hash: from the cache, or downloaded and checked. A wrong
