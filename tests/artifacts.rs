@@ -117,7 +117,10 @@ nodes:
 }
 
 fn plain() -> FetchOptions {
-    FetchOptions::default()
+    FetchOptions {
+        progress_bars: std::env::var_os("TRY_BARS").is_some(),
+        ..FetchOptions::default()
+    }
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {

@@ -219,10 +219,13 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
             continue;
         } else if status.is_success() {
             if have > 0 {
-                eprintln!(
-                    "{} does not resume downloads (HTTP {status} to a Range request); \
-                     starting {} over",
-                    src.url, src.label
+                say(
+                    &bar,
+                    format!(
+                        "{} does not resume downloads (HTTP {status} to a Range request); \
+                         starting {} over",
+                        src.url, src.label
+                    ),
                 );
             }
             (0, resp.content_length())
@@ -234,17 +237,8 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
             announced = true;
             let size = total.map(|t| HumanBytes(t).to_string());
             if progress_bars {
-                let pb = match total {
-                    Some(t) => ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr()),
-                    None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-                };
-                pb.set_style(
-                    ProgressStyle::with_template(
-                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                    )
-                    .expect("a valid progress template")
-                    .progress_chars("=> "),
-                );
+                let pb = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+                pb.set_style(bar_style());
                 pb.set_message(src.label.to_string());
                 bar = Some(pb);
             } else {
@@ -256,11 +250,14 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
                 );
             }
         }
-        if start > 0 && first_attempt && bar.is_none() {
-            eprintln!(
-                "resuming {} at {} (left by an earlier run)",
-                src.label,
-                HumanBytes(start)
+        if start > 0 && first_attempt {
+            say(
+                &bar,
+                format!(
+                    "resuming {} at {} (left by an earlier run)",
+                    src.label,
+                    HumanBytes(start)
+                ),
             );
         }
 
@@ -329,13 +326,14 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
                     partial.display()
                 );
             }
-            if bar.is_none() {
-                eprintln!(
+            say(
+                &bar,
+                format!(
                     "download of {} interrupted at {} ({why}); resuming",
                     src.label,
                     HumanBytes(written)
-                );
-            }
+                ),
+            );
             continue;
         }
 
@@ -357,6 +355,21 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
             resumed,
         });
     }
+}
+
+/// A line for the person watching: above the bar when there is one.
+fn say(bar: &Option<ProgressBar>, line: String) {
+    match bar {
+        Some(pb) => pb.println(line),
+        None => eprintln!("{line}"),
+    }
+}
+
+/// A bar with bytes, rate and time left.
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .expect("a valid progress template")
+        .progress_chars("=> ")
 }
 
 /// `bytes FIRST-LAST/TOTAL` (TOTAL may be `*`) -> (FIRST, Some(TOTAL)).
@@ -394,6 +407,11 @@ mod tests {
         let v = HeaderValue::from_static("items 1-2/3");
         assert_eq!(parse_content_range(Some(&v)), None);
         assert_eq!(parse_content_range(None), None);
+    }
+
+    #[test]
+    fn the_progress_template_is_valid() {
+        let _ = bar_style();
     }
 
     #[test]
