@@ -116,6 +116,7 @@ nodes:
     }
 }
 
+/// Plain lines; `TRY_BARS=1` (in a terminal, with --nocapture) shows the progress bars.
 fn plain() -> FetchOptions {
     FetchOptions {
         progress_bars: std::env::var_os("TRY_BARS").is_some(),

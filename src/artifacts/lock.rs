@@ -131,8 +131,31 @@ mod tests {
         let path = dir.path().join("x.lock");
         sample().save(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
+        // The format, as people read it in a diff.
+        let yaml: String = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let (ab, cd) = ("ab".repeat(32), "cd".repeat(32));
+        assert_eq!(
+            yaml,
+            format!(
+                "format: 1
+ubuntu:
+  release: 22.04.5
+  url: https://example.invalid/u.iso
+  sha256: {cd}
+k3s:
+  version: v1.28.15+k3s1
+  files:
+    k3s:
+      url: https://example.invalid/v1%2Bk3s1/k3s
+      sha256: {ab}
+"
+            )
+        );
         assert!(text.starts_with("# chocoimg lock file"), "{text}");
-        assert!(text.contains("version: v1.28.15+k3s1"), "{text}");
         assert_eq!(Lock::load(&path).unwrap(), sample());
     }
 
