@@ -233,7 +233,7 @@ fn default_k3s_release_base() -> String {
     "https://github.com/k3s-io/k3s/releases/download".into()
 }
 fn default_install_script_url() -> String {
-    "https://get.k3s.io".into()
+    "https://raw.githubusercontent.com/k3s-io/k3s/{version}/install.sh".into()
 }
 fn default_release() -> String {
     DEFAULT_UBUNTU_RELEASE.into()
@@ -348,7 +348,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, Problems> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
     let parsed: Result<Profile, _> =
         serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
-    for key in unknown {
+    for path in unknown {
+        let key = bracket_indices(&path);
         let line = find_key_line(text, &key);
         problems.items.push(Problem {
             message: "unknown key; remove it or check its spelling (see the profile reference in README.md)".into(),
@@ -373,16 +374,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, Problems> {
     }
 }
 
-/// Best-effort line of the last segment of a dotted key path (`nodes[0].hostnme`).
+/// `nodes.1.adress` (serde_ignored's form) → `nodes[1].adress` (the messages' form).
+fn bracket_indices(path: &str) -> String {
+    let mut out = String::new();
+    for seg in path.split('.') {
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+/// The line of a key path's last key, when that key occurs on exactly one line (a guess
+/// between several would mislead more than no line at all).
 fn find_key_line(text: &str, key: &str) -> Option<usize> {
     let last = key.rsplit('.').next()?;
-    let last = last.split('[').next()?;
-    text.lines()
-        .position(|l| {
-            let t = l.trim_start().trim_start_matches("- ");
-            t.starts_with(last) && t[last.len()..].trim_start().starts_with(':')
-        })
-        .map(|i| i + 1)
+    let mut hits = text.lines().enumerate().filter(|(_, l)| {
+        let t = l.trim_start().trim_start_matches("- ");
+        t.strip_prefix(last)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+    });
+    match (hits.next(), hits.next()) {
+        (Some((i, _)), None) => Some(i + 1),
+        _ => None,
+    }
 }
 
 /// serde_yaml_ng prefixes type errors with the key path (`nodes[0].role: unknown variant`).

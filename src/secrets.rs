@@ -190,6 +190,31 @@ fn sha512_crypt(password: &str) -> Result<String> {
         .map_err(|e| anyhow::anyhow!("hashing the admin password: {e:?}"))
 }
 
+/// Creates the cluster's own SSH key pair when the plan asks for one and it does not exist
+/// yet (the laptop had no key). Returns the private key's path when it was just created.
+pub fn ensure_admin_key(plan: &crate::plan::Plan) -> Result<Option<std::path::PathBuf>> {
+    let crate::plan::SshKeySource::Generated { private_path } = &plan.ssh.key else {
+        return Ok(None);
+    };
+    let pub_path = private_path.with_extension("pub");
+    if private_path.exists() && pub_path.exists() {
+        return Ok(None);
+    }
+    let mut key = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)
+        .context("generating the cluster's SSH key")?;
+    key.set_comment(format!("chocoimg-{}", plan.cluster));
+    let private = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .context("encoding the SSH key")?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .context("encoding the SSH key")?;
+    fsutil::write_atomic(private_path, private.as_bytes(), 0o600)?;
+    fsutil::write_atomic(&pub_path, format!("{public}\n").as_bytes(), 0o644)?;
+    Ok(Some(private_path.clone()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,19 +21,19 @@ trap 'rm -rf "$tmp"' EXIT
 # runs this again later.
 waited=0
 until curl -ksSf --max-time 5 -o "$tmp/cacerts" "$K3S_URL/cacerts" 2>/dev/null; do
-	if [ "$waited" -ge "$WAIT_SECONDS" ]; then
-		log "K3s did not answer at $K3S_URL/cacerts within ${WAIT_SECONDS}s; not announcing yet (the timer retries)"
-		exit 1
-	fi
-	sleep 2
-	waited=$((waited + 2))
+    if [ "$waited" -ge "$WAIT_SECONDS" ]; then
+        log "K3s did not answer at $K3S_URL/cacerts within ${WAIT_SECONDS}s; not announcing yet (the timer retries)"
+        exit 1
+    fi
+    sleep 2
+    waited=$((waited + 2))
 done
 
 ca=$(sha256sum "$tmp/cacerts" | cut -d' ' -f1)
 proof=$(chocoimg_proof "$CLUSTER" "$ca" "$(cat "$TOKEN_FILE")")
 if ! is_sha256 "$proof"; then
-	log "could not compute the proof (is openssl installed?)"
-	exit 1
+    log "could not compute the proof (is openssl installed?)"
+    exit 1
 fi
 
 cat >"$tmp/service" <<XML
@@ -57,8 +57,8 @@ XML
 
 # Avahi re-announces on every change of the file: touch it only when the CA changed.
 if cmp -s "$tmp/service" "$SERVICE_FILE"; then
-	log "already announcing cluster $CLUSTER (ca $ca)"
-	exit 0
+    log "already announcing cluster $CLUSTER (ca $ca)"
+    exit 0
 fi
 mkdir -p "$SERVICES_DIR"
 cp "$tmp/service" "$SERVICES_DIR/.chocoimg-k3s.tmp"

@@ -10,23 +10,23 @@ WAIT_SECONDS="${CHOCOIMG_WAIT_SECONDS:-30}"
 {% include "lib.sh" %}
 
 lan_interface() {
-	ip -4 route show default 2>/dev/null |
-		awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }'
+    ip -4 route show default 2>/dev/null |
+        awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }'
 }
 
 waited=0
 iface=$(lan_interface)
 while [ -z "$iface" ] && [ "$waited" -lt "$WAIT_SECONDS" ]; do
-	sleep 1
-	waited=$((waited + 1))
-	iface=$(lan_interface)
+    sleep 1
+    waited=$((waited + 1))
+    iface=$(lan_interface)
 done
 if [ -n "$iface" ]; then
-	allow="allow-interfaces=$iface"
-	log "mDNS on $iface (the default route's interface), IPv4 only"
+    allow="allow-interfaces=$iface"
+    log "mDNS on $iface (the default route's interface), IPv4 only"
 else
-	allow="# no default route within ${WAIT_SECONDS}s: every interface but K3s's own"
-	log "no default route within ${WAIT_SECONDS}s; mDNS on every interface except K3s's"
+    allow="# no default route within ${WAIT_SECONDS}s: every interface but K3s's own"
+    log "no default route within ${WAIT_SECONDS}s; mDNS on every interface except K3s's"
 fi
 
 cat >"$CONF.tmp" <<CONF

@@ -4,6 +4,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod http;
+pub mod k3s;
+pub mod netns;
+pub mod workspace;
+
 /// The `chocoimg` binary under test.
 pub fn chocoimg() -> Command {
     Command::new(env!("CARGO_BIN_EXE_chocoimg"))
@@ -24,6 +29,3 @@ pub fn require_tool(tool: &str) {
         "{tool} is not installed; run scripts/install-test-deps.sh (the README's test command does)"
     );
 }
-
-pub mod k3s;
-pub mod netns;

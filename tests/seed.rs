@@ -1,0 +1,550 @@
+//! The spine: profile → plan → seeds, checked by the seeds' real consumers
+//! (cloud-init's schema and a real cloud-init first boot, the installer's own schemas).
+use crate::support::workspace::Workspace;
+use crate::support::{repo, require_tool};
+use serde_json::Value as Json;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+const CLUSTER: &str = "chocolandiadc-mvp";
+const NODES: [&str; 2] = ["master1", "nodo1"];
+
+fn rendered() -> Workspace {
+    let ws = Workspace::with_default_profile();
+    ws.ok(&["render", "--all"]);
+    ws
+}
+
+fn yaml_file(path: &Path) -> serde_yaml_ng::Value {
+    serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
+}
+
+fn to_json(v: &serde_yaml_ng::Value) -> Json {
+    serde_json::to_value(v).expect("YAML converts to JSON")
+}
+
+/// `cloud-init schema -c FILE` must accept the file.
+fn assert_cloud_init_schema_ok(path: &Path) {
+    require_tool("cloud-init");
+    let out = Command::new("cloud-init")
+        .args(["schema", "-c"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("Valid cloud-config"),
+        "cloud-init schema rejected {}:\n{text}",
+        path.display()
+    );
+}
+
+/// The top-level keys cloud-init's own schema knows (the `cloud-init schema` command does
+/// not reject unknown ones, so this is checked separately).
+fn cloud_init_known_keys() -> BTreeSet<String> {
+    let script = r#"
+import json
+from cloudinit.config.schema import get_schema
+s = get_schema()
+keys = set(s.get("properties", {}))
+for name, d in s.get("$defs", {}).items():
+    if name.startswith("cc_") or name.startswith("base_config"):
+        keys.update(d.get("properties", {}))
+print(json.dumps(sorted(keys)))
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .output()
+        .expect("/usr/bin/python3 runs");
+    assert!(out.status.success(), "reading cloud-init's schema failed (is cloud-init installed? run scripts/install-test-deps.sh): {}", String::from_utf8_lossy(&out.stderr));
+    let keys: BTreeSet<String> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        keys.contains("write_files") && keys.contains("runcmd"),
+        "unexpected cloud-init schema: {keys:?}"
+    );
+    keys
+}
+
+#[test]
+fn seeds_pass_cloud_init_and_every_installer_schema() {
+    let ws = rendered();
+    let known = cloud_init_known_keys();
+    let schema_dir = repo().join("tests/data/autoinstall-schemas");
+    let mut schemas: Vec<_> = std::fs::read_dir(&schema_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    schemas.sort();
+    assert_eq!(
+        schemas.len(),
+        6,
+        "the six autoinstall schemas are in {}",
+        schema_dir.display()
+    );
+
+    for node in NODES {
+        let path = ws.seed_file(CLUSTER, node, "user-data");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("#cloud-config\n"),
+            "{node}: user-data must start with #cloud-config"
+        );
+        let doc = yaml_file(&path);
+        assert_cloud_init_schema_ok(&path);
+        let top: Vec<_> = doc
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            top,
+            ["autoinstall"],
+            "{node}: the live installer's cloud-config holds only autoinstall"
+        );
+
+        let autoinstall = to_json(&doc["autoinstall"]);
+        for schema_path in &schemas {
+            let schema: Json =
+                serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+            let validator = jsonschema::draft7::new(&schema).expect("schema compiles");
+            let errors: Vec<String> = validator
+                .iter_errors(&autoinstall)
+                .map(|e| format!("{} at {}", e, e.instance_path))
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{node}: autoinstall fails {}:\n{}",
+                schema_path.display(),
+                errors.join("\n")
+            );
+        }
+        // What an unattended install cannot ask for must be there.
+        for key in [
+            "identity",
+            "ssh",
+            "network",
+            "storage",
+            "late-commands",
+            "user-data",
+            "packages",
+        ] {
+            assert!(
+                autoinstall.get(key).is_some(),
+                "{node}: autoinstall lacks {key}"
+            );
+        }
+        assert_eq!(autoinstall["shutdown"], "poweroff");
+        assert_eq!(autoinstall["ssh"]["allow-pw"], false);
+
+        // The installed system's own cloud-config: valid, and only keys cloud-init knows.
+        let installed = &doc["autoinstall"]["user-data"];
+        let installed_path = ws.path().join(format!("{node}-installed.yaml"));
+        std::fs::write(
+            &installed_path,
+            format!(
+                "#cloud-config\n{}",
+                serde_yaml_ng::to_string(installed).unwrap()
+            ),
+        )
+        .unwrap();
+        assert_cloud_init_schema_ok(&installed_path);
+        for key in installed.as_mapping().unwrap().keys() {
+            let key = key.as_str().unwrap();
+            assert!(
+                known.contains(key),
+                "{node}: installed user-data has a key cloud-init does not know: {key}"
+            );
+        }
+
+        let meta = yaml_file(&ws.seed_file(CLUSTER, node, "meta-data"));
+        assert_eq!(meta["local-hostname"].as_str(), Some(node));
+        assert!(meta["instance-id"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("chocoimg-{CLUSTER}-{node}-")));
+    }
+}
+
+/// Reads the K3s config.yaml that a seed writes, straight from its write_files.
+fn k3s_config_of(ws: &Workspace, node: &str) -> serde_yaml_ng::Value {
+    let doc = yaml_file(&ws.seed_file(CLUSTER, node, "user-data"));
+    let files = doc["autoinstall"]["user-data"]["write_files"]
+        .as_sequence()
+        .unwrap()
+        .clone();
+    let f = files
+        .iter()
+        .find(|f| f["path"] == "/etc/rancher/k3s/config.yaml")
+        .expect("config.yaml is written");
+    assert_eq!(f["permissions"], "0600");
+    serde_yaml_ng::from_str(f["content"].as_str().unwrap()).unwrap()
+}
+
+fn secrets_of(ws: &Workspace) -> serde_yaml_ng::Value {
+    yaml_file(&ws.out().join(CLUSTER).join("secrets.yaml"))
+}
+
+#[test]
+fn k3s_config_holds_the_right_keys_per_role() {
+    let ws = rendered();
+    let secrets = secrets_of(&ws);
+    let server = k3s_config_of(&ws, "master1");
+    assert_eq!(server["token"], secrets["server_token"]);
+    assert_eq!(server["agent-token"], secrets["agent_token"]);
+    let sans: Vec<_> = server["tls-san"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(sans, ["master1", "master1.local"]);
+    let disable: Vec<_> = server["disable"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(disable, ["traefik", "servicelb"]);
+    assert!(
+        server.get("cluster-init").is_none(),
+        "SQLite: no cluster-init"
+    );
+
+    let agent = k3s_config_of(&ws, "nodo1");
+    assert!(
+        agent.get("token").is_none() && agent.get("agent-token").is_none(),
+        "an agent never gets the server token"
+    );
+    assert!(
+        agent.get("server").is_none(),
+        "the join service finds the server"
+    );
+    assert_eq!(agent["node-label"][0], "role=worker");
+    let agent_seed = std::fs::read_to_string(ws.seed_file(CLUSTER, "nodo1", "user-data")).unwrap();
+    assert!(
+        !agent_seed.contains(secrets["server_token"].as_str().unwrap()),
+        "the server token must never reach nodo1's stick"
+    );
+}
+
+/// The installed system's first boot, run by the real cloud-init in a sandbox.
+#[test]
+fn first_boot_in_real_cloud_init_writes_config_user_and_host_key() {
+    require_tool("cloud-init");
+    require_tool("unshare");
+    assert!(
+        nix_is_root(),
+        "this test runs cloud-init in namespaces and needs root (CI runs as root)"
+    );
+    let ws = rendered();
+    let secrets = secrets_of(&ws);
+    let operator_key =
+        std::fs::read_to_string(repo().join("tests/data/operator_id_ed25519.pub")).unwrap();
+    for node in NODES {
+        let doc = yaml_file(&ws.seed_file(CLUSTER, node, "user-data"));
+        let mut installed = doc["autoinstall"]["user-data"].clone();
+        // Debian lacks en_US.UTF-8; the locale is the installer's business anyway.
+        installed
+            .as_mapping_mut()
+            .unwrap()
+            .insert("locale".into(), "C.UTF-8".into());
+        let user_data = ws.path().join(format!("{node}-first-boot.yaml"));
+        std::fs::write(
+            &user_data,
+            format!(
+                "#cloud-config\n{}",
+                serde_yaml_ng::to_string(&installed).unwrap()
+            ),
+        )
+        .unwrap();
+        let result = ws.path().join(format!("{node}-result"));
+        let out = Command::new(repo().join("tests/fixtures/cloud-init-sandbox.sh"))
+            .arg(&user_data)
+            .arg(ws.seed_file(CLUSTER, node, "meta-data"))
+            .arg(&result)
+            .output()
+            .unwrap();
+        let log = std::fs::read_to_string(result.join("cloud-init.out")).unwrap_or_default();
+        assert!(
+            out.status.success(),
+            "{node}: sandbox failed: {}\n{log}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // K3s config: written, 0600, root-owned.
+        let listing = std::fs::read_to_string(result.join("files.txt")).unwrap();
+        assert!(
+            listing
+                .lines()
+                .any(|l| l == "600 root etc/rancher/k3s/config.yaml"),
+            "{node}: config.yaml must be 0600 root:\n{listing}\n{log}"
+        );
+        let cfg: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(result.join("etc/rancher/k3s/config.yaml")).unwrap(),
+        )
+        .unwrap();
+        match node {
+            "master1" => {
+                assert_eq!(cfg["token"], secrets["server_token"]);
+                assert_eq!(cfg["agent-token"], secrets["agent_token"]);
+                assert!(cfg.get("tls-san").is_some() && cfg.get("disable").is_some());
+            }
+            _ => assert!(cfg.get("token").is_none() && cfg.get("agent-token").is_none()),
+        }
+        // The admin user, with the operator's key.
+        let passwd = std::fs::read_to_string(result.join("passwd")).unwrap();
+        assert!(
+            passwd
+                .lines()
+                .any(|l| l.starts_with("ubuntu:") && l.ends_with(":/bin/bash")),
+            "{node}: user ubuntu not created:\n{log}"
+        );
+        let group = std::fs::read_to_string(result.join("group")).unwrap();
+        assert!(group.lines().any(|l| l.starts_with("sudo:")
+            && l.split(':')
+                .nth(3)
+                .unwrap_or("")
+                .split(',')
+                .any(|u| u == "ubuntu")));
+        let keys =
+            std::fs::read_to_string(result.join("home/ubuntu/.ssh/authorized_keys")).unwrap();
+        assert!(
+            keys.contains(operator_key.trim()),
+            "{node}: the operator's key is not authorised"
+        );
+        // The pinned host key, and no other.
+        let host_pub =
+            std::fs::read_to_string(result.join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
+        let want = secrets["host_keys"][node]["public"].as_str().unwrap();
+        assert_eq!(
+            host_pub.split_whitespace().take(2).collect::<Vec<_>>(),
+            want.split_whitespace().take(2).collect::<Vec<_>>()
+        );
+        assert!(
+            !result.join("etc/ssh/ssh_host_rsa_key").exists(),
+            "{node}: only the pinned host key may exist"
+        );
+        // K3s installed from the stick's binary, by role (install.sh is a stand-in here).
+        let env = std::fs::read_to_string(result.join("k3s-install.env"))
+            .unwrap_or_else(|_| panic!("{node}: the K3s install step did not run:\n{log}"));
+        assert!(
+            env.contains("INSTALL_K3S_SKIP_DOWNLOAD=true")
+                && env.contains("INSTALL_K3S_VERSION=v1.28.15+k3s1")
+        );
+        let exec = if node == "master1" {
+            "INSTALL_K3S_EXEC=server"
+        } else {
+            "INSTALL_K3S_EXEC=agent"
+        };
+        assert!(env.contains(exec), "{node}: {env}");
+        assert_eq!(
+            env.contains("INSTALL_K3S_SKIP_START=true"),
+            node == "nodo1",
+            "only the agent waits for the join"
+        );
+    }
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+}
+
+/// Replaces every secret and every random value by a name, for stable snapshots.
+fn masked(ws: &Workspace, text: &str) -> String {
+    let s = secrets_of(ws);
+    let mut out = text.to_string();
+    let mut pairs: Vec<(String, String)> = vec![
+        (
+            s["server_token"].as_str().unwrap().into(),
+            "<server_token>".into(),
+        ),
+        (
+            s["agent_token"].as_str().unwrap().into(),
+            "<agent_token>".into(),
+        ),
+        (
+            s["admin_password_hash"].as_str().unwrap().into(),
+            "<admin_password_hash>".into(),
+        ),
+    ];
+    for node in NODES {
+        let k = &s["host_keys"][node];
+        let public = k["public"].as_str().unwrap();
+        pairs.push((
+            public.split_whitespace().nth(1).unwrap().into(),
+            format!("<{node}_host_public_key>"),
+        ));
+        for (i, line) in k["private"].as_str().unwrap().lines().enumerate() {
+            if !line.starts_with("-----") {
+                pairs.push((line.into(), format!("<{node}_host_private_key_line_{i}>")));
+            }
+        }
+    }
+    for (secret, name) in pairs {
+        out = out.replace(&secret, &name);
+    }
+    // instance-id hashes the (secret-bearing) user-data.
+    out.lines()
+        .map(|l| {
+            if l.starts_with("instance-id:") {
+                l.rsplit_once('-').unwrap().0.to_string() + "-<hash>"
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn seeds_snapshot() {
+    let ws = rendered();
+    for node in NODES {
+        for file in ["user-data", "meta-data"] {
+            let text = std::fs::read_to_string(ws.seed_file(CLUSTER, node, file)).unwrap();
+            insta::assert_snapshot!(format!("{node}-{file}"), masked(&ws, &text));
+        }
+    }
+}
+
+#[test]
+fn rendering_twice_is_byte_identical_and_secrets_stay_private() {
+    let ws = Workspace::with_default_profile();
+    let first = ws.ok(&["render", "--all"]);
+    let read = |node, name| std::fs::read(ws.seed_file(CLUSTER, node, name)).unwrap();
+    let before: Vec<_> = NODES
+        .iter()
+        .flat_map(|n| [read(*n, "user-data"), read(*n, "meta-data")])
+        .collect();
+    let second = ws.ok(&["render", "--all"]);
+    let after: Vec<_> = NODES
+        .iter()
+        .flat_map(|n| [read(*n, "user-data"), read(*n, "meta-data")])
+        .collect();
+    assert!(
+        before == after,
+        "a second render must give the same bytes (secrets are reused)"
+    );
+
+    use std::os::unix::fs::PermissionsExt;
+    let secrets_path = ws.out().join(CLUSTER).join("secrets.yaml");
+    assert_eq!(
+        std::fs::metadata(&secrets_path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    for node in NODES {
+        let mode = std::fs::metadata(ws.seed_file(CLUSTER, node, "user-data"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "user-data carries secrets");
+    }
+    // No secret on the terminal, and secrets.yaml is not copied into any seed.
+    let s = secrets_of(&ws);
+    let logs = [first, second]
+        .iter()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+        })
+        .collect::<String>();
+    for key in [
+        "server_token",
+        "agent_token",
+        "admin_password",
+        "admin_password_hash",
+    ] {
+        let v = s[key].as_str().unwrap();
+        assert!(!logs.contains(v), "{key} was printed");
+    }
+    let admin_password = s["admin_password"].as_str().unwrap();
+    for node in NODES {
+        let seed = String::from_utf8(read(node, "user-data")).unwrap();
+        assert!(
+            !seed.contains(admin_password),
+            "only the password's hash goes on the stick"
+        );
+    }
+    // validate writes nothing at all.
+    let fresh = Workspace::with_default_profile();
+    fresh.ok(&["validate"]);
+    assert!(
+        fresh.files_in_out().is_empty(),
+        "validate wrote {:?}",
+        fresh.files_in_out()
+    );
+}
+
+#[test]
+fn render_one_node_into_a_chosen_folder() {
+    let ws = Workspace::with_default_profile();
+    let dest = ws.path().join("seeds");
+    ws.ok(&["render", "--node", "nodo1", "--out", dest.to_str().unwrap()]);
+    assert!(dest.join("nodo1/user-data").is_file() && dest.join("nodo1/meta-data").is_file());
+    assert!(!dest.join("master1").exists());
+    let out = ws.run(&["render", "--node", "nodo9"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nodo9") && err.contains("master1, nodo1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_an_ssh_key_the_cluster_gets_its_own_pair_and_says_so() {
+    let ws = Workspace::with_default_profile();
+    std::fs::remove_file(ws.home().join(".ssh/id_ed25519.pub")).unwrap();
+    let out = ws.ok(&["render", "--node", "master1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let private = ws.out().join(CLUSTER).join("ssh/id_ed25519");
+    assert!(
+        err.contains("created one for this cluster") && err.contains(private.to_str().unwrap()),
+        "{err}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let public = std::fs::read_to_string(private.with_extension("pub")).unwrap();
+    let seed = std::fs::read_to_string(ws.seed_file(CLUSTER, "master1", "user-data")).unwrap();
+    assert!(
+        seed.contains(public.trim()),
+        "the generated key is the one the nodes trust"
+    );
+    // ssh-keygen (OpenSSH itself) reads the pair.
+    crate::support::require_tool("ssh-keygen");
+    let derived = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(&private)
+        .output()
+        .unwrap();
+    assert!(derived.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&derived.stdout)
+            .split_whitespace()
+            .nth(1),
+        public.split_whitespace().nth(1)
+    );
+    // A second render keeps the pair.
+    ws.ok(&["render", "--node", "master1"]);
+    assert_eq!(
+        std::fs::read_to_string(private.with_extension("pub")).unwrap(),
+        public
+    );
+}
