@@ -881,3 +881,68 @@ fn join_with_a_fixed_server_address_skips_discovery() {
         "{dropin}"
     );
 }
+
+#[test]
+fn forged_and_foreign_announcements_are_never_used() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let _forger = start_forger(&c, &mut lan);
+    let mut nodo = lan.add_host("nodo1");
+    let root = c.install_node_files("nodo1", &nodo.dir.join("root"));
+    lan.start_avahi(&mut nodo, None);
+    let state = nodo.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let out = lan
+        .cmd(&nodo, "sh")
+        .arg(root.join(LIB).join("join.sh"))
+        .env(
+            "CHOCOIMG_AGENT_TOKEN_FILE",
+            root.join("etc/chocoimg/agent-token"),
+        )
+        .env(
+            "CHOCOIMG_K3S_CONFIG_DIR",
+            root.join("etc/rancher/k3s/config.yaml.d"),
+        )
+        .env("CHOCOIMG_SYSTEMCTL", fake_systemctl(&state))
+        .env("CHOCOIMG_TRIES", "2")
+        .env("CHOCOIMG_PAUSE", "1")
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("forged announcement"), "{log}");
+    assert!(log.contains("no verified _k3s._tcp announcement"), "{log}");
+    assert!(!root.join("etc/rancher/k3s/config.yaml.d").exists());
+    assert!(
+        !state.join("systemctl.log").exists(),
+        "k3s-agent was touched"
+    );
+
+    // The laptop: discover lists them, fetch-kubeconfig uses neither.
+    let laptop = lan.add_host("laptop");
+    let out = lan
+        .cmd(&laptop, chocoimg().get_program())
+        .args(["discover", "--json", "--timeout", "3"])
+        .envs(c.envs())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found.as_array().unwrap().len(), 2, "{found:#}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 other announcements heard"));
+    let out = lan
+        .cmd(&laptop, chocoimg().get_program())
+        .args(["fetch-kubeconfig", "--timeout", "3"])
+        .envs(c.envs())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 other announcements heard"));
+    assert!(!c.home.join(".kube").exists());
+}

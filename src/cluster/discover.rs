@@ -96,10 +96,10 @@ pub struct Browse {
 pub fn browse(cluster: &str, agent_token: &str, opts: Browse) -> Result<Vec<Server>> {
     let start = Instant::now();
     let daemon = mdns_sd::ServiceDaemon::new().context("starting the mDNS browser")?;
-    // IPv4 only: the nodes announce A records only, and IPv6 link-local answers are no
-    // use to a K3s agent or to kubectl.
+    // IPv4 on the LAN only: the nodes announce A records only, IPv6 link-local answers
+    // are no use to a K3s agent or to kubectl, and no node lives on loopback.
     daemon
-        .disable_interface(mdns_sd::IfKind::IPv6)
+        .disable_interface(vec![mdns_sd::IfKind::IPv6, mdns_sd::IfKind::LoopbackV4])
         .context("limiting mDNS to IPv4")?;
     let events = daemon.browse(SERVICE_TYPE).context("browsing _k3s._tcp")?;
     let deadline = start + opts.timeout;

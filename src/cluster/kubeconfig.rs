@@ -39,15 +39,16 @@ pub struct Target {
 }
 
 /// Finds master1: `server` when given, else the first verified mDNS answer.
-/// `Ok(None)` when nothing verified answered within `timeout`.
+/// `Err(heard)` when nothing verified answered within `timeout` (`heard`: how many
+/// other announcements did).
 pub fn locate(
     plan: &Plan,
     secrets: &Secrets,
     server: Option<&str>,
     timeout: Duration,
-) -> Result<Option<Target>> {
+) -> Result<std::result::Result<Target, usize>> {
     if let Some(address) = server {
-        return Ok(Some(Target {
+        return Ok(Ok(Target {
             address: address.to_string(),
             announced_ca: None,
         }));
@@ -60,12 +61,13 @@ pub fn locate(
             stop_at_first_verified: true,
         },
     )?;
-    Ok(servers.iter().find_map(|s| {
+    let found = servers.iter().find_map(|s| {
         s.usable_address().map(|a| Target {
             address: a.to_string(),
             announced_ca: s.ca.clone(),
         })
-    }))
+    });
+    Ok(found.ok_or(servers.len()))
 }
 
 /// What `fetch` should produce.

@@ -43,3 +43,15 @@ pub fn timeout_arg(seconds: f64) -> Result<Duration> {
     }
     Ok(Duration::from_secs_f64(seconds))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timeouts_are_checked() {
+        assert!(super::timeout_arg(0.5).is_ok());
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 4000.0] {
+            let err = super::timeout_arg(bad).unwrap_err();
+            assert_eq!(crate::exit_code_for(&err), crate::EXIT_BAD_INPUT);
+        }
+    }
+}

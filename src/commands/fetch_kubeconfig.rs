@@ -18,12 +18,15 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
         Some(p) => p.clone(),
         None => kubeconfig::default_path()?,
     };
-    let Some(target) = kubeconfig::locate(&plan, &secrets, args.server.as_deref(), timeout)? else {
-        eprintln!(
-            "{}",
-            discover::nothing_found_hint(&plan.cluster, timeout, 0)
-        );
-        return Ok(EXIT_NOT_FOUND);
+    let target = match kubeconfig::locate(&plan, &secrets, args.server.as_deref(), timeout)? {
+        Ok(t) => t,
+        Err(heard) => {
+            eprintln!(
+                "{}",
+                discover::nothing_found_hint(&plan.cluster, timeout, heard)
+            );
+            return Ok(EXIT_NOT_FOUND);
+        }
     };
     let how = match &target.announced_ca {
         Some(_) => "found over mDNS, proof verified",
