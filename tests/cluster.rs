@@ -946,3 +946,23 @@ fn forged_and_foreign_announcements_are_never_used() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 other announcements heard"));
     assert!(!c.home.join(".kube").exists());
 }
+
+#[test]
+fn avahi_config_without_a_default_route_still_keeps_k3s_interfaces_out() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let host = lan.add_host("nodo1");
+    ok(Command::new("ip").args(["-n", &host.ns, "route", "del", "default"]));
+    let root = c.install_node_files("nodo1", &host.dir.join("root"));
+    let conf = host.dir.join("avahi-daemon.conf");
+    let out = ok(lan
+        .cmd(&host, "sh")
+        .arg(root.join(LIB).join("avahi-config.sh"))
+        .env("CHOCOIMG_AVAHI_CONF", &conf)
+        .env("CHOCOIMG_WAIT_SECONDS", "1"));
+    assert!(out.contains("no default route within 1s"), "{out}");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(!text.contains("\nallow-interfaces="), "{text}");
+    assert!(text.contains("deny-interfaces=cni0,flannel.1"), "{text}");
+    assert!(text.contains("use-ipv6=no"), "{text}");
+}
