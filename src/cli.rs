@@ -118,6 +118,9 @@ pub struct DiscoverArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Stop at the first verified server instead of listening for the whole timeout
+    #[arg(long)]
+    pub first: bool,
 }
 
 #[derive(Debug, Args)]

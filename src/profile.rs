@@ -233,7 +233,7 @@ fn default_k3s_release_base() -> String {
     "https://github.com/k3s-io/k3s/releases/download".into()
 }
 fn default_install_script_url() -> String {
-    "https://get.k3s.io".into()
+    "https://raw.githubusercontent.com/k3s-io/k3s/{version}/install.sh".into()
 }
 fn default_release() -> String {
     DEFAULT_UBUNTU_RELEASE.into()

@@ -1,5 +1,7 @@
 //! One integration test binary driving the real `chocoimg` and real peers.
 //! Each area adds its module here.
+mod artifacts;
+mod cluster;
 mod image;
 mod profile;
 mod seed;

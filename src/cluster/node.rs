@@ -1,7 +1,25 @@
 //! The node side of discovery, rendered into each node's seed: Avahi's configuration,
 //! master1's announce service, nodo1's join service and timer.
+//!
+//! Every node: `avahi-config.sh` runs before each avahi-daemon start and limits mDNS to
+//! the LAN interface over IPv4. master1: `announce.sh` (service + timer) publishes
+//! `_k3s._tcp` with the proof once K3s answers; a sudoers drop-in lets the admin user
+//! read the admin kubeconfig for `fetch-kubeconfig`. nodo1: `join.sh` (service + timer)
+//! finds master1, writes the agent's server and token, and starts k3s-agent.
 use crate::plan::{NodePlan, Plan};
+use crate::profile::Role;
 use crate::secrets::Secrets;
+use anyhow::{Context, Result};
+
+/// Where the node scripts live on the installed system.
+pub const LIB_DIR: &str = "/usr/local/lib/chocoimg";
+/// The agent token, readable by root only (the proof's key; nodo1's join secret).
+pub const AGENT_TOKEN_PATH: &str = "/etc/chocoimg/agent-token";
+/// The K3s config drop-in the join writes (K3s reads `config.yaml.d/*.yaml` after
+/// `config.yaml`).
+pub const JOIN_DROPIN_PATH: &str = "/etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml";
+/// Where master1's announcement is written (Avahi reloads it on change).
+pub const SERVICE_FILE_PATH: &str = "/etc/avahi/services/chocoimg-k3s.service";
 
 /// A file the installed system gets on first boot (cloud-init `write_files`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,8 +38,195 @@ pub struct NodeSetup {
     pub first_boot: Vec<String>,
 }
 
+impl NodeSetup {
+    pub fn file(&self, path: &str) -> Option<&NodeFile> {
+        self.files.iter().find(|f| f.path == path)
+    }
+}
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("lib.sh", include_str!("../../templates/node/lib.sh")),
+    (
+        "avahi-config.sh",
+        include_str!("../../templates/node/avahi-config.sh"),
+    ),
+    (
+        "announce.sh",
+        include_str!("../../templates/node/announce.sh"),
+    ),
+    ("join.sh", include_str!("../../templates/node/join.sh")),
+    (
+        "chocoimg-announce.service",
+        include_str!("../../templates/node/chocoimg-announce.service"),
+    ),
+    (
+        "chocoimg-announce.timer",
+        include_str!("../../templates/node/chocoimg-announce.timer"),
+    ),
+    (
+        "chocoimg-join.service",
+        include_str!("../../templates/node/chocoimg-join.service"),
+    ),
+    (
+        "chocoimg-join.timer",
+        include_str!("../../templates/node/chocoimg-join.timer"),
+    ),
+    (
+        "k3s-agent-dropin.conf",
+        include_str!("../../templates/node/k3s-agent-dropin.conf"),
+    ),
+    (
+        "avahi-daemon-dropin.conf",
+        include_str!("../../templates/node/avahi-daemon-dropin.conf"),
+    ),
+    ("sudoers", include_str!("../../templates/node/sudoers")),
+];
+
+/// Single-quotes a value for POSIX sh.
+fn sh_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+fn environment() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    env.add_filter("sh", |v: String| sh_quote(&v));
+    for (name, source) in TEMPLATES {
+        env.add_template(name, source)
+            .expect("the node templates are valid");
+    }
+    env
+}
+
+/// Renders one node template with `ctx`.
+pub fn render(name: &str, ctx: minijinja::Value) -> Result<String> {
+    environment()
+        .get_template(name)
+        .and_then(|t| t.render(ctx))
+        .with_context(|| format!("rendering templates/node/{name}"))
+}
+
 /// The discovery pieces for `node`, by role.
-pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> anyhow::Result<NodeSetup> {
-    let _ = (plan, secrets, node);
-    Ok(NodeSetup::default())
+pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetup> {
+    let ctx = minijinja::context! {
+        cluster => plan.cluster,
+        k3s_version => plan.k3s.version,
+        server_address => node.server_address.clone().unwrap_or_default(),
+        user => plan.ssh.user,
+        lib_dir => LIB_DIR,
+        join_dropin => JOIN_DROPIN_PATH,
+    };
+    let file = |path: String, permissions: &str, template: &str| -> Result<NodeFile> {
+        Ok(NodeFile {
+            path,
+            permissions: permissions.into(),
+            content: render(template, ctx.clone())?,
+        })
+    };
+    let mut files = vec![
+        NodeFile {
+            path: AGENT_TOKEN_PATH.into(),
+            permissions: "0600".into(),
+            content: format!("{}\n", secrets.agent_token),
+        },
+        file(
+            format!("{LIB_DIR}/avahi-config.sh"),
+            "0755",
+            "avahi-config.sh",
+        )?,
+        file(
+            "/etc/systemd/system/avahi-daemon.service.d/chocoimg.conf".into(),
+            "0644",
+            "avahi-daemon-dropin.conf",
+        )?,
+    ];
+    let units: &[&str] = match node.role {
+        Role::Server => {
+            files.push(file(
+                format!("{LIB_DIR}/announce.sh"),
+                "0755",
+                "announce.sh",
+            )?);
+            files.push(file(
+                "/etc/systemd/system/chocoimg-announce.service".into(),
+                "0644",
+                "chocoimg-announce.service",
+            )?);
+            files.push(file(
+                "/etc/systemd/system/chocoimg-announce.timer".into(),
+                "0644",
+                "chocoimg-announce.timer",
+            )?);
+            files.push(file(
+                "/etc/sudoers.d/chocoimg-kubeconfig".into(),
+                "0440",
+                "sudoers",
+            )?);
+            &["chocoimg-announce.service", "chocoimg-announce.timer"]
+        }
+        Role::Agent => {
+            files.push(file(format!("{LIB_DIR}/join.sh"), "0755", "join.sh")?);
+            files.push(file(
+                "/etc/systemd/system/chocoimg-join.service".into(),
+                "0644",
+                "chocoimg-join.service",
+            )?);
+            files.push(file(
+                "/etc/systemd/system/chocoimg-join.timer".into(),
+                "0644",
+                "chocoimg-join.timer",
+            )?);
+            files.push(file(
+                "/etc/systemd/system/k3s-agent.service.d/chocoimg-join.conf".into(),
+                "0644",
+                "k3s-agent-dropin.conf",
+            )?);
+            &["chocoimg-join.service", "chocoimg-join.timer"]
+        }
+    };
+    let units = units.join(" ");
+    let first_boot = vec![
+        "systemctl daemon-reload".to_string(),
+        // Avahi came up before cloud-init wrote its drop-in: restart it with our config.
+        "systemctl restart avahi-daemon.service".to_string(),
+        format!("systemctl enable {units}"),
+        // Not blocking cloud-init: the services wait (bounded) for K3s or for master1.
+        format!("systemctl start --no-block {units}"),
+    ];
+    Ok(NodeSetup { files, first_boot })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(sh_quote("a'b"), r"'a'\''b'");
+        assert_eq!(sh_quote(""), "''");
+    }
+
+    /// The shell formula the node scripts run and proof.rs agree (runs openssl for real).
+    #[test]
+    fn shell_proof_matches_proof_rs() {
+        let lib = render("lib.sh", minijinja::context! {}).unwrap();
+        let ca = crate::proof::ca_hash(b"-----BEGIN CERTIFICATE-----\nstand-in\n");
+        let token = "0123abcd'x y";
+        let script = format!(
+            "PROG=test\n{lib}\nchocoimg_proof \"$1\" \"$2\" \"$3\"\nis_sha256 \"$2\" && echo ok\n"
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script, "sh", "chocolandiadc-mvp", &ca, token])
+            .output()
+            .expect("running sh");
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let mut lines = stdout.lines();
+        assert_eq!(
+            lines.next().unwrap(),
+            crate::proof::proof(token, "chocolandiadc-mvp", &ca)
+        );
+        assert_eq!(lines.next(), Some("ok"));
+    }
 }

@@ -1,5 +1,65 @@
+//! `chocoimg fetch-kubeconfig`: master1's admin kubeconfig, verified, merged for kubectl.
+//! Exit 0 written, 4 master1 not found (nothing written), 1 a check failed.
 use crate::cli::{FetchKubeconfigArgs, Global};
+use crate::cluster::{discover, kubeconfig, EXIT_NOT_FOUND};
 
-pub fn run(_global: &Global, _args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`fetch_kubeconfig` is not written yet")
+pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
+    let plan = super::load_plan(global)?;
+    let timeout = crate::cluster::timeout_arg(args.timeout)?;
+    let secrets = crate::cluster::load_secrets(&plan)?;
+    let name = args.context.clone().unwrap_or_else(|| plan.cluster.clone());
+    if !crate::plan::is_rfc1123_label(&name) && args.context.is_some() {
+        return Err(crate::BadInput(format!(
+            "--context {name:?} is not a usable name; use lowercase letters, digits and '-'"
+        ))
+        .into());
+    }
+    let path = match &args.output {
+        Some(p) => p.clone(),
+        None => kubeconfig::default_path()?,
+    };
+    let target = match kubeconfig::locate(&plan, &secrets, args.server.as_deref(), timeout)? {
+        Ok(t) => t,
+        Err(heard) => {
+            eprintln!(
+                "{}",
+                discover::nothing_found_hint(&plan.cluster, timeout, heard)
+            );
+            return Ok(EXIT_NOT_FOUND);
+        }
+    };
+    let how = match &target.announced_ca {
+        Some(_) => "found over mDNS, proof verified",
+        None => "given with --server",
+    };
+    eprintln!("{} at {} ({how})", plan.server().hostname, target.address);
+    let done = kubeconfig::fetch(
+        &plan,
+        &secrets,
+        &target,
+        &kubeconfig::FetchOptions {
+            ssh_port: args.ssh_port,
+            name,
+            path,
+            use_context: args.use_context,
+        },
+    )?;
+    println!(
+        "wrote context {} (API {}) to {}",
+        done.name,
+        done.server_url,
+        done.path.display()
+    );
+    if let Some(b) = &done.backup {
+        println!("previous kubeconfig saved as {}", b.display());
+    }
+    if done.current_context {
+        println!("current context: {}", done.name);
+    } else {
+        println!(
+            "current context unchanged; use `kubectl --context {}` or re-run with --use-context",
+            done.name
+        );
+    }
+    Ok(0)
 }

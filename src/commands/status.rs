@@ -1,5 +1,69 @@
+//! `chocoimg status`: cluster ready/degraded/unavailable and each node, from the K3s API.
+//! Exit 0 ready, 3 degraded, 4 unavailable (1 error, 2 bad input).
 use crate::cli::{Global, StatusArgs};
+use crate::cluster::kubeconfig;
+use crate::cluster::status::{self, ClusterState};
+use anyhow::Context;
+use std::time::Duration;
 
-pub fn run(_global: &Global, _args: &StatusArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`status` is not written yet")
+pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
+    // The profile names the context and the nodes to expect; with --context it is optional.
+    let plan = match &args.context {
+        Some(_) => super::load_plan(global).ok(),
+        None => Some(super::load_plan(global)?),
+    };
+    let context = match (&args.context, &plan) {
+        (Some(c), _) => c.clone(),
+        (None, Some(p)) => p.cluster.clone(),
+        (None, None) => unreachable!("the plan is loaded when no context is given"),
+    };
+    let expected: Vec<String> = plan
+        .iter()
+        .flat_map(|p| p.nodes.iter().map(|n| n.hostname.clone()))
+        .collect();
+    let path = match &args.kubeconfig {
+        Some(p) => p.clone(),
+        None => kubeconfig::default_path()?,
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(crate::BadInput(format!(
+                "no kubeconfig at {}; run `chocoimg fetch-kubeconfig` first, or pass --kubeconfig FILE",
+                path.display()
+            ))
+            .into())
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{} is not a kubeconfig", path.display()))?;
+    let api = status::access(&doc, &context)
+        .with_context(|| format!("reading context {context} of {}", path.display()))?;
+    let st = status::check(&api, &expected, Duration::from_secs(10));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        let state = match st.state {
+            ClusterState::Ready => "ready",
+            ClusterState::Degraded => "degraded",
+            ClusterState::Unavailable => "unavailable",
+        };
+        println!("cluster {context}: {state} (API {})", st.server);
+        let width = st.nodes.iter().map(|n| n.name.len()).max().unwrap_or(0);
+        for n in &st.nodes {
+            let note = if n.registered {
+                ""
+            } else {
+                "  (not registered with the API)"
+            };
+            println!("  {:<width$}  {:?}{note}", n.name, n.state);
+        }
+        if let Some(err) = &st.error {
+            eprintln!(
+                "the K3s API did not answer: {err}\nIs master1 on and K3s running? Its address may have changed: `chocoimg fetch-kubeconfig` refreshes it."
+            );
+        }
+    }
+    Ok(st.exit_code())
 }

@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod http;
+pub mod k3s;
+pub mod netns;
 pub mod workspace;
 
 /// The `chocoimg` binary under test.

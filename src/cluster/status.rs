@@ -1,0 +1,253 @@
+//! `status`: the seed's cluster states from the K3s API, with the kubeconfig that
+//! `fetch-kubeconfig` wrote. Cluster `ready` (API answers, every node Ready), `degraded`
+//! (API answers, some node not Ready), `unavailable` (no API); each node `Ready`,
+//! `NotReady` or `Unknown` from its `Ready` condition.
+use crate::cluster::{EXIT_DEGRADED, EXIT_UNAVAILABLE};
+use anyhow::{anyhow, Context, Result};
+use serde::Serialize;
+use serde_yaml_ng::Value;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    Ready,
+    Degraded,
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum NodeState {
+    Ready,
+    NotReady,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub state: NodeState,
+    /// False for a profile node the API does not know (not joined yet).
+    pub registered: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub state: ClusterState,
+    pub server: String,
+    pub nodes: Vec<NodeStatus>,
+    /// Why the API could not be read (only when unavailable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Status {
+    /// 0 ready, 3 degraded, 4 unavailable.
+    pub fn exit_code(&self) -> i32 {
+        match self.state {
+            ClusterState::Ready => 0,
+            ClusterState::Degraded => EXIT_DEGRADED,
+            ClusterState::Unavailable => EXIT_UNAVAILABLE,
+        }
+    }
+}
+
+/// How to reach the API: server URL, CA, and the admin's client certificate or token.
+pub struct ApiAccess {
+    pub server: String,
+    ca_pem: Vec<u8>,
+    identity_pem: Option<Vec<u8>>,
+    token: Option<String>,
+}
+
+/// Reads `context`'s server, CA and credentials from a kubeconfig document.
+pub fn access(doc: &Value, context: &str) -> Result<ApiAccess> {
+    let find = |list: &str, name: &str| {
+        doc.get(list)
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
+            .cloned()
+    };
+    let names: Vec<String> = doc
+        .get("contexts")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("name").and_then(Value::as_str).map(String::from))
+        .collect();
+    let ctx = find("contexts", context).ok_or_else(|| {
+        crate::BadInput(format!(
+            "the kubeconfig has no context {context:?} (it has: {}); run `chocoimg fetch-kubeconfig` or pass --context",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        ))
+    })?;
+    let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+    let c = &ctx["context"];
+    let cluster_name =
+        field(c, "cluster").ok_or_else(|| anyhow!("context {context} names no cluster"))?;
+    let user_name = field(c, "user").unwrap_or_default();
+    let cluster = find("clusters", &cluster_name)
+        .ok_or_else(|| anyhow!("the kubeconfig has no cluster {cluster_name:?}"))?;
+    let server = field(&cluster["cluster"], "server")
+        .ok_or_else(|| anyhow!("cluster {cluster_name} has no server"))?;
+    let ca_pem = crate::cluster::kubeconfig::cluster_ca(doc, &cluster_name)?;
+    let user = find("users", &user_name)
+        .map(|u| u["user"].clone())
+        .unwrap_or(Value::Null);
+    let b64 = |k: &str| -> Result<Option<Vec<u8>>> {
+        use base64::Engine;
+        match field(&user, k) {
+            None => Ok(None),
+            Some(s) => base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .map(Some)
+                .map_err(|e| anyhow!("{k} of user {user_name} is not base64: {e}")),
+        }
+    };
+    let identity_pem = match (b64("client-certificate-data")?, b64("client-key-data")?) {
+        (Some(mut cert), Some(key)) => {
+            cert.push(b'\n');
+            cert.extend_from_slice(&key);
+            Some(cert)
+        }
+        _ => None,
+    };
+    Ok(ApiAccess {
+        server,
+        ca_pem,
+        identity_pem,
+        token: field(&user, "token"),
+    })
+}
+
+/// Each node's state from `/api/v1/nodes`'s JSON: its `Ready` condition.
+pub fn node_states(nodes: &serde_json::Value) -> Vec<(String, NodeState)> {
+    let mut out: Vec<(String, NodeState)> = nodes["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            let name = n["metadata"]["name"].as_str()?.to_string();
+            let ready = n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready")
+                .and_then(|c| c["status"].as_str());
+            let state = match ready {
+                Some("True") => NodeState::Ready,
+                Some("False") => NodeState::NotReady,
+                _ => NodeState::Unknown,
+            };
+            Some((name, state))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Asks the API for its nodes. `expected` (the profile's nodes) that the API does not
+/// know count as Unknown and not registered.
+pub fn check(api: &ApiAccess, expected: &[String], timeout: Duration) -> Status {
+    match list_nodes(api, timeout) {
+        Ok(json) => {
+            let mut nodes: Vec<NodeStatus> = node_states(&json)
+                .into_iter()
+                .map(|(name, state)| NodeStatus {
+                    name,
+                    state,
+                    registered: true,
+                })
+                .collect();
+            for name in expected {
+                if !nodes.iter().any(|n| &n.name == name) {
+                    nodes.push(NodeStatus {
+                        name: name.clone(),
+                        state: NodeState::Unknown,
+                        registered: false,
+                    });
+                }
+            }
+            let all_ready = !nodes.is_empty() && nodes.iter().all(|n| n.state == NodeState::Ready);
+            Status {
+                state: if all_ready {
+                    ClusterState::Ready
+                } else {
+                    ClusterState::Degraded
+                },
+                server: api.server.clone(),
+                nodes,
+                error: None,
+            }
+        }
+        Err(e) => Status {
+            state: ClusterState::Unavailable,
+            server: api.server.clone(),
+            nodes: expected
+                .iter()
+                .map(|name| NodeStatus {
+                    name: name.clone(),
+                    state: NodeState::Unknown,
+                    registered: false,
+                })
+                .collect(),
+            error: Some(format!("{e:#}")),
+        },
+    }
+}
+
+fn list_nodes(api: &ApiAccess, timeout: Duration) -> Result<serde_json::Value> {
+    let mut builder = reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .tls_built_in_root_certs(false);
+    for cert in reqwest::Certificate::from_pem_bundle(&api.ca_pem)
+        .context("reading the kubeconfig's certificate-authority-data")?
+    {
+        builder = builder.add_root_certificate(cert);
+    }
+    if let Some(pem) = &api.identity_pem {
+        builder = builder.identity(
+            reqwest::Identity::from_pem(pem)
+                .context("reading the kubeconfig's client certificate")?,
+        );
+    }
+    let client = builder.build().context("building the HTTPS client")?;
+    let url = format!("{}/api/v1/nodes", api.server.trim_end_matches('/'));
+    let mut req = client.get(&url);
+    if let Some(token) = &api.token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().with_context(|| format!("GET {url}"))?;
+    let code = resp.status();
+    if !code.is_success() {
+        return Err(anyhow!("GET {url} answered {code}"));
+    }
+    let body = resp.bytes().with_context(|| format!("reading {url}"))?;
+    serde_json::from_slice(&body).with_context(|| format!("{url} did not answer JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_condition_decides() {
+        let json = serde_json::json!({"items": [
+            {"metadata": {"name": "nodo1"}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}},
+            {"metadata": {"name": "master1"}, "status": {"conditions": [{"type": "MemoryPressure", "status": "False"}, {"type": "Ready", "status": "True"}]}},
+            {"metadata": {"name": "x"}, "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}},
+            {"metadata": {"name": "y"}, "status": {}}
+        ]});
+        assert_eq!(
+            node_states(&json),
+            vec![
+                ("master1".to_string(), NodeState::Ready),
+                ("nodo1".to_string(), NodeState::NotReady),
+                ("x".to_string(), NodeState::Unknown),
+                ("y".to_string(), NodeState::Unknown),
+            ]
+        );
+    }
+}

@@ -1,0 +1,122 @@
+#!/bin/sh
+# chocoimg: nodo1 finds master1 over mDNS and points its K3s agent at it. Keeps only
+# IPv4 answers of our cluster whose proof checks with the agent token; writes the
+# server address and the secure K10 join token (pinning master1's CA) into a K3s config
+# drop-in; starts k3s-agent, and restarts it only when that drop-in changed (master1
+# got a new DHCP address, or a new CA). Runs at boot and on a timer.
+set -eu
+PROG=chocoimg-join
+CLUSTER={{ cluster | sh }}
+# A fixed server address from the profile skips discovery (empty: discover).
+FIXED_SERVER={{ server_address | sh }}
+TOKEN_FILE="${CHOCOIMG_AGENT_TOKEN_FILE:-/etc/chocoimg/agent-token}"
+DROPIN="${CHOCOIMG_K3S_CONFIG_DIR:-/etc/rancher/k3s/config.yaml.d}/50-chocoimg-join.yaml"
+SYSTEMCTL="${CHOCOIMG_SYSTEMCTL:-systemctl}"
+TRIES="${CHOCOIMG_TRIES:-30}"
+PAUSE="${CHOCOIMG_PAUSE:-3}"
+
+{% include "lib.sh" %}
+
+token=$(cat "$TOKEN_FILE")
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# The value of KEY in avahi-browse's TXT field: "k=v" "k=v" ...
+txt_value() {
+    printf '%s\n' "$2" | sed -n "s/.*\"$1=\([^\"]*\)\".*/\1/p" | head -n 1
+}
+
+# Prints "ADDRESS CA" for every verified answer, and logs why others are ignored.
+# avahi-browse -p lines: =;iface;proto;name;type;domain;host;address;port;"k=v" ...
+verified_answers() {
+    timeout 20 avahi-browse -rptk _k3s._tcp 2>"$tmp/browse.err" >"$tmp/browse" || true
+    while IFS=';' read -r kind _iface proto name _type _domain _host address _port txt; do
+        if [ "$kind" != "=" ] || [ "$proto" != IPv4 ]; then
+            continue
+        fi
+        case $address in '' | *[!0-9.]*) continue ;; esac
+        cluster=$(txt_value cluster "$txt")
+        ca=$(txt_value ca "$txt")
+        proof=$(txt_value proof "$txt")
+        if [ "$cluster" != "$CLUSTER" ]; then
+            log "ignoring $name at $address: it announces another cluster ($cluster)" >&2
+        elif ! is_sha256 "$ca" || [ "$proof" != "$(chocoimg_proof "$CLUSTER" "$ca" "$token")" ]; then
+            log "ignoring $name at $address: forged announcement (its proof does not check)" >&2
+        else
+            printf '%s %s\n' "$address" "$ca"
+        fi
+    done <"$tmp/browse" | sort -u
+}
+
+current_address() {
+    [ -f "$DROPIN" ] || return 0
+    sed -n 's|^server: "https://\(.*\):6443"$|\1|p' "$DROPIN"
+}
+
+current=$(current_address)
+address=""
+ca=""
+if [ -n "$FIXED_SERVER" ]; then
+    log "using the fixed server address $FIXED_SERVER from the profile (no discovery)"
+    try=1
+    # No announcement to check: trust the CA the fixed address serves on first use.
+    until curl -ksSf --max-time 10 -o "$tmp/cacerts" "https://$FIXED_SERVER:6443/cacerts" 2>/dev/null; do
+        if [ "$try" -ge "$TRIES" ]; then
+            log "K3s at $FIXED_SERVER:6443 did not answer after $TRIES tries; the timer retries later"
+            exit 1
+        fi
+        try=$((try + 1))
+        sleep "$PAUSE"
+    done
+    address=$FIXED_SERVER
+    ca=$(sha256sum "$tmp/cacerts" | cut -d' ' -f1)
+else
+    try=1
+    while :; do
+        verified_answers >"$tmp/found"
+        if [ -s "$tmp/found" ]; then
+            # Stay with the current address while it is still announced.
+            pick=$(awk -v cur="$current" '$1 == cur' "$tmp/found" | head -n 1)
+            [ -n "$pick" ] || pick=$(head -n 1 "$tmp/found")
+            address=${pick% *}
+            ca=${pick#* }
+            break
+        fi
+        if [ "$try" -ge "$TRIES" ]; then
+            log "no verified _k3s._tcp announcement of cluster $CLUSTER after $TRIES tries ($(head -c 200 "$tmp/browse.err")); is master1 up and on this LAN? The timer retries later"
+            exit 1
+        fi
+        try=$((try + 1))
+        sleep "$PAUSE"
+    done
+    log "found master1 of cluster $CLUSTER at $address (proof verified, ca $ca)"
+fi
+
+# Secrets inside: private from the first byte.
+umask 077
+mkdir -p "$(dirname "$DROPIN")"
+cat >"$tmp/dropin" <<YAML
+# Written by chocoimg-join: where this agent's server is, and its join token.
+server: "https://$address:6443"
+token: "K10$ca::node:$token"
+YAML
+
+if cmp -s "$tmp/dropin" "$DROPIN"; then
+    if $SYSTEMCTL is-active --quiet k3s-agent; then
+        log "master1 is still at $address; k3s-agent keeps running"
+    else
+        log "master1 is at $address; starting k3s-agent"
+        $SYSTEMCTL start --no-block k3s-agent
+    fi
+    exit 0
+fi
+
+cp "$tmp/dropin" "$DROPIN.tmp"
+mv "$DROPIN.tmp" "$DROPIN"
+if $SYSTEMCTL is-active --quiet k3s-agent; then
+    log "master1 moved from ${current:-nowhere} to $address; restarting k3s-agent"
+    $SYSTEMCTL restart --no-block k3s-agent
+else
+    log "joining master1 at $address; starting k3s-agent"
+    $SYSTEMCTL start --no-block k3s-agent
+fi

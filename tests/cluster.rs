@@ -1,0 +1,968 @@
+//! Issue 4: the cluster assembles itself. Node scripts run for real against Avahi in
+//! network namespaces; the laptop commands run as the real binary inside them.
+use crate::support::k3s::{fake_systemctl, pki, standin, Cluster};
+use crate::support::netns::{Host, Lan};
+use crate::support::{chocoimg, require_tool};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const LIB: &str = "usr/local/lib/chocoimg";
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn rendered_node_scripts_pass_shellcheck() {
+    require_tool("shellcheck");
+    let c = Cluster::new("chocotest", "chocotest", None);
+    for node in ["master1", "nodo1"] {
+        let setup = c.node_setup(node);
+        let scripts: Vec<_> = setup
+            .files
+            .iter()
+            .filter(|f| f.path.ends_with(".sh"))
+            .collect();
+        assert!(scripts.len() >= 2, "{node}: {scripts:?}");
+        for f in scripts {
+            assert!(f.content.starts_with("#!/bin/sh\n"), "{}", f.path);
+            let p = c
+                .dir
+                .path()
+                .join(format!("{node}-{}", f.path.replace('/', "_")));
+            std::fs::write(&p, &f.content).unwrap();
+            ok(Command::new("shellcheck")
+                .args(["-s", "sh", "-S", "style"])
+                .arg(&p));
+        }
+    }
+}
+
+#[test]
+fn node_files_keep_secrets_where_they_belong() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    for node in ["master1", "nodo1"] {
+        let setup = c.node_setup(node);
+        let token = setup.file("/etc/chocoimg/agent-token").unwrap();
+        assert_eq!(token.permissions, "0600");
+        assert_eq!(token.content.trim(), c.secrets.agent_token);
+        for f in &setup.files {
+            assert!(!f.content.contains(&c.secrets.server_token), "{}", f.path);
+            if f.path != token.path {
+                assert!(!f.content.contains(&c.secrets.agent_token), "{}", f.path);
+            }
+        }
+        assert!(setup.first_boot.iter().any(|c| c.contains("--no-block")));
+    }
+    let master = c.node_setup("master1");
+    let sudoers = master.file("/etc/sudoers.d/chocoimg-kubeconfig").unwrap();
+    assert_eq!(sudoers.permissions, "0440");
+    assert!(sudoers
+        .content
+        .contains("chocotest ALL=(root) NOPASSWD: /usr/bin/cat /etc/rancher/k3s/k3s.yaml\n"));
+    assert!(c.node_setup("nodo1").file(&sudoers.path).is_none());
+}
+
+#[test]
+fn sudoers_dropin_passes_visudo() {
+    require_tool("visudo");
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let setup = c.node_setup("master1");
+    let f = setup.file("/etc/sudoers.d/chocoimg-kubeconfig").unwrap();
+    let p = c.dir.path().join("sudoers");
+    std::fs::write(&p, &f.content).unwrap();
+    ok(Command::new("visudo").arg("-cf").arg(&p));
+}
+
+/// master1 on the LAN: Avahi configured by the rendered avahi-config.sh, the K3s
+/// stand-in serving /cacerts on 6443, and the rendered announce.sh run for real.
+struct Master {
+    host: Host,
+    root: PathBuf,
+    services: PathBuf,
+    cacerts: PathBuf,
+    pki: crate::support::k3s::Pki,
+    _k3s: crate::support::k3s::Standin,
+}
+
+fn start_master(c: &Cluster, lan: &mut Lan) -> Master {
+    let mut host = lan.add_host("master1");
+    let root = c.install_node_files("master1", &host.dir.join("root"));
+    let conf = host.dir.join("avahi-daemon.conf");
+    ok(lan
+        .cmd(&host, "sh")
+        .arg(root.join(LIB).join("avahi-config.sh"))
+        .env("CHOCOIMG_AVAHI_CONF", &conf));
+    let conf_text = std::fs::read_to_string(&conf).unwrap();
+    for line in [
+        "allow-interfaces=eth0\n",
+        "use-ipv6=no\n",
+        "publish-aaaa-on-ipv4=no\n",
+        "publish-workstation=no\n",
+    ] {
+        assert!(conf_text.contains(line), "{line} missing in:\n{conf_text}");
+    }
+    let avahi = lan.start_avahi(&mut host, Some(&conf));
+    // Stand-in for K3s (none can run here): serves /cacerts like K3s does.
+    let pki = pki(
+        &host.dir.join("pki"),
+        "k3s-server-ca",
+        &["IP:127.0.0.1", &format!("IP:{}", host.ip)],
+    );
+    let k3s = standin(
+        lan.cmd(&host, "/usr/bin/python3"),
+        &[
+            "--bind".into(),
+            "0.0.0.0".into(),
+            "--port".into(),
+            "6443".into(),
+            "--cert".into(),
+            pki.server_cert.display().to_string(),
+            "--key".into(),
+            pki.server_key.display().to_string(),
+            "--cacerts".into(),
+            pki.ca.display().to_string(),
+        ],
+    );
+    let master = Master {
+        services: avahi.services_dir,
+        cacerts: pki.ca.clone(),
+        pki,
+        root,
+        host,
+        _k3s: k3s,
+    };
+    announce(lan, &master);
+    master
+}
+
+fn announce(lan: &Lan, m: &Master) -> String {
+    ok(lan
+        .cmd(&m.host, "sh")
+        .arg(m.root.join(LIB).join("announce.sh"))
+        .env(
+            "CHOCOIMG_AGENT_TOKEN_FILE",
+            m.root.join("etc/chocoimg/agent-token"),
+        )
+        .env("CHOCOIMG_AVAHI_SERVICES", &m.services))
+}
+
+fn ca_of(path: &Path) -> String {
+    chocoimg::proof::ca_hash(&std::fs::read(path).unwrap())
+}
+
+/// Publishes a hand-made `_k3s._tcp` announcement from `dir` (an Avahi services folder).
+fn publish_fake(dir: &Path, file: &str, name: &str, cluster: &str, ca: &str, proof: &str) {
+    std::fs::write(
+        dir.join(file),
+        format!(
+            r#"<?xml version="1.0" standalone='no'?>
+<!DOCTYPE service-group SYSTEM "avahi-service.dtd">
+<service-group>
+  <name>{name}</name>
+  <service protocol="ipv4">
+    <type>_k3s._tcp</type>
+    <port>6443</port>
+    <txt-record>txtvers=1</txt-record>
+    <txt-record>cluster={cluster}</txt-record>
+    <txt-record>role=server</txt-record>
+    <txt-record>k3s=v1.28.15+k3s1</txt-record>
+    <txt-record>ca={ca}</txt-record>
+    <txt-record>proof={proof}</txt-record>
+  </service>
+</service-group>
+"#
+        ),
+    )
+    .unwrap();
+}
+
+/// A host announcing a forged master1 of our cluster and another cluster's server.
+fn start_forger(c: &Cluster, lan: &mut Lan) -> Host {
+    let mut host = lan.add_host("forger");
+    let avahi = lan.start_avahi(&mut host, None);
+    let ca = chocoimg::proof::ca_hash(b"an attacker's CA");
+    let forged = chocoimg::proof::proof("not-the-agent-token", &c.plan.cluster, &ca);
+    publish_fake(
+        &avahi.services_dir,
+        "forged.service",
+        "master1-forged",
+        &c.plan.cluster,
+        &ca,
+        &forged,
+    );
+    let theirs = chocoimg::proof::proof("their-token", "othercluster", &ca);
+    publish_fake(
+        &avahi.services_dir,
+        "foreign.service",
+        "otherserver",
+        "othercluster",
+        &ca,
+        &theirs,
+    );
+    host
+}
+
+#[test]
+fn discover_finds_master1_verified_and_flags_forged_and_foreign() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let m = start_master(&c, &mut lan);
+    let service = std::fs::read_to_string(m.services.join("chocoimg-k3s.service")).unwrap();
+    let ca = ca_of(&m.cacerts);
+    let proof = chocoimg::proof::proof(&c.secrets.agent_token, "chocotest", &ca);
+    for txt in [
+        "txtvers=1".to_string(),
+        "cluster=chocotest".into(),
+        "role=server".into(),
+        "k3s=v1.28.15+k3s1".into(),
+        format!("ca={ca}"),
+        format!("proof={proof}"),
+    ] {
+        assert!(
+            service.contains(&format!("<txt-record>{txt}</txt-record>")),
+            "{txt} not in {service}"
+        );
+    }
+    assert_eq!(service.matches("<txt-record>").count(), 6, "{service}");
+    for secret in c.secrets.values() {
+        assert!(!service.contains(secret));
+    }
+    // Re-running with nothing changed leaves the file alone (no re-announcement).
+    assert!(announce(&lan, &m).contains("already announcing"));
+    let _forger = start_forger(&c, &mut lan);
+    let laptop = lan.add_host("laptop");
+
+    let run = |args: &[&str]| {
+        lan.cmd(&laptop, chocoimg().get_program())
+            .args(args)
+            .envs(c.envs())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["discover", "--json", "--timeout", "4"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_instance = |i: &str| {
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["instance"] == i)
+            .unwrap_or_else(|| panic!("{i} not in {found:#}"))
+            .clone()
+    };
+    let ours = by_instance("master1");
+    assert_eq!(ours["verdict"], "verified", "{found:#}");
+    assert_eq!(ours["addresses"], serde_json::json!(["10.99.0.1"]));
+    assert_eq!(ours["ca"], ca.as_str());
+    assert_eq!(ours["port"], 6443);
+    assert_eq!(by_instance("master1-forged")["verdict"], "forged");
+    assert_eq!(by_instance("otherserver")["verdict"], "foreign-cluster");
+    assert_eq!(by_instance("otherserver")["cluster"], "othercluster");
+    assert_eq!(found[0]["instance"], "master1", "verified first");
+
+    let table = run(&["discover", "--timeout", "3"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(text.contains("verified"), "{text}");
+    assert!(text.contains("forged"), "{text}");
+    assert!(text.contains("foreign cluster (othercluster)"), "{text}");
+
+    // The second implementation sees the same announcement, with a proof that checks.
+    let zc = ok(lan.cmd(&laptop, "/usr/bin/python3").args([
+        crate::support::repo()
+            .join("tests/support/zeroconf_browse.py")
+            .display()
+            .to_string(),
+        laptop.ip.to_string(),
+        "5".into(),
+    ]));
+    let zc: serde_json::Value = serde_json::from_str(&zc).unwrap();
+    let m1 = zc
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "master1._k3s._tcp.local.")
+        .unwrap_or_else(|| panic!("zeroconf did not see master1: {zc:#}"));
+    assert_eq!(m1["addresses"], serde_json::json!(["10.99.0.1"]));
+    assert_eq!(m1["txt"]["ca"], ca.as_str());
+    assert!(chocoimg::proof::verify(
+        &c.secrets.agent_token,
+        "chocotest",
+        m1["txt"]["ca"].as_str().unwrap(),
+        m1["txt"]["proof"].as_str().unwrap()
+    ));
+}
+
+#[test]
+fn discover_says_what_was_tried_when_nothing_answers() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let laptop = lan.add_host("laptop");
+    let out = lan
+        .cmd(&laptop, chocoimg().get_program())
+        .args(["discover", "--timeout", "1"])
+        .envs(c.envs())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "_k3s._tcp.local.",
+        "different LAN",
+        "isolat",
+        "Local Network",
+        "still installing",
+    ] {
+        assert!(err.contains(needle), "{needle} not in {err}");
+    }
+}
+
+fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std::process::Output {
+    lan.cmd(nodo, "sh")
+        .arg(root.join(LIB).join("join.sh"))
+        .env(
+            "CHOCOIMG_AGENT_TOKEN_FILE",
+            root.join("etc/chocoimg/agent-token"),
+        )
+        .env(
+            "CHOCOIMG_K3S_CONFIG_DIR",
+            root.join("etc/rancher/k3s/config.yaml.d"),
+        )
+        .env("CHOCOIMG_SYSTEMCTL", fake_systemctl(state))
+        .env("CHOCOIMG_TRIES", "10")
+        .env("CHOCOIMG_PAUSE", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn join_writes_the_agent_config_ignores_forgeries_and_follows_master1() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let _forger = start_forger(&c, &mut lan);
+    let mut m = start_master(&c, &mut lan);
+    let mut nodo = lan.add_host("nodo1");
+    let root = c.install_node_files("nodo1", &nodo.dir.join("root"));
+    lan.start_avahi(&mut nodo, None);
+    let state = nodo.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let dropin = root.join("etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml");
+    let ca = ca_of(&m.cacerts);
+    let expect = |addr: &str| {
+        format!(
+            "# Written by chocoimg-join: where this agent's server is, and its join token.\nserver: \"https://{addr}:6443\"\ntoken: \"K10{ca}::node:{}\"\n",
+            c.secrets.agent_token
+        )
+    };
+
+    let out = run_join(&lan, &nodo, &root, &state);
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(&dropin).unwrap(),
+        expect("10.99.0.2"),
+        "{log}"
+    );
+    assert_eq!(
+        chocoimg::proof::agent_join_token(&ca, &c.secrets.agent_token),
+        format!("K10{ca}::node:{}", c.secrets.agent_token)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dropin).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        log.contains("found master1 of cluster chocotest at 10.99.0.2"),
+        "{log}"
+    );
+    assert!(log.contains("forged announcement"), "{log}");
+    assert!(log.contains("another cluster (othercluster)"), "{log}");
+    let calls = || std::fs::read_to_string(state.join("systemctl.log")).unwrap_or_default();
+    assert_eq!(
+        calls(),
+        "is-active --quiet k3s-agent\nstart --no-block k3s-agent\n"
+    );
+
+    // Nothing changed: no restart.
+    let out = run_join(&lan, &nodo, &root, &state);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("still at 10.99.0.2"));
+    assert!(!calls().contains("restart"), "{}", calls());
+
+    // master1 gets a new DHCP address: the next run follows it and restarts the agent.
+    lan.readdress(&mut m.host, 20);
+    let mut followed = false;
+    for _ in 0..5 {
+        let out = run_join(&lan, &nodo, &root, &state);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        if std::fs::read_to_string(&dropin).unwrap() == expect("10.99.0.20") {
+            followed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    if !followed {
+        let browse = lan
+            .cmd(&nodo, "avahi-browse")
+            .args(["-rptk", "_k3s._tcp"])
+            .output()
+            .unwrap();
+        panic!(
+            "join did not follow master1 to 10.99.0.20; nodo1's Avahi sees:\n{}\ndrop-in:\n{}\nmaster1's Avahi log:\n{}",
+            String::from_utf8_lossy(&browse.stdout),
+            std::fs::read_to_string(&dropin).unwrap(),
+            std::fs::read_to_string(m.host.dir.join("avahi.log")).unwrap()
+        );
+    }
+    assert!(
+        calls().ends_with("restart --no-block k3s-agent\n"),
+        "{}",
+        calls()
+    );
+}
+
+fn nodes_json(nodes: &[(&str, &str)]) -> String {
+    let items: Vec<_> = nodes
+        .iter()
+        .map(|(name, ready)| {
+            serde_json::json!({
+                "metadata": {"name": name},
+                "status": {"conditions": [
+                    {"type": "MemoryPressure", "status": "False"},
+                    {"type": "Ready", "status": ready}
+                ]}
+            })
+        })
+        .collect();
+    serde_json::json!({"kind": "NodeList", "apiVersion": "v1", "items": items}).to_string()
+}
+
+fn kubeconfig_for(pki: &crate::support::k3s::Pki, name: &str, server: &str) -> String {
+    let k3s: serde_yaml_ng::Value = serde_yaml_ng::from_str(&pki.k3s_kubeconfig()).unwrap();
+    let ours = chocoimg::cluster::kubeconfig::adopt(&k3s, name, server).unwrap();
+    serde_yaml_ng::to_string(&ours).unwrap()
+}
+
+#[test]
+fn status_reports_the_seeds_states_with_exit_codes() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let pki = pki(
+        &c.dir.path().join("pki"),
+        "k3s-server-ca",
+        &["IP:127.0.0.1"],
+    );
+    let nodes = c.dir.path().join("nodes.json");
+    std::fs::write(
+        &nodes,
+        nodes_json(&[("master1", "True"), ("nodo1", "False")]),
+    )
+    .unwrap();
+    // Stand-in for the K3s API (none can run here), on loopback, client certs required.
+    let path = |p: &Path| p.display().to_string();
+    let api = standin(
+        Command::new("/usr/bin/python3"),
+        &[
+            "--cert".into(),
+            path(&pki.server_cert),
+            "--key".into(),
+            path(&pki.server_key),
+            "--cacerts".into(),
+            path(&pki.ca),
+            "--client-ca".into(),
+            path(&pki.ca),
+            "--nodes".into(),
+            path(&nodes),
+        ],
+    );
+    let kc = c.dir.path().join("kubeconfig");
+    let server = format!("https://127.0.0.1:{}", api.port);
+    std::fs::write(&kc, kubeconfig_for(&pki, "chocotest", &server)).unwrap();
+    let status = |json: bool| {
+        let mut cmd = c.chocoimg();
+        cmd.arg("status").arg("--kubeconfig").arg(&kc);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = status(true);
+    assert_eq!(code, Some(3), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "degraded");
+    assert_eq!(v["nodes"][0]["name"], "master1");
+    assert_eq!(v["nodes"][0]["state"], "Ready");
+    assert_eq!(v["nodes"][1]["state"], "NotReady");
+    let (code, out, _) = status(false);
+    assert_eq!(code, Some(3));
+    assert!(out.starts_with("cluster chocotest: degraded"), "{out}");
+    assert!(out.contains("nodo1    NotReady"), "{out}");
+
+    std::fs::write(
+        &nodes,
+        nodes_json(&[("master1", "True"), ("nodo1", "True")]),
+    )
+    .unwrap();
+    let (code, out, err) = status(false);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("cluster chocotest: ready"), "{out}");
+
+    std::fs::write(
+        &nodes,
+        nodes_json(&[("master1", "True"), ("nodo1", "Unknown")]),
+    )
+    .unwrap();
+    let (code, out, _) = status(true);
+    assert_eq!(code, Some(3));
+    assert!(out.contains("\"Unknown\""), "{out}");
+
+    // nodo1 not joined yet: the profile expects it, the API does not know it.
+    std::fs::write(&nodes, nodes_json(&[("master1", "True")])).unwrap();
+    let (code, out, _) = status(true);
+    assert_eq!(code, Some(3), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["nodes"][1]["name"], "nodo1");
+    assert_eq!(v["nodes"][1]["registered"], false);
+
+    // A client certificate the API does not accept: unavailable.
+    let other = pki_other(&c);
+    let foreign_client = crate::support::k3s::Pki {
+        ca: pki.ca.clone(),
+        server_cert: pki.server_cert.clone(),
+        server_key: pki.server_key.clone(),
+        client_cert: other.client_cert.clone(),
+        client_key: other.client_key.clone(),
+    };
+    std::fs::write(&kc, kubeconfig_for(&foreign_client, "chocotest", &server)).unwrap();
+    let (code, out, _) = status(true);
+    assert_eq!(code, Some(4), "{out}");
+    // And a server whose CA is not the kubeconfig's: unavailable too (TLS refuses it).
+    std::fs::write(&kc, kubeconfig_for(&other, "chocotest", &server)).unwrap();
+    let (code, out, _) = status(true);
+    assert_eq!(code, Some(4), "{out}");
+
+    // No API at all: unavailable, and says so.
+    std::fs::write(&kc, kubeconfig_for(&pki, "chocotest", &server)).unwrap();
+    drop(api);
+    let (code, out, err) = status(false);
+    assert_eq!(code, Some(4), "{out}{err}");
+    assert!(out.starts_with("cluster chocotest: unavailable"), "{out}");
+    assert!(err.contains("did not answer"), "{err}");
+}
+
+fn pki_other(c: &Cluster) -> crate::support::k3s::Pki {
+    pki(
+        &c.dir.path().join("pki-other"),
+        "someone-else",
+        &["IP:127.0.0.1"],
+    )
+}
+
+/// OpenSSH's sshd on master1, in a private mount namespace whose /etc is an overlay (the
+/// host's /etc is never touched): the profile's admin user exists there, K3s's
+/// kubeconfig is bind-mounted from `k3s_yaml` (root-only), and the rendered sudoers
+/// drop-in is installed, so the real sudo decides. `host_key` is the sshd's host key.
+fn start_sshd(
+    c: &Cluster,
+    lan: &Lan,
+    host: &Host,
+    port: u16,
+    host_key: &str,
+    k3s_yaml: &Path,
+) -> PathBuf {
+    require_tool("sshd");
+    require_tool("sudo");
+    require_tool("useradd");
+    let dir = host.dir.join(format!("sshd-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("host_key");
+    std::fs::write(&key, host_key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let auth = dir.join("authorized_keys");
+    std::fs::copy(c.ssh_key.with_extension("pub"), &auth).unwrap();
+    let sudoers = dir.join("sudoers");
+    let setup = c.node_setup("master1");
+    std::fs::write(
+        &sudoers,
+        &setup
+            .file("/etc/sudoers.d/chocoimg-kubeconfig")
+            .unwrap()
+            .content,
+    )
+    .unwrap();
+    let cfg = dir.join("sshd_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Port {port}\nListenAddress 0.0.0.0\nHostKey {}\nPidFile {}/sshd.pid\n\
+             AuthorizedKeysFile {}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\nPermitRootLogin no\n",
+            key.display(),
+            dir.display(),
+            auth.display()
+        ),
+    )
+    .unwrap();
+    // sshd's compiled-in privilege separation folder (empty; testing.md).
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    ok(Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&cfg));
+    let user = &c.plan.ssh.user;
+    let script = format!(
+        "set -e; mkdir -p /run/sshd; ovl={d}/ovl; mkdir -p $ovl; mount -t tmpfs tmpfs $ovl; \
+         mkdir $ovl/upper $ovl/work; \
+         mount -t overlay overlay -o lowerdir=/etc,upperdir=$ovl/upper,workdir=$ovl/work /etc; \
+         id {user} >/dev/null 2>&1 || useradd -M -d /nonexistent -s /bin/sh {user}; \
+         usermod -p '*' {user}; \
+         mkdir -p /etc/rancher/k3s; touch /etc/rancher/k3s/k3s.yaml; \
+         mount --bind {k3s} /etc/rancher/k3s/k3s.yaml; \
+         install -m 0440 {sudoers} /etc/sudoers.d/chocoimg-kubeconfig; \
+         exec /usr/sbin/sshd -D -e -f {cfg}",
+        d = dir.display(),
+        k3s = k3s_yaml.display(),
+        sudoers = sudoers.display(),
+        cfg = cfg.display(),
+    );
+    let log = dir.join("sshd.log");
+    let mut cmd = lan.cmd(host, "unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(script)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    lan.spawn(cmd);
+    crate::support::netns::wait_for(
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .map(|s| s.contains("Server listening"))
+                .unwrap_or(false)
+        },
+        &format!("sshd on port {port} (log {})", log.display()),
+    );
+    log
+}
+
+fn private_file(path: &Path, content: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn fetch_kubeconfig_merges_a_verified_kubeconfig_and_refuses_impostors() {
+    require_tool("ssh");
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let mut m = start_master(&c, &mut lan);
+    let k3s_yaml = m.host.dir.join("k3s.yaml");
+    private_file(&k3s_yaml, &m.pki.k3s_kubeconfig());
+    let sshd_log = start_sshd(
+        &c,
+        &lan,
+        &m.host,
+        22,
+        &c.secrets.host_keys["master1"].private,
+        &k3s_yaml,
+    );
+    let laptop = lan.add_host("laptop");
+    let kube = c.home.join(".kube/config");
+    std::fs::create_dir_all(kube.parent().unwrap()).unwrap();
+    let existing = "apiVersion: v1\nkind: Config\ncurrent-context: work\nclusters:\n- name: work\n  cluster:\n    server: https://work.example:6443\nusers:\n- name: work\n  user:\n    token: abc\ncontexts:\n- name: work\n  context:\n    cluster: work\n    user: work\n";
+    private_file(&kube, existing);
+    let fetch = |args: &[&str]| {
+        let out = lan
+            .cmd(&laptop, chocoimg().get_program())
+            .arg("fetch-kubeconfig")
+            .args(args)
+            .envs(c.envs())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let read = |p: &Path| -> serde_yaml_ng::Value {
+        serde_yaml_ng::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let named = |doc: &serde_yaml_ng::Value, list: &str, name: &str| {
+        doc[list]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // Discovered over mDNS, proof and CA checked, merged next to "work".
+    let (code, log) = fetch(&["--timeout", "5"]);
+    assert_eq!(
+        code,
+        Some(0),
+        "{log}\nsshd: {}",
+        std::fs::read_to_string(&sshd_log).unwrap()
+    );
+    let doc = read(&kube);
+    assert_eq!(doc["current-context"], "work", "{log}");
+    assert_eq!(named(&doc, "contexts", "work").len(), 1);
+    assert_eq!(named(&doc, "users", "work")[0]["user"]["token"], "abc");
+    let ours = named(&doc, "clusters", "chocotest");
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0]["cluster"]["server"], "https://10.99.0.1:6443");
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(
+            ours[0]["cluster"]["certificate-authority-data"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(ca, std::fs::read(&m.cacerts).unwrap());
+    assert_eq!(
+        named(&doc, "contexts", "chocotest")[0]["context"]["user"],
+        "chocotest"
+    );
+    assert!(!std::fs::read_to_string(&kube).unwrap().contains("default"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kube).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let backups: Vec<_> = std::fs::read_dir(kube.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("config.chocoimg-backup-")
+        })
+        .collect();
+    assert_eq!(backups.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(backups[0].path()).unwrap(),
+        existing
+    );
+    let merged = std::fs::read(&kube).unwrap();
+
+    // Another machine's host key: refused, nothing written.
+    let impostor_key = c.dir.path().join("impostor");
+    ok(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&impostor_key));
+    start_sshd(
+        &c,
+        &lan,
+        &m.host,
+        2222,
+        &std::fs::read_to_string(&impostor_key).unwrap(),
+        &k3s_yaml,
+    );
+    let standalone = c.dir.path().join("standalone.yaml");
+    let (code, log) = fetch(&[
+        "--server",
+        "10.99.0.1",
+        "--ssh-port",
+        "2222",
+        "--output",
+        standalone.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("is not master1's"), "{log}");
+    assert!(!standalone.exists());
+
+    // The right host, but a kubeconfig whose CA is not the one the API serves: refused.
+    let other = pki(
+        &c.dir.path().join("pki-other"),
+        "other-ca",
+        &["IP:127.0.0.1"],
+    );
+    private_file(&k3s_yaml, &other.k3s_kubeconfig());
+    let (code, log) = fetch(&["--server", "10.99.0.1"]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("not the one its API serves"), "{log}");
+    assert_eq!(std::fs::read(&kube).unwrap(), merged, "nothing written");
+    private_file(&k3s_yaml, &m.pki.k3s_kubeconfig());
+
+    // --output writes a standalone file (the pinned host, the fixed address).
+    let (code, log) = fetch(&[
+        "--server",
+        "10.99.0.1",
+        "--output",
+        standalone.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{log}");
+    let alone = read(&standalone);
+    assert_eq!(alone["current-context"], "chocotest");
+    assert_eq!(alone["clusters"].as_sequence().unwrap().len(), 1);
+    assert_eq!(
+        std::fs::metadata(&standalone).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // master1 moves: re-running refreshes the address; --use-context switches to it.
+    lan.readdress(&mut m.host, 20);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, log) = fetch(&["--timeout", "5", "--use-context"]);
+    assert_eq!(code, Some(0), "{log}");
+    let doc = read(&kube);
+    let ours = named(&doc, "clusters", "chocotest");
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0]["cluster"]["server"], "https://10.99.0.20:6443");
+    assert_eq!(doc["current-context"], "chocotest");
+    assert_eq!(named(&doc, "contexts", "work").len(), 1);
+    let merged = std::fs::read(&kube).unwrap();
+
+    // What /cacerts serves is no longer what master1 announced: refused, nothing written.
+    std::fs::copy(&other.ca, &m.cacerts).unwrap();
+    let (code, log) = fetch(&["--timeout", "5"]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("is not the one master1 announced"), "{log}");
+    assert_eq!(std::fs::read(&kube).unwrap(), merged, "nothing written");
+}
+
+#[test]
+fn join_with_a_fixed_server_address_skips_discovery() {
+    let c = Cluster::new("chocotest", "chocotest", Some("10.99.0.1"));
+    let mut lan = Lan::new();
+    let m = start_master(&c, &mut lan);
+    assert_eq!(m.host.ip.to_string(), "10.99.0.1");
+    // nodo1 runs no Avahi at all: discovery would fail, the fixed address does not need it.
+    let nodo = lan.add_host("nodo1");
+    let root = c.install_node_files("nodo1", &nodo.dir.join("root"));
+    let state = nodo.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let out = run_join(&lan, &nodo, &root, &state);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{log}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(log.contains("fixed server address 10.99.0.1"), "{log}");
+    let dropin =
+        std::fs::read_to_string(root.join("etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml"))
+            .unwrap();
+    let ca = ca_of(&m.cacerts);
+    assert!(
+        dropin.contains("server: \"https://10.99.0.1:6443\"\n"),
+        "{dropin}"
+    );
+    assert!(
+        dropin.contains(&format!(
+            "token: \"K10{ca}::node:{}\"\n",
+            c.secrets.agent_token
+        )),
+        "{dropin}"
+    );
+}
+
+#[test]
+fn forged_and_foreign_announcements_are_never_used() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let _forger = start_forger(&c, &mut lan);
+    let mut nodo = lan.add_host("nodo1");
+    let root = c.install_node_files("nodo1", &nodo.dir.join("root"));
+    lan.start_avahi(&mut nodo, None);
+    let state = nodo.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let out = lan
+        .cmd(&nodo, "sh")
+        .arg(root.join(LIB).join("join.sh"))
+        .env(
+            "CHOCOIMG_AGENT_TOKEN_FILE",
+            root.join("etc/chocoimg/agent-token"),
+        )
+        .env(
+            "CHOCOIMG_K3S_CONFIG_DIR",
+            root.join("etc/rancher/k3s/config.yaml.d"),
+        )
+        .env("CHOCOIMG_SYSTEMCTL", fake_systemctl(&state))
+        .env("CHOCOIMG_TRIES", "2")
+        .env("CHOCOIMG_PAUSE", "1")
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("forged announcement"), "{log}");
+    assert!(log.contains("no verified _k3s._tcp announcement"), "{log}");
+    assert!(!root.join("etc/rancher/k3s/config.yaml.d").exists());
+    assert!(
+        !state.join("systemctl.log").exists(),
+        "k3s-agent was touched"
+    );
+
+    // The laptop: discover lists them, fetch-kubeconfig uses neither.
+    let laptop = lan.add_host("laptop");
+    let out = lan
+        .cmd(&laptop, chocoimg().get_program())
+        .args(["discover", "--json", "--timeout", "3"])
+        .envs(c.envs())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found.as_array().unwrap().len(), 2, "{found:#}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 other announcements heard"));
+    let out = lan
+        .cmd(&laptop, chocoimg().get_program())
+        .args(["fetch-kubeconfig", "--timeout", "3"])
+        .envs(c.envs())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 other announcements heard"));
+    assert!(!c.home.join(".kube").exists());
+}
+
+#[test]
+fn avahi_config_without_a_default_route_still_keeps_k3s_interfaces_out() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let host = lan.add_host("nodo1");
+    ok(Command::new("ip").args(["-n", &host.ns, "route", "del", "default"]));
+    let root = c.install_node_files("nodo1", &host.dir.join("root"));
+    let conf = host.dir.join("avahi-daemon.conf");
+    let out = ok(lan
+        .cmd(&host, "sh")
+        .arg(root.join(LIB).join("avahi-config.sh"))
+        .env("CHOCOIMG_AVAHI_CONF", &conf)
+        .env("CHOCOIMG_WAIT_SECONDS", "1"));
+    assert!(out.contains("no default route within 1s"), "{out}");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(!text.contains("\nallow-interfaces="), "{text}");
+    assert!(text.contains("deny-interfaces=cni0,flannel.1"), "{text}");
+    assert!(text.contains("use-ipv6=no"), "{text}");
+}
