@@ -527,3 +527,251 @@ fn image_boots_under_uefi_and_reads_cidata() {
 fn image_boots_under_bios_and_reads_cidata() {
     check_boot(false);
 }
+
+// ---- The whole `chocoimg build` command ----
+
+const K3S_VERSION: &str = "v1.28.15+k3s1";
+const CLUSTER: &str = "chocolandiadc-mvp";
+
+/// A K3s release mirror on 127.0.0.1 (stand-in for GitHub: no real K3s can be had here)
+/// with made-up bytes for the binary and the install script.
+struct Mirror {
+    srv: crate::support::http::TestServer,
+    k3s: Vec<u8>,
+    script: Vec<u8>,
+}
+
+fn mirror() -> Mirror {
+    use crate::support::http::{k3s_release, TestServer};
+    let k3s: Vec<u8> = (0..512_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    let script = b"#!/bin/sh\necho 'stand-in for the K3s install script'\n".to_vec();
+    let mut files = k3s_release(K3S_VERSION, &[("k3s", &k3s[..])]);
+    files.push((format!("/install/{K3S_VERSION}/install.sh"), script.clone()));
+    Mirror {
+        srv: TestServer::start(files),
+        k3s,
+        script,
+    }
+}
+
+/// The shipped default profile with K3s fetched from `k3s_base` and, when given, the
+/// ISO pin replaced. The ISO URL is never fetched (`--iso`); it points at a closed
+/// loopback port anyway, so nothing here can reach the internet.
+fn profile_text(k3s_base: &str, iso_sha256: Option<&str>) -> String {
+    let text =
+        std::fs::read_to_string(crate::support::repo().join("profiles/chocolandiadc-mvp.yaml"))
+            .unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("iso_url:") {
+            out.push_str("  iso_url: http://127.0.0.1:9/ubuntu-22.04.5-live-server-amd64.iso\n");
+        } else if t.starts_with("iso_sha256:") && iso_sha256.is_some() {
+            out.push_str(&format!("  iso_sha256: {}\n", iso_sha256.unwrap()));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if t.starts_with("version: v") {
+            out.push_str(&format!("  release_base_url: {k3s_base}/k3s\n"));
+            out.push_str(&format!(
+                "  install_script_url: \"{k3s_base}/install/{{version}}/install.sh\"\n"
+            ));
+        }
+    }
+    out
+}
+
+fn sha_of(path: &Path) -> String {
+    chocoimg::fsutil::sha256_file(path).unwrap()
+}
+
+/// Image outputs under the workspace's out/ (none after a refusal).
+fn image_outputs(ws: &crate::support::workspace::Workspace) -> Vec<PathBuf> {
+    ws.files_in_out()
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.contains(".img") || n.ends_with(".part") || n.ends_with(".manifest.json")
+        })
+        .collect()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn image_cli_build_end_to_end_on_the_replica() {
+    for t in ["mcopy", "sha256sum"] {
+        require_tool(t);
+    }
+    let iso = replica::replica(Variant::Joliet);
+    let m = mirror();
+    let ws = crate::support::workspace::Workspace::with_profile(&profile_text(
+        &m.srv.url(),
+        Some(&sha_of(&iso)),
+    ));
+    let iso_arg = iso.to_str().unwrap();
+    let out = ws.ok(&["build", "--node", "master1", "--iso", iso_arg]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let dir = ws.out().join(CLUSTER);
+    let img = dir.join("master1.img");
+    assert!(img.is_file(), "{stdout}");
+    assert!(!dir.join("nodo1.img").exists(), "only the selected node");
+    for word in ["dd if=", "Rufus", "Etcher", "secrets", "master1.img.sha256"] {
+        assert!(stdout.contains(word), "{word:?} missing from:\n{stdout}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&img).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the image holds secrets");
+    run(Command::new("sha256sum")
+        .current_dir(&dir)
+        .args(["-c", "master1.img.sha256"]));
+    let img_sha = sha_of(&img);
+    assert!(stdout.contains(&img_sha));
+
+    // The manifest records every input.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("master1.manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["image"]["sha256"], img_sha.as_str());
+    assert_eq!(manifest["iso"]["sha256"], sha_of(&iso).as_str());
+    assert_eq!(manifest["profile"]["sha256"], sha_of(&ws.profile).as_str());
+    assert_eq!(manifest["k3s_version"], K3S_VERSION);
+    assert_eq!(manifest["chocoimg_version"], env!("CARGO_PKG_VERSION"));
+    assert!(manifest["built_at"].as_str().unwrap().ends_with('Z'));
+    let payload = manifest["payload"].as_array().unwrap();
+    let k3s_sha = chocoimg::fsutil::sha256_hex(&m.k3s);
+    let script_sha = chocoimg::fsutil::sha256_hex(&m.script);
+    assert!(payload
+        .iter()
+        .any(|p| p["name"] == "k3s/k3s" && p["sha256"] == k3s_sha.as_str()));
+    assert!(payload
+        .iter()
+        .any(|p| p["name"] == "k3s/install.sh" && p["sha256"] == script_sha.as_str()));
+    let seed_names: Vec<&str> = manifest["seed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(seed_names.contains(&"user-data") && seed_names.contains(&"meta-data"));
+
+    // CIDATA holds the node's seed (same bytes `render` writes) and a K3s folder that
+    // passes `sha256sum -c`, as the installer's late-commands run it.
+    let tmp = tempfile::tempdir().unwrap();
+    let part = tmp.path().join("cidata.img");
+    let mut f = std::fs::File::open(&img).unwrap();
+    let p = image::gpt::find_partition(&mut f, "CIDATA")
+        .unwrap()
+        .unwrap();
+    drop(f);
+    let (start, _) = partition_bytes(&img, p.number, &part);
+    assert_eq!(start % (1 << 20), 0);
+    let rendered = tmp.path().join("rendered");
+    ws.ok(&[
+        "render",
+        "--node",
+        "master1",
+        "--out",
+        rendered.to_str().unwrap(),
+    ]);
+    for name in ["user-data", "meta-data"] {
+        let on_stick = tmp.path().join(format!("stick-{name}"));
+        run(Command::new("mcopy")
+            .arg("-i")
+            .arg(&part)
+            .arg(format!("::{name}"))
+            .arg(&on_stick));
+        assert_eq!(
+            std::fs::read(&on_stick).unwrap(),
+            std::fs::read(rendered.join("master1").join(name)).unwrap(),
+            "{name} on CIDATA differs from `chocoimg render`"
+        );
+    }
+    let k3s_dir = tmp.path().join("k3s");
+    run(Command::new("mcopy")
+        .arg("-s")
+        .arg("-i")
+        .arg(&part)
+        .arg("::k3s")
+        .arg(tmp.path()));
+    assert_eq!(std::fs::read(k3s_dir.join("k3s")).unwrap(), m.k3s);
+    run(Command::new("sha256sum")
+        .current_dir(&k3s_dir)
+        .args(["-c", "SHA256SUMS"]));
+
+    // inspect, text and JSON.
+    let text = ws.ok(&["inspect", img.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    for word in [
+        CLUSTER,
+        "master1",
+        "server",
+        K3S_VERSION,
+        "ERASES",
+        "autoinstall",
+    ] {
+        assert!(text.contains(word), "{word:?} missing from:\n{text}");
+    }
+
+    // A second build refuses to overwrite; --force replaces.
+    let again = ws.run(&["build", "--node", "master1", "--iso", iso_arg]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    assert_eq!(sha_of(&img), img_sha, "untouched");
+    ws.ok(&["build", "--node", "master1", "--iso", iso_arg, "--force"]);
+    run(Command::new("sha256sum")
+        .current_dir(&dir)
+        .args(["-c", "master1.img.sha256"]));
+}
+
+#[test]
+fn image_cli_refuses_an_iso_with_another_hash() {
+    // The default profile's pin is the real 22.04.5 ISO; the replica is not it.
+    let iso = replica::replica(Variant::Joliet);
+    let ws = crate::support::workspace::Workspace::with_profile(&profile_text(
+        "http://127.0.0.1:9",
+        None,
+    ));
+    let out = ws.run(&["build", "--node", "master1", "--iso", iso.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("SHA-256") && err.contains(chocoimg::profile::DEFAULT_ISO_SHA256),
+        "{err}"
+    );
+    assert!(image_outputs(&ws).is_empty(), "{:?}", image_outputs(&ws));
+}
+
+fn cli_refusal(variant: Variant, expect: &[&str]) {
+    let iso = replica::replica(variant);
+    let m = mirror();
+    let ws = crate::support::workspace::Workspace::with_profile(&profile_text(
+        &m.srv.url(),
+        Some(&sha_of(&iso)),
+    ));
+    let out = ws.run(&["build", "--all", "--iso", iso.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for word in expect {
+        assert!(err.contains(word), "{word:?} missing from:\n{err}");
+    }
+    assert!(image_outputs(&ws).is_empty(), "{:?}", image_outputs(&ws));
+}
+
+#[test]
+fn image_cli_refuses_a_non_ubuntu_iso() {
+    cli_refusal(
+        Variant::NotUbuntu,
+        &["not an Ubuntu 22.04 live-server ISO", "Debian GNU/Linux 12"],
+    );
+}
+
+#[test]
+fn image_cli_refuses_a_grub_cfg_without_room() {
+    cli_refusal(
+        Variant::FullGrub,
+        &["grub.cfg", "2048", "cannot be patched"],
+    );
+}

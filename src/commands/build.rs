@@ -46,33 +46,42 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
         },
     )?;
 
-    HANDLER.get_or_init(|| {
-        // A second handler cannot be set (e.g. by a test harness); then Ctrl-C just
-        // kills the process and the temporary file is left for the OS to drop.
-        let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::SeqCst));
-    });
-    for (node, seed) in nodes.iter().zip(&seeds) {
-        let output = image_path(&plan, node);
-        let identity = Identity {
+    let identities: Vec<Identity> = nodes
+        .iter()
+        .map(|node| Identity {
             cluster: plan.cluster.clone(),
             node: node.hostname.clone(),
             role: node.role.to_string(),
             k3s_version: plan.k3s.version.clone(),
             ubuntu_release: plan.ubuntu.release.clone(),
             chocoimg_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        let built = image::build(&BuildRequest {
-            iso: &fetched.iso,
-            output: &output,
-            identity: &identity,
-            seed: &seed.files,
-            payload: &fetched.payload,
-            force: args.force,
-            progress,
-            cancel: &CANCEL,
         })
-        .map_err(as_bad_input)?;
-        let manifest = Manifest::new(&plan, node, seed, &fetched, &built);
+        .collect();
+    let outputs: Vec<PathBuf> = nodes.iter().map(|n| image_path(&plan, n)).collect();
+    let request = |i: usize| BuildRequest {
+        iso: &fetched.iso,
+        output: &outputs[i],
+        identity: &identities[i],
+        seed: &seeds[i].files,
+        payload: &fetched.payload,
+        force: args.force,
+        progress,
+        cancel: &CANCEL,
+    };
+    // Every node's image is planned (and the ISO refused, if it must be) before any
+    // is written.
+    for i in 0..nodes.len() {
+        image::check(&request(i)).map_err(as_bad_input)?;
+    }
+
+    HANDLER.get_or_init(|| {
+        // Only one handler per process can be set; without it Ctrl-C kills at once and
+        // a `.part` file may stay behind, but never anything under the final name.
+        let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::SeqCst));
+    });
+    for (i, node) in nodes.iter().enumerate() {
+        let built = image::build(&request(i)).map_err(as_bad_input)?;
+        let manifest = Manifest::new(&plan, node, &seeds[i], &fetched, &built);
         let manifest_path = plan
             .out_dir
             .join(format!("{}.manifest.json", node.hostname));

@@ -151,6 +151,16 @@ struct Plan {
     entries: Vec<cidata::Entry>,
 }
 
+/// Phase one of `build` alone: reads the ISO and plans every change, refusing what
+/// `build` would refuse (not a 22.04 live-server ISO, no room in grub.cfg, an existing
+/// output without `force`). Writes nothing.
+pub fn check(req: &BuildRequest) -> Result<()> {
+    if req.output.exists() && !req.force {
+        return Err(ImageError::OutputExists(req.output.to_path_buf()).into());
+    }
+    plan(req).map(|_| ())
+}
+
 /// Builds `req.output` from the ISO, the seed and the payload. Writes nothing under
 /// the final names unless everything succeeded.
 pub fn build(req: &BuildRequest) -> Result<Built> {
