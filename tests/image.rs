@@ -121,9 +121,15 @@ fn check_with_foreign_tools(variant: Variant) {
         require_tool(t);
     }
     let iso = replica::replica(variant);
+    let iso_sha = chocoimg::fsutil::sha256_file(&iso).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let built = build(&iso, tmp.path()).unwrap();
     let img = &built.image;
+    assert_eq!(
+        chocoimg::fsutil::sha256_file(&iso).unwrap(),
+        iso_sha,
+        "the source ISO must stay untouched"
+    );
     let expected_records = if variant == Variant::Joliet { 4 } else { 2 };
     assert_eq!(built.grub_records, expected_records, "grub.cfg records");
     assert!(built.kernel_line.contains("autoinstall"));

@@ -235,5 +235,17 @@ pub fn replica_padded(variant: Variant, pad_mib: u32) -> PathBuf {
     let st = cmd.status().expect("running make-replica.sh");
     assert!(st.success(), "make-replica.sh failed for {variant:?}");
     std::fs::rename(&tmp, &iso).unwrap();
+    // Drop this variant's replicas made by older scripts.
+    let prefix = format!("{}{pad}-", variant.name());
+    for e in std::fs::read_dir(cache_dir()).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let old_key = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".iso"))
+            .is_some_and(|k| k.len() == 12 && k.bytes().all(|b| b.is_ascii_hexdigit()));
+        if old_key && e.path() != iso {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     iso
 }
