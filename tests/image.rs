@@ -545,18 +545,27 @@ struct Mirror {
     srv: crate::support::http::TestServer,
     k3s: Vec<u8>,
     script: Vec<u8>,
+    airgap: Vec<u8>,
 }
 
 fn mirror() -> Mirror {
     use crate::support::http::{k3s_release, TestServer};
     let k3s: Vec<u8> = (0..512_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    let airgap: Vec<u8> = (0..700_000u32).map(|i| (i * 17 % 241) as u8).collect();
     let script = b"#!/bin/sh\necho 'stand-in for the K3s install script'\n".to_vec();
-    let mut files = k3s_release(K3S_VERSION, &[("k3s", &k3s[..])]);
+    let mut files = k3s_release(
+        K3S_VERSION,
+        &[
+            ("k3s", &k3s[..]),
+            ("k3s-airgap-images-amd64.tar.zst", &airgap[..]),
+        ],
+    );
     files.push((format!("/install/{K3S_VERSION}/install.sh"), script.clone()));
     Mirror {
         srv: TestServer::start(files),
         k3s,
         script,
+        airgap,
     }
 }
 
@@ -780,4 +789,52 @@ fn image_cli_refuses_a_grub_cfg_without_room() {
         Variant::FullGrub,
         &["grub.cfg", "2048", "cannot be patched"],
     );
+}
+
+#[test]
+fn image_cli_build_all_with_airgap() {
+    require_tool("mcopy");
+    require_tool("sha256sum");
+    let iso = replica::replica(Variant::NoJoliet);
+    let m = mirror();
+    let ws = crate::support::workspace::Workspace::with_profile(&profile_text(
+        &m.srv.url(),
+        Some(&sha_of(&iso)),
+    ));
+    ws.ok(&["build", "--all", "--airgap", "--iso", iso.to_str().unwrap()]);
+    let dir = ws.out().join(CLUSTER);
+    for (node, role) in [("master1", "server"), ("nodo1", "agent")] {
+        let img = dir.join(format!("{node}.img"));
+        let out = ws.ok(&["inspect", "--json", img.to_str().unwrap()]);
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(j["node"], node);
+        assert_eq!(j["role"], role);
+        assert!(j["boot_title"].as_str().unwrap().contains(node));
+        let tmp = tempfile::tempdir().unwrap();
+        let part = tmp.path().join("cidata.img");
+        let mut f = std::fs::File::open(&img).unwrap();
+        let p = image::gpt::find_partition(&mut f, "CIDATA")
+            .unwrap()
+            .unwrap();
+        partition_bytes(&img, p.number, &part);
+        run(Command::new("mcopy")
+            .arg("-s")
+            .arg("-i")
+            .arg(&part)
+            .arg("::k3s")
+            .arg(tmp.path()));
+        let k3s_dir = tmp.path().join("k3s");
+        assert_eq!(
+            std::fs::read(k3s_dir.join("k3s-airgap-images-amd64.tar.zst")).unwrap(),
+            m.airgap
+        );
+        let sums = run(Command::new("sha256sum")
+            .current_dir(&k3s_dir)
+            .args(["-c", "SHA256SUMS"]));
+        assert!(
+            sums.contains("k3s-airgap-images-amd64.tar.zst: OK"),
+            "{sums}"
+        );
+        assert!(dir.join(format!("{node}.manifest.json")).is_file());
+    }
 }

@@ -52,7 +52,7 @@ pub fn render(original: &str, id: &Identity) -> Result<BootMenu, ImageError> {
                 title => title,
                 kernel_line => kernel_line,
                 initrd_line => first.initrd,
-                original => kept.trim_end(),
+                original => kept.trim(),
             },
         )
         .map_err(|e| ImageError::GrubLayout {
