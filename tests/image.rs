@@ -838,3 +838,11 @@ fn image_cli_build_all_with_airgap() {
         assert!(dir.join(format!("{node}.manifest.json")).is_file());
     }
 }
+
+#[test]
+fn image_replica_support_tells_static_from_dynamic_binaries() {
+    assert!(replica::has_interpreter(&std::fs::read("/bin/ls").unwrap()));
+    assert!(!replica::has_interpreter(
+        &std::fs::read("/bin/busybox").expect("busybox-static: run scripts/install-test-deps.sh")
+    ));
+}

@@ -150,7 +150,12 @@ pub fn write_initramfs(kernel_dir: &Path, out: &Path) {
         f.finish().unwrap()
     };
     w = file(w, "init", INIT.as_bytes(), 0o755);
-    w = file(w, "bin/busybox", &std::fs::read(busybox).unwrap(), 0o755);
+    let bb = std::fs::read(busybox).unwrap();
+    assert!(
+        !has_interpreter(&bb),
+        "/bin/busybox is dynamically linked; install busybox-static (scripts/install-test-deps.sh)"
+    );
+    w = file(w, "bin/busybox", &bb, 0o755);
     let order = std::fs::read_to_string(kernel_dir.join("modules.load")).unwrap();
     w = file(w, "modules.load", order.as_bytes(), 0o644);
     for m in order.lines().filter(|l| !l.is_empty()) {
@@ -169,6 +174,17 @@ pub fn write_initramfs(kernel_dir: &Path, out: &Path) {
         .unwrap();
     let w = cpio::newc::trailer(w).unwrap();
     w.finish().unwrap();
+}
+
+/// Whether an ELF64 binary asks for a dynamic loader (a PT_INTERP program header).
+pub fn has_interpreter(elf: &[u8]) -> bool {
+    let u16_at = |at: usize| u16::from_le_bytes([elf[at], elf[at + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).any(|i| {
+        let at = phoff + i * size;
+        u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == 3
+    })
 }
 
 /// The replica ISO of `variant`, built once per checkout (the cache key covers the
