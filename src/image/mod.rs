@@ -70,7 +70,7 @@ pub enum ImageError {
     },
     #[error("the ISO's /boot/grub/grub.cfg is not what an Ubuntu ISO ships: {detail}")]
     GrubLayout { detail: String },
-    #[error("{iso} does not have the layout of an Ubuntu 22.04 ISO: {source}")]
+    #[error("{iso} does not have the layout of an Ubuntu 22.04 ISO")]
     Layout {
         iso: PathBuf,
         #[source]
