@@ -846,3 +846,46 @@ fn image_replica_support_tells_static_from_dynamic_binaries() {
         &std::fs::read("/bin/busybox").expect("busybox-static: run scripts/install-test-deps.sh")
     ));
 }
+
+/// Ctrl-C during the image phase: the command stops, says so, and leaves no image and
+/// no temporary file. The replica is padded (256 MiB) so the build lasts long enough
+/// to be interrupted once it has announced itself.
+#[test]
+fn image_cli_ctrl_c_leaves_nothing() {
+    use std::io::BufRead;
+    require_tool("kill");
+    let iso = replica::replica_padded(Variant::Joliet, 256);
+    let m = mirror();
+    let ws = crate::support::workspace::Workspace::with_profile(&profile_text(
+        &m.srv.url(),
+        Some(&sha_of(&iso)),
+    ));
+    let mut child = ws
+        .cmd(&["build", "--node", "master1", "--iso", iso.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("the build ended before it started writing:\n{seen}");
+        }
+        seen.push_str(&line);
+        if line.starts_with("building master1.img") {
+            break;
+        }
+    }
+    run(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .current_dir(ws.path()));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    seen.push_str(&rest);
+    assert_eq!(status.code(), Some(1), "{seen}");
+    assert!(seen.contains("interrupted"), "{seen}");
+    assert!(image_outputs(&ws).is_empty(), "{:?}", image_outputs(&ws));
+}
