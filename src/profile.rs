@@ -327,21 +327,9 @@ impl Problems {
     }
 }
 
-/// Reads and parses a profile. Unknown keys are all collected (not just the first) so one
-/// run shows everything to fix; type errors carry the parser's line.
-pub fn load(path: &Path) -> Result<Profile, Problems> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let mut p = Problems::new(path);
-        p.push(
-            "(file)",
-            format!("cannot read the profile: {e}; pass an existing file with -p/--profile"),
-        );
-        p
-    })?;
-    parse(path, &text)
-}
-
-/// Parses profile text; `path` only names the source in messages.
+/// Parses profile text; `path` only names the source in messages. Unknown keys are all
+/// collected (not just the first) so one run shows everything to fix; type errors carry
+/// the parser's line. (`plan::load` reads the file.)
 pub fn parse(path: &Path, text: &str) -> Result<Profile, Problems> {
     let mut problems = Problems::new(path);
     let mut unknown = Vec::new();
