@@ -889,3 +889,56 @@ fn image_cli_ctrl_c_leaves_nothing() {
     assert!(seen.contains("interrupted"), "{seen}");
     assert!(image_outputs(&ws).is_empty(), "{:?}", image_outputs(&ws));
 }
+
+/// The ISO 9660 layer alone: a file patched in place reads back in xorriso from the
+/// image's own tree; content longer than the blocks the file owns is a typed error
+/// and changes nothing.
+#[test]
+fn image_iso9660_patch_in_place() {
+    use chocoimg::image::iso9660::{Iso, IsoError};
+    require_tool("xorriso");
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("copy.iso");
+    std::fs::copy(replica::replica(Variant::Joliet), &copy).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&copy)
+        .unwrap();
+    let mut iso = Iso::open(&mut f).unwrap();
+    assert_eq!(iso.sets.len(), 2, "the image's own set and partition 1's");
+    let info = iso.read_file("/.disk/info", 4096).unwrap();
+    assert!(info.starts_with(b"Ubuntu-Server 22.04.5"));
+    assert_eq!(iso.records("/md5sum.txt").unwrap().len(), 4);
+    let before = chocoimg::fsutil::sha256_file(&copy).unwrap();
+    let mut iso = Iso::open(&mut f).unwrap();
+    match iso.patch_file("/boot/grub/grub.cfg", &[b'#'; 2049]) {
+        Err(IsoError::NoRoom { needed, room, .. }) => assert_eq!((needed, room), (2049, 2048)),
+        other => panic!("expected NoRoom, got {other:?}"),
+    }
+    assert!(matches!(
+        iso.read_file("/no/such/file", 10),
+        Err(IsoError::NotFound { .. })
+    ));
+    drop(f);
+    assert_eq!(chocoimg::fsutil::sha256_file(&copy).unwrap(), before);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&copy)
+        .unwrap();
+    let updated = Iso::open(&mut f)
+        .unwrap()
+        .patch_file("/boot/grub/grub.cfg", b"set timeout=1\n")
+        .unwrap();
+    assert_eq!(updated, 4);
+    drop(f);
+    for (load, path) in [
+        (&[][..], "/boot/grub/grub.cfg"),
+        (&["-read_fs", "norock"][..], "/boot/grub/grub.cfg"),
+        (&["-read_fs", "ecma119"][..], "/BOOT/GRUB/GRUB.CFG"),
+    ] {
+        let got = xorriso_extract(&copy, load, path, &tmp.path().join("got.cfg"));
+        assert_eq!(got, b"set timeout=1\n", "{load:?}");
+    }
+}
