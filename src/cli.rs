@@ -99,6 +99,10 @@ pub struct BuildArgs {
     /// Replace an existing image of the same node
     #[arg(long)]
     pub force: bool,
+    /// Accept artifacts whose hashes differ from the lock file and record the new ones
+    /// (review the lock file's diff before committing it)
+    #[arg(long)]
+    pub update_lock: bool,
 }
 
 #[derive(Debug, Args)]

@@ -801,7 +801,11 @@ fn image_cli_build_all_with_airgap() {
         &m.srv.url(),
         Some(&sha_of(&iso)),
     ));
+    // No key in ~/.ssh: the build makes the cluster's own pair first.
+    std::fs::remove_file(ws.home().join(".ssh/id_ed25519.pub")).unwrap();
     ws.ok(&["build", "--all", "--airgap", "--iso", iso.to_str().unwrap()]);
+    let cluster_key = std::fs::read_to_string(ws.out().join(CLUSTER).join("ssh/id_ed25519.pub"))
+        .expect("build created the cluster's SSH key");
     let dir = ws.out().join(CLUSTER);
     for (node, role) in [("master1", "server"), ("nodo1", "agent")] {
         let img = dir.join(format!("{node}.img"));
@@ -835,6 +839,21 @@ fn image_cli_build_all_with_airgap() {
             sums.contains("k3s-airgap-images-amd64.tar.zst: OK"),
             "{sums}"
         );
+        // --airgap reaches the seed too: the installer copies the tarball where K3s
+        // looks for images, and the nodes trust the cluster's generated key.
+        run(Command::new("mcopy")
+            .arg("-i")
+            .arg(&part)
+            .arg("::user-data")
+            .arg(tmp.path().join("user-data")));
+        let user_data = std::fs::read_to_string(tmp.path().join("user-data")).unwrap();
+        assert!(
+            user_data.contains(
+                "/target/var/lib/rancher/k3s/agent/images/k3s-airgap-images-amd64.tar.zst"
+            ),
+            "{node}: the seed does not install the airgap images"
+        );
+        assert!(user_data.contains(cluster_key.trim()));
         assert!(dir.join(format!("{node}.manifest.json")).is_file());
     }
 }
@@ -941,4 +960,46 @@ fn image_iso9660_patch_in_place() {
         let got = xorriso_extract(&copy, load, path, &tmp.path().join("got.cfg"));
         assert_eq!(got, b"set timeout=1\n", "{load:?}");
     }
+}
+
+#[test]
+fn image_cli_lock_refuses_a_changed_artifact_until_update_lock() {
+    let iso = replica::replica(Variant::NoJoliet);
+    let m = mirror();
+    let ws = crate::support::workspace::Workspace::with_profile(&profile_text(
+        &m.srv.url(),
+        Some(&sha_of(&iso)),
+    ));
+    let iso_arg = iso.to_str().unwrap();
+    ws.ok(&["build", "--node", "nodo1", "--iso", iso_arg]);
+    let lock = ws.profile.with_extension("lock");
+    let first_lock = std::fs::read_to_string(&lock).expect("the first build writes the lock");
+
+    // Upstream swaps the install script behind the same URL; a fresh cache must fetch it.
+    m.srv.put(
+        &format!("/install/{K3S_VERSION}/install.sh"),
+        b"#!/bin/sh\necho changed\n".to_vec(),
+    );
+    std::fs::remove_dir_all(ws.out().join("cache")).unwrap();
+    let out = ws.run(&["build", "--node", "nodo1", "--force", "--iso", iso_arg]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("lock"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        first_lock,
+        "a refusal changes nothing"
+    );
+
+    ws.ok(&[
+        "build",
+        "--node",
+        "nodo1",
+        "--force",
+        "--update-lock",
+        "--iso",
+        iso_arg,
+    ]);
+    let new_lock = std::fs::read_to_string(&lock).unwrap();
+    assert_ne!(new_lock, first_lock);
+    assert!(new_lock.contains(&chocoimg::fsutil::sha256_hex(b"#!/bin/sh\necho changed\n")));
 }

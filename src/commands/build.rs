@@ -1,10 +1,10 @@
 //! `chocoimg build`: phase one checks and gathers everything (plan, secrets, seeds,
 //! verified artifacts); phase two writes one image per node, then its manifest.
-use crate::artifacts::{self, FetchOptions};
+use crate::artifacts::{self, FetchOptions, LockMode};
 use crate::cli::{BuildArgs, Global};
 use crate::image::{self, manifest::Manifest, BuildRequest, Identity, ImageError, ProgressStyle};
 use crate::plan::{NodePlan, Plan};
-use crate::{secrets, seed, BadInput};
+use crate::{seed, BadInput};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,11 +15,11 @@ static CANCEL: AtomicBool = AtomicBool::new(false);
 static HANDLER: OnceLock<()> = OnceLock::new();
 
 pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
-    let plan = super::load_plan(global)?;
-    let nodes: Vec<&NodePlan> = match &args.nodes.node {
-        Some(name) => vec![plan.node(name)?],
-        None => plan.nodes.iter().collect(),
-    };
+    let mut plan = super::load_plan(global)?;
+    // The seed's late-commands install the image tarball only when the plan says so.
+    plan.k3s.airgap |= args.airgap;
+    let plan = plan;
+    let nodes = super::render::select_nodes(&plan, &args.nodes)?;
     for n in &nodes {
         let out = image_path(&plan, n);
         if out.exists() && !args.force {
@@ -30,20 +30,25 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
             .into());
         }
     }
-    let names: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
-    let secrets = secrets::load_or_create(&plan.secrets_path(), &names)?;
+    let secrets = super::render::prepare_secrets(&plan)?;
     let seeds = nodes
         .iter()
         .map(|n| seed::render(&plan, &secrets, n))
         .collect::<Result<Vec<_>>>()?;
     let progress = ProgressStyle::for_stderr();
-    let fetched = artifacts::fetch(
+    let lock_mode = if args.update_lock {
+        LockMode::Update
+    } else {
+        LockMode::Enforce
+    };
+    let fetched = artifacts::fetch_with(
         &plan,
         &FetchOptions {
             iso: args.iso.clone(),
-            airgap: args.airgap || plan.k3s.airgap,
+            airgap: plan.k3s.airgap,
             progress_bars: progress == ProgressStyle::Bars,
         },
+        lock_mode,
     )?;
 
     let identities: Vec<Identity> = nodes
