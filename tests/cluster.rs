@@ -334,8 +334,37 @@ fn discover_says_what_was_tried_when_nothing_answers() {
 }
 
 fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std::process::Output {
-    lan.cmd(nodo, "sh")
-        .arg(root.join(LIB).join("join.sh"))
+    join_command(lan, nodo, root, state, 10, None)
+        .output()
+        .unwrap()
+}
+
+/// nodo1's rendered join.sh, with its paths under `root` and systemctl faked in `state`;
+/// with `hosts`, in a private mount namespace whose /etc/hosts is that file.
+fn join_command(
+    lan: &Lan,
+    nodo: &Host,
+    root: &Path,
+    state: &Path,
+    tries: u32,
+    hosts: Option<&Path>,
+) -> Command {
+    let join = root.join(LIB).join("join.sh");
+    let mut cmd = match hosts {
+        None => lan.cmd(nodo, "sh"),
+        Some(h) => {
+            let mut c = lan.cmd(nodo, "unshare");
+            c.args([
+                "--mount",
+                "sh",
+                "-c",
+                r#"mount --bind "$0" /etc/hosts && exec sh "$1""#,
+            ])
+            .arg(h);
+            c
+        }
+    };
+    cmd.arg(join)
         .env(
             "CHOCOIMG_AGENT_TOKEN_FILE",
             root.join("etc/chocoimg/agent-token"),
@@ -345,10 +374,9 @@ fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std::process::
             root.join("etc/rancher/k3s/config.yaml.d"),
         )
         .env("CHOCOIMG_SYSTEMCTL", fake_systemctl(state))
-        .env("CHOCOIMG_TRIES", "10")
-        .env("CHOCOIMG_PAUSE", "1")
-        .output()
-        .unwrap()
+        .env("CHOCOIMG_TRIES", tries.to_string())
+        .env("CHOCOIMG_PAUSE", "1");
+    cmd
 }
 
 #[test]
@@ -882,6 +910,40 @@ fn join_with_a_fixed_server_address_skips_discovery() {
     );
 }
 
+/// K3s is a static binary that resolves names without nss-mdns, so `server_address:
+/// master1.local` must reach K3s as an address. Here /etc/hosts names master1 (on the node
+/// nss-mdns does): either way join.sh asks the system's resolver, as curl does.
+#[test]
+fn join_with_a_fixed_server_name_gives_k3s_its_address() {
+    let c = Cluster::new("chocotest", "chocotest", Some("master1.local"));
+    let mut lan = Lan::new();
+    let m = start_master(&c, &mut lan);
+    let nodo = lan.add_host("nodo1");
+    let root = c.install_node_files("nodo1", &nodo.dir.join("root"));
+    let state = nodo.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let hosts = nodo.dir.join("hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost\n{} master1.local\n", m.host.ip),
+    )
+    .unwrap();
+    let out = join_command(&lan, &nodo, &root, &state, 3, Some(&hosts))
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("master1.local is 10.99.0.1"), "{log}");
+    let dropin =
+        std::fs::read_to_string(root.join("etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml"))
+            .unwrap();
+    assert!(
+        dropin.contains("server: \"https://10.99.0.1:6443\"\n"),
+        "{dropin}"
+    );
+}
+
 #[test]
 fn forged_and_foreign_announcements_are_never_used() {
     let c = Cluster::new("chocotest", "chocotest", None);
@@ -892,20 +954,7 @@ fn forged_and_foreign_announcements_are_never_used() {
     lan.start_avahi(&mut nodo, None);
     let state = nodo.dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let out = lan
-        .cmd(&nodo, "sh")
-        .arg(root.join(LIB).join("join.sh"))
-        .env(
-            "CHOCOIMG_AGENT_TOKEN_FILE",
-            root.join("etc/chocoimg/agent-token"),
-        )
-        .env(
-            "CHOCOIMG_K3S_CONFIG_DIR",
-            root.join("etc/rancher/k3s/config.yaml.d"),
-        )
-        .env("CHOCOIMG_SYSTEMCTL", fake_systemctl(&state))
-        .env("CHOCOIMG_TRIES", "2")
-        .env("CHOCOIMG_PAUSE", "1")
+    let out = join_command(&lan, &nodo, &root, &state, 2, None)
         .output()
         .unwrap();
     let log =

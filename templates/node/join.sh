@@ -48,6 +48,12 @@ verified_answers() {
     done <"$tmp/browse" | sort -u
 }
 
+# The IPv4 address of a name or address. K3s (a static binary) resolves names without
+# nss-mdns, so a `.local` name must become an address here; the timer follows changes.
+ipv4_of() {
+    getent ahostsv4 "$1" | awk 'NR == 1 { print $1 }'
+}
+
 current_address() {
     [ -f "$DROPIN" ] || return 0
     sed -n 's|^server: "https://\(.*\):6443"$|\1|p' "$DROPIN"
@@ -60,15 +66,16 @@ if [ -n "$FIXED_SERVER" ]; then
     log "using the fixed server address $FIXED_SERVER from the profile (no discovery)"
     try=1
     # No announcement to check: trust the CA the fixed address serves on first use.
-    until curl -ksSf --max-time 10 -o "$tmp/cacerts" "https://$FIXED_SERVER:6443/cacerts" 2>/dev/null; do
+    until address=$(ipv4_of "$FIXED_SERVER") && [ -n "$address" ] &&
+        curl -ksSf --max-time 10 -o "$tmp/cacerts" "https://$address:6443/cacerts" 2>/dev/null; do
         if [ "$try" -ge "$TRIES" ]; then
-            log "K3s at $FIXED_SERVER:6443 did not answer after $TRIES tries; the timer retries later"
+            log "K3s at $FIXED_SERVER:6443 (${address:-not resolved}) did not answer after $TRIES tries; the timer retries later"
             exit 1
         fi
         try=$((try + 1))
         sleep "$PAUSE"
     done
-    address=$FIXED_SERVER
+    [ "$address" = "$FIXED_SERVER" ] || log "$FIXED_SERVER is $address"
     ca=$(sha256sum "$tmp/cacerts" | cut -d' ' -f1)
 else
     try=1
