@@ -436,7 +436,8 @@ fn resolve_symlink(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Copies `path` to `path.chocoimg-backup-<UTC time>` (0600) and returns the copy.
+/// Copies `path` to `path.chocoimg-backup-<UTC time>[-N]` (0600) and returns the copy.
+/// Never replaces an earlier backup, even one made in the same second.
 fn backup(path: &Path) -> Result<PathBuf> {
     let t = time::OffsetDateTime::now_utc();
     let stamp = format!(
@@ -448,12 +449,30 @@ fn backup(path: &Path) -> Result<PathBuf> {
         t.minute(),
         t.second()
     );
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".chocoimg-backup-{stamp}"));
-    let to = PathBuf::from(name);
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    fsutil::write_atomic(&to, &bytes, 0o600)?;
-    Ok(to)
+    for n in 1u32.. {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".chocoimg-backup-{stamp}"));
+        if n > 1 {
+            name.push(format!("-{n}"));
+        }
+        let to = PathBuf::from(name);
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        let mut file = match open.open(&to) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", to.display())),
+        };
+        use std::io::Write;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", to.display()))?;
+        return Ok(to);
+    }
+    unreachable!("some backup name is free")
 }
 
 #[cfg(test)]
@@ -500,6 +519,22 @@ mod tests {
         assert!(merged.get("extensions").is_some());
         let switched = merge(Some(existing), &ours, "c1", true).unwrap();
         assert_eq!(switched["current-context"], "c1");
+    }
+
+    #[test]
+    fn backups_never_replace_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let kube = dir.path().join("config");
+        std::fs::write(&kube, "first").unwrap();
+        let a = backup(&kube).unwrap();
+        std::fs::write(&kube, "second").unwrap();
+        let b = backup(&kube).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "first");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "second");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&b).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
