@@ -151,7 +151,7 @@ pub struct FetchKubeconfigArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Kubeconfig to use [default: $KUBECONFIG's first file, else ~/.kube/config]
+    /// Kubeconfig to use [default: the file of $KUBECONFIG (else ~/.kube/config) that defines the context]
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Context to use [default: the cluster's name]

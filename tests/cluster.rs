@@ -721,12 +721,13 @@ fn fetch_kubeconfig_merges_a_verified_kubeconfig_and_refuses_impostors() {
     std::fs::create_dir_all(kube.parent().unwrap()).unwrap();
     let existing = "apiVersion: v1\nkind: Config\ncurrent-context: work\nclusters:\n- name: work\n  cluster:\n    server: https://work.example:6443\nusers:\n- name: work\n  user:\n    token: abc\ncontexts:\n- name: work\n  context:\n    cluster: work\n    user: work\n";
     private_file(&kube, existing);
-    let fetch = |args: &[&str]| {
+    let fetch_with = |args: &[&str], kubeconfig_env: &str| {
         let out = lan
             .cmd(&laptop, chocoimg().get_program())
             .arg("fetch-kubeconfig")
             .args(args)
             .envs(c.envs())
+            .env("KUBECONFIG", kubeconfig_env)
             .output()
             .unwrap();
         (
@@ -735,6 +736,7 @@ fn fetch_kubeconfig_merges_a_verified_kubeconfig_and_refuses_impostors() {
                 + &String::from_utf8_lossy(&out.stderr),
         )
     };
+    let fetch = |args: &[&str]| fetch_with(args, "");
     let read = |p: &Path| -> serde_yaml_ng::Value {
         serde_yaml_ng::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
     };
@@ -795,6 +797,34 @@ fn fetch_kubeconfig_merges_a_verified_kubeconfig_and_refuses_impostors() {
     assert_eq!(
         std::fs::read_to_string(backups[0].path()).unwrap(),
         existing
+    );
+
+    // $KUBECONFIG with several files, kubectl's rules: ours is refreshed in the file that
+    // defines it, no file is created ahead of it (which would silently switch the context),
+    // and every backup is kept.
+    let front = c.home.join("front.yaml");
+    let chain = format!("{}:{}", front.display(), kube.display());
+    let (code, log) = fetch_with(&["--server", "10.99.0.1"], &chain);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!front.exists(), "{log}");
+    assert!(log.contains("current context unchanged"), "{log}");
+    let doc = read(&kube);
+    assert_eq!(doc["current-context"], "work");
+    assert_eq!(named(&doc, "clusters", "chocotest").len(), 1);
+    let backups: Vec<String> = std::fs::read_dir(kube.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("config.chocoimg-backup-")
+        })
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(backups.len(), 2, "one backup per write");
+    assert!(
+        backups.iter().any(|b| b == existing),
+        "the first backup is kept"
     );
     let merged = std::fs::read(&kube).unwrap();
 

@@ -19,16 +19,52 @@ pub const API_PORT: u16 = 6443;
 /// The admin kubeconfig K3s writes on the server (root-only).
 pub const K3S_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
 
-/// The kubeconfig kubectl would use: `$KUBECONFIG`'s first file, else `~/.kube/config`.
-pub fn default_path() -> Result<PathBuf> {
+/// The kubeconfig files kubectl merges, in order: `$KUBECONFIG`'s entries, else
+/// `~/.kube/config`.
+pub fn chain() -> Result<Vec<PathBuf>> {
     if let Some(list) = std::env::var_os("KUBECONFIG") {
-        if let Some(first) = std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty()) {
-            return Ok(first);
+        let files: Vec<PathBuf> = std::env::split_paths(&list)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        if !files.is_empty() {
+            return Ok(files);
         }
     }
     let home = crate::plan::home_dir()
         .ok_or_else(|| anyhow!("HOME is not set; pass --output FILE or set KUBECONFIG"))?;
-    Ok(home.join(".kube").join("config"))
+    Ok(vec![home.join(".kube").join("config")])
+}
+
+/// The file of `chain` kubectl would write context `name` to: the first that already
+/// defines it (kubectl modifies a stanza where it is defined), else the first that exists,
+/// else the last (kubectl's rules for `$KUBECONFIG` with several files).
+pub fn destination(chain: &[PathBuf], name: &str) -> PathBuf {
+    let defines = |p: &PathBuf| {
+        read_kubeconfig(p).is_some_and(|doc| find_named(&doc, "contexts", name).is_some())
+    };
+    chain
+        .iter()
+        .find(|p| defines(p))
+        .or_else(|| chain.iter().find(|p| p.exists()))
+        .or(chain.last())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Whether any file of `chain` sets a current context (the first one that does wins).
+fn chain_has_current_context(chain: &[PathBuf]) -> bool {
+    chain.iter().any(|p| {
+        read_kubeconfig(p).is_some_and(|doc| {
+            doc.get("current-context")
+                .and_then(Value::as_str)
+                .is_some_and(|c| !c.is_empty())
+        })
+    })
+}
+
+/// A kubeconfig file's document, or None when it is missing or not YAML.
+fn read_kubeconfig(path: &Path) -> Option<Value> {
+    serde_yaml_ng::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
 /// Where master1 is, and the CA hash it announced (none with `--server`).
@@ -76,8 +112,10 @@ pub struct FetchOptions {
     pub ssh_port: u16,
     /// Name of the context, cluster and user (default: the cluster's name).
     pub name: String,
-    /// The kubeconfig to merge into.
-    pub path: PathBuf,
+    /// The kubeconfig files kubectl merges (`chain()`, or just `--output`'s file); ours is
+    /// merged into their `destination`.
+    pub chain: Vec<PathBuf>,
+    /// Switch current-context to ours (it is set anyway when no file of the chain has one).
     pub use_context: bool,
 }
 
@@ -138,7 +176,7 @@ pub fn fetch(
     let ours = adopt(&k3s, &opts.name, &server_url)?;
 
     // Phase two: every check passed.
-    let path = resolve_symlink(&opts.path);
+    let path = resolve_symlink(&destination(&opts.chain, &opts.name));
     let existing = match std::fs::read_to_string(&path) {
         Ok(t) if t.trim().is_empty() => None,
         Ok(t) => Some(serde_yaml_ng::from_str::<Value>(&t).with_context(|| {
@@ -150,7 +188,7 @@ pub fn fetch(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let set_current = opts.use_context || existing.is_none();
+    let set_current = opts.use_context || !chain_has_current_context(&opts.chain);
     let merged = merge(existing.clone(), &ours, &opts.name, set_current)?;
     let backup = match existing {
         Some(_) => Some(backup(&path)?),
@@ -535,6 +573,30 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&b).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// kubectl's rules for `$KUBECONFIG` with several files.
+    #[test]
+    fn destination_follows_kubectl_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let ctx = |name: &str, current: &str| {
+            format!("apiVersion: v1\nkind: Config\ncurrent-context: {current}\ncontexts:\n- name: {name}\n  context: {{cluster: {name}, user: {name}}}\n")
+        };
+        std::fs::write(p("work"), ctx("work", "work")).unwrap();
+        std::fs::write(p("ours"), ctx("c1", "")).unwrap();
+        // Created in the first file that exists, never in a missing one ahead of it.
+        let chain = vec![p("missing"), p("work")];
+        assert_eq!(destination(&chain, "c1"), p("work"));
+        assert!(chain_has_current_context(&chain));
+        // Modified where it is defined.
+        let chain = vec![p("work"), p("ours")];
+        assert_eq!(destination(&chain, "c1"), p("ours"));
+        // No file at all: the last one.
+        let chain = vec![p("missing"), p("missing2")];
+        assert_eq!(destination(&chain, "c1"), p("missing2"));
+        assert!(!chain_has_current_context(&chain));
+        assert!(!chain_has_current_context(&[p("ours")]));
     }
 
     #[test]

@@ -14,9 +14,9 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
         ))
         .into());
     }
-    let path = match &args.output {
-        Some(p) => p.clone(),
-        None => kubeconfig::default_path()?,
+    let chain = match &args.output {
+        Some(p) => vec![p.clone()],
+        None => kubeconfig::chain()?,
     };
     let target = match kubeconfig::locate(&plan, &secrets, args.server.as_deref(), timeout)? {
         Ok(t) => t,
@@ -40,7 +40,7 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
         &kubeconfig::FetchOptions {
             ssh_port: args.ssh_port,
             name,
-            path,
+            chain,
             use_context: args.use_context,
         },
     )?;

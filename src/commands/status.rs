@@ -23,7 +23,7 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
         .collect();
     let path = match &args.kubeconfig {
         Some(p) => p.clone(),
-        None => kubeconfig::default_path()?,
+        None => kubeconfig::destination(&kubeconfig::chain()?, &context),
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
