@@ -1045,3 +1045,102 @@ fn avahi_config_without_a_default_route_still_keeps_k3s_interfaces_out() {
     assert!(text.contains("deny-interfaces=cni0,flannel.1"), "{text}");
     assert!(text.contains("use-ipv6=no"), "{text}");
 }
+
+/// The unit K3s's install.sh writes for `INSTALL_K3S_EXEC=server|agent` (its
+/// create_systemd_service_file, trimmed to what systemd orders by): a stand-in, as no
+/// K3s install can run here.
+fn k3s_unit(exec: &str) -> String {
+    format!(
+        "[Unit]\nDescription=Lightweight Kubernetes\nWants=network-online.target\n\
+         After=network-online.target\n\n[Install]\nWantedBy=multi-user.target\n\n\
+         [Service]\nType=notify\nKillMode=process\nDelegate=yes\nTimeoutStartSec=0\n\
+         Restart=always\nRestartSec=5s\nExecStartPre=-/sbin/modprobe br_netfilter\n\
+         ExecStart=/usr/local/bin/k3s {exec}\n"
+    )
+}
+
+/// systemd itself loads every rendered unit and drop-in (offline, `--root`), finds each
+/// ExecStart, and builds the boot transaction with the units a node has: systemd's own,
+/// avahi-daemon, networkd's wait-online and cloud-init's (Debian's order like Ubuntu's:
+/// cloud-final after multi-user.target, cloud-init before network-online.target). No
+/// error and no ordering cycle, so first boot cannot deadlock on them.
+#[test]
+fn node_units_load_in_systemd_without_ordering_cycles() {
+    require_tool("systemd-analyze");
+    require_tool("systemctl");
+    require_tool("avahi-daemon");
+    require_tool("cloud-init");
+    let c = Cluster::new("chocotest", "chocotest", None);
+    for (node, k3s, ours) in [
+        (
+            "master1",
+            "k3s",
+            ["chocoimg-announce.service", "chocoimg-announce.timer"],
+        ),
+        (
+            "nodo1",
+            "k3s-agent",
+            ["chocoimg-join.service", "chocoimg-join.timer"],
+        ),
+    ] {
+        let root = c.install_node_files(node, &c.dir.path().join(format!("{node}-root")));
+        // systemd's own units, as on the node.
+        std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
+        ok(Command::new("cp")
+            .args(["-a", "/usr/lib/systemd/system", "-t"])
+            .arg(root.join("usr/lib/systemd")));
+        for dir in ["usr/local/bin", "usr/sbin"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        ok(Command::new("cp")
+            .arg("/usr/sbin/avahi-daemon")
+            .arg(root.join("usr/sbin/avahi-daemon")));
+        std::fs::write(root.join("usr/local/bin/k3s"), "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            root.join("usr/local/bin/k3s"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let k3s_service = format!("{k3s}.service");
+        let exec = if node == "master1" { "server" } else { "agent" };
+        std::fs::write(
+            root.join("etc/systemd/system").join(&k3s_service),
+            k3s_unit(exec),
+        )
+        .unwrap();
+        let mut enable = Command::new("systemctl");
+        enable
+            .arg(format!("--root={}", root.display()))
+            .arg("enable");
+        enable.args(ours).arg(&k3s_service).args([
+            "avahi-daemon.service",
+            "systemd-networkd.service",
+            "systemd-networkd-wait-online.service",
+            "cloud-init-local.service",
+            "cloud-init.service",
+            "cloud-config.service",
+            "cloud-final.service",
+        ]);
+        ok(&mut enable);
+        // What cloud-init's generator does at every boot of a node with a datasource.
+        std::os::unix::fs::symlink(
+            "/usr/lib/systemd/system/cloud-init.target",
+            root.join("etc/systemd/system/multi-user.target.wants/cloud-init.target"),
+        )
+        .unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(format!("--root={}", root.display()))
+            .arg("multi-user.target")
+            .args(ours)
+            .args([k3s_service.as_str(), "avahi-daemon.service"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.trim().is_empty(),
+            "{node}: systemd-analyze verify: {err}"
+        );
+    }
+}
