@@ -604,8 +604,38 @@ fn check_labels(p: &mut Problems, key: &str, labels: &BTreeMap<String, String>) 
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !ok_name || !ok_value {
             p.push(format!("{key}.{k}"), format!("`{k}={v}` is not a valid Kubernetes label; names and values use letters, digits, '-', '_' and '.', at most 63 characters"));
+        } else if kubelet_refuses(k) {
+            p.push(format!("{key}.{k}"), format!("`{k}` is in the kubernetes.io/k8s.io namespace, which a node may not label itself with: K3s would fail to start on it (the kubelet refuses unknown --node-labels there). Use a label of your own, e.g. `role: worker`, and after the node joined run `kubectl label node NODE {k}=` if you want it"));
         }
     }
+}
+
+/// Whether the kubelet refuses `key` as one of its own `--node-labels`: it must not be in
+/// the kubernetes.io or k8s.io namespaces unless kubelet allows it (k8s.io/kubelet
+/// well_known_labels.go: these labels, and the kubelet.kubernetes.io and
+/// node.kubernetes.io namespaces).
+fn kubelet_refuses(key: &str) -> bool {
+    const ALLOWED: &[&str] = &[
+        "beta.kubernetes.io/arch",
+        "beta.kubernetes.io/instance-type",
+        "beta.kubernetes.io/os",
+        "failure-domain.beta.kubernetes.io/region",
+        "failure-domain.beta.kubernetes.io/zone",
+        "kubernetes.io/arch",
+        "kubernetes.io/hostname",
+        "kubernetes.io/os",
+        "node.kubernetes.io/instance-type",
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+    ];
+    let Some((namespace, _)) = key.split_once('/') else {
+        return false;
+    };
+    let within = |domain: &str| namespace == domain || namespace.ends_with(&format!(".{domain}"));
+    let reserved = within("kubernetes.io") || within("k8s.io");
+    let allowed =
+        ALLOWED.contains(&key) || within("kubelet.kubernetes.io") || within("node.kubernetes.io");
+    reserved && !allowed
 }
 
 pub fn is_rfc1123_label(s: &str) -> bool {
@@ -698,5 +728,19 @@ mod tests {
         assert!(release_at_least("22.04.5", (22, 4, 4)));
         assert!(!release_at_least("22.04.3", (22, 4, 4)));
         assert!(!release_at_least("22.04", (22, 4, 4)));
+    }
+
+    #[test]
+    fn labels_the_kubelet_refuses() {
+        assert!(kubelet_refuses("node-role.kubernetes.io/worker"));
+        assert!(kubelet_refuses("kubernetes.io/role"));
+        assert!(kubelet_refuses("app.k8s.io/name"));
+        assert!(!kubelet_refuses("role"));
+        assert!(!kubelet_refuses("example.com/role"));
+        assert!(!kubelet_refuses("topology.kubernetes.io/zone"));
+        assert!(!kubelet_refuses(
+            "node.kubernetes.io/exclude-from-external-load-balancers"
+        ));
+        assert!(!kubelet_refuses("kubelet.kubernetes.io/x"));
     }
 }

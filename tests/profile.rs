@@ -56,6 +56,7 @@ fn cases() -> Vec<Case> {
         Case { rule: "older installer needs a named disk", profile: with("release: 22.04.5", "release: 22.04.3"), expect: &["nodes[0].disk", "can pick the USB stick"] },
         Case { rule: "wrong type", profile: with("role: agent", "role: worker"), expect: &["nodes[1].role", "unknown variant"] },
         Case { rule: "ISO pin format", profile: with("iso_sha256: 9bc6", "iso_sha256: zz9bc6"), expect: &["ubuntu.iso_sha256", "64-hex-digit"] },
+        Case { rule: "labels the kubelet refuses", profile: with("      role: worker", "      node-role.kubernetes.io/worker: \"true\""), expect: &["k3s.agent.node_labels.node-role.kubernetes.io/worker", "K3s would fail to start"] },
         Case { rule: "chocoimg-owned K3s keys", profile: with("    config: {}", "    config: {token: mine}"), expect: &["k3s.server.config.token", "set by chocoimg"] },
     ]
 }
