@@ -120,10 +120,11 @@ fi
 
 cp "$tmp/dropin" "$DROPIN.tmp"
 mv "$DROPIN.tmp" "$DROPIN"
-if $SYSTEMCTL is-active --quiet k3s-agent; then
-    log "master1 moved from ${current:-nowhere} to $address; restarting k3s-agent"
-    $SYSTEMCTL restart --no-block k3s-agent
+if [ -n "$current" ]; then
+    log "master1 moved from $current to $address; restarting k3s-agent"
 else
     log "joining master1 at $address; starting k3s-agent"
-    $SYSTEMCTL start --no-block k3s-agent
 fi
+# Restart, not start, even when k3s-agent is not "active": an agent still starting never
+# gets there while its old server address is gone, and a start would leave it there.
+$SYSTEMCTL restart --no-block k3s-agent
