@@ -333,6 +333,25 @@ fn discover_says_what_was_tried_when_nothing_answers() {
     }
 }
 
+/// nodo1 on the LAN: its rendered files under `root`, a `state` folder for the systemctl
+/// stand-in, and Avahi when `avahi` (discovery needs it, a fixed address does not).
+struct Nodo {
+    host: Host,
+    root: PathBuf,
+    state: PathBuf,
+}
+
+fn add_nodo1(c: &Cluster, lan: &mut Lan, avahi: bool) -> Nodo {
+    let mut host = lan.add_host("nodo1");
+    let root = c.install_node_files("nodo1", &host.dir.join("root"));
+    if avahi {
+        lan.start_avahi(&mut host, None);
+    }
+    let state = host.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    Nodo { host, root, state }
+}
+
 fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std::process::Output {
     join_command(lan, nodo, root, state, 10, None)
         .output()
@@ -385,11 +404,11 @@ fn join_writes_the_agent_config_ignores_forgeries_and_follows_master1() {
     let mut lan = Lan::new();
     let _forger = start_forger(&c, &mut lan);
     let mut m = start_master(&c, &mut lan);
-    let mut nodo = lan.add_host("nodo1");
-    let root = c.install_node_files("nodo1", &nodo.dir.join("root"));
-    lan.start_avahi(&mut nodo, None);
-    let state = nodo.dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
+    let Nodo {
+        host: nodo,
+        root,
+        state,
+    } = add_nodo1(&c, &mut lan, true);
     let dropin = root.join("etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml");
     let ca = ca_of(&m.cacerts);
     let expect = |addr: &str| {
@@ -928,10 +947,11 @@ fn join_with_a_fixed_server_address_skips_discovery() {
     let m = start_master(&c, &mut lan);
     assert_eq!(m.host.ip.to_string(), "10.99.0.1");
     // nodo1 runs no Avahi at all: discovery would fail, the fixed address does not need it.
-    let nodo = lan.add_host("nodo1");
-    let root = c.install_node_files("nodo1", &nodo.dir.join("root"));
-    let state = nodo.dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
+    let Nodo {
+        host: nodo,
+        root,
+        state,
+    } = add_nodo1(&c, &mut lan, false);
     let out = run_join(&lan, &nodo, &root, &state);
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -965,10 +985,11 @@ fn join_with_a_fixed_server_name_gives_k3s_its_address() {
     let c = Cluster::new("chocotest", "chocotest", Some("master1.local"));
     let mut lan = Lan::new();
     let m = start_master(&c, &mut lan);
-    let nodo = lan.add_host("nodo1");
-    let root = c.install_node_files("nodo1", &nodo.dir.join("root"));
-    let state = nodo.dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
+    let Nodo {
+        host: nodo,
+        root,
+        state,
+    } = add_nodo1(&c, &mut lan, false);
     let hosts = nodo.dir.join("hosts");
     std::fs::write(
         &hosts,
@@ -996,11 +1017,11 @@ fn forged_and_foreign_announcements_are_never_used() {
     let c = Cluster::new("chocotest", "chocotest", None);
     let mut lan = Lan::new();
     let _forger = start_forger(&c, &mut lan);
-    let mut nodo = lan.add_host("nodo1");
-    let root = c.install_node_files("nodo1", &nodo.dir.join("root"));
-    lan.start_avahi(&mut nodo, None);
-    let state = nodo.dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
+    let Nodo {
+        host: nodo,
+        root,
+        state,
+    } = add_nodo1(&c, &mut lan, true);
     let out = join_command(&lan, &nodo, &root, &state, 2, None)
         .output()
         .unwrap();
