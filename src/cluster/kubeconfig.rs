@@ -329,14 +329,15 @@ fn read_over_ssh(
     )
 }
 
-fn named_list<'a>(doc: &'a Value, list: &str) -> impl Iterator<Item = &'a Value> {
+pub(crate) fn named_list<'a>(doc: &'a Value, list: &str) -> impl Iterator<Item = &'a Value> {
     doc.get(list)
         .and_then(Value::as_sequence)
         .into_iter()
         .flatten()
 }
 
-fn find_named<'a>(doc: &'a Value, list: &str, name: &str) -> Option<&'a Value> {
+/// The entry of `list` (clusters, users, contexts) named `name`.
+pub(crate) fn find_named<'a>(doc: &'a Value, list: &str, name: &str) -> Option<&'a Value> {
     named_list(doc, list).find(|e| e.get("name").and_then(Value::as_str) == Some(name))
 }
 

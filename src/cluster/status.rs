@@ -2,7 +2,7 @@
 //! `fetch-kubeconfig` wrote. Cluster `ready` (API answers, every node Ready), `degraded`
 //! (API answers, some node not Ready), `unavailable` (no API); each node `Ready`,
 //! `NotReady` or `Unknown` from its `Ready` condition.
-use crate::cluster::{EXIT_DEGRADED, EXIT_UNAVAILABLE};
+use crate::cluster::{kubeconfig, EXIT_DEGRADED, EXIT_UNAVAILABLE};
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 use serde_yaml_ng::Value;
@@ -62,19 +62,8 @@ pub struct ApiAccess {
 
 /// Reads `context`'s server, CA and credentials from a kubeconfig document.
 pub fn access(doc: &Value, context: &str) -> Result<ApiAccess> {
-    let find = |list: &str, name: &str| {
-        doc.get(list)
-            .and_then(Value::as_sequence)
-            .into_iter()
-            .flatten()
-            .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
-            .cloned()
-    };
-    let names: Vec<String> = doc
-        .get("contexts")
-        .and_then(Value::as_sequence)
-        .into_iter()
-        .flatten()
+    let find = |list: &str, name: &str| kubeconfig::find_named(doc, list, name).cloned();
+    let names: Vec<String> = kubeconfig::named_list(doc, "contexts")
         .filter_map(|e| e.get("name").and_then(Value::as_str).map(String::from))
         .collect();
     let ctx = find("contexts", context).ok_or_else(|| {
@@ -92,7 +81,7 @@ pub fn access(doc: &Value, context: &str) -> Result<ApiAccess> {
         .ok_or_else(|| anyhow!("the kubeconfig has no cluster {cluster_name:?}"))?;
     let server = field(&cluster["cluster"], "server")
         .ok_or_else(|| anyhow!("cluster {cluster_name} has no server"))?;
-    let ca_pem = crate::cluster::kubeconfig::cluster_ca(doc, &cluster_name)?;
+    let ca_pem = kubeconfig::cluster_ca(doc, &cluster_name)?;
     let user = find("users", &user_name)
         .map(|u| u["user"].clone())
         .unwrap_or(Value::Null);
