@@ -7,8 +7,12 @@ pub fn run(global: &Global, args: &RenderArgs) -> Result<i32> {
     let plan = super::load_plan(global)?;
     let nodes = select_nodes(&plan, &args.nodes)?;
     let secrets = prepare_secrets(&plan)?;
-    for node in nodes {
-        let seed = seed::render(&plan, &secrets, node)?;
+    // Every seed renders before any is written.
+    let seeds = nodes
+        .into_iter()
+        .map(|node| Ok((node, seed::render(&plan, &secrets, node)?)))
+        .collect::<Result<Vec<_>>>()?;
+    for (node, seed) in seeds {
         let dir = match &args.out {
             Some(out) => out.join(&node.hostname),
             None => plan.out_dir.join(&node.hostname).join("seed"),
