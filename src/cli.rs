@@ -64,8 +64,9 @@ pub enum Command {
     /// Finds master1 (or takes --server), checks its /cacerts against the announced hash,
     /// logs in with SSH pinning the host key from the cluster's secrets, checks the
     /// kubeconfig's CA, points it at master1's address and names it after the cluster,
-    /// then merges it into $KUBECONFIG's first file or ~/.kube/config (0600, with a
-    /// backup, other entries kept). Re-run it when master1's address changes.
+    /// then merges it into kubectl's kubeconfig as kubectl would (the file of $KUBECONFIG
+    /// that defines the context, else its first existing file, else ~/.kube/config; 0600,
+    /// with a backup, other entries kept). Re-run it when master1's address changes.
     /// Exit 0 written, 4 master1 not found, 1 a check failed (nothing written).
     FetchKubeconfig(FetchKubeconfigArgs),
     /// Report the cluster (ready/degraded/unavailable) and each node from the K3s API.
