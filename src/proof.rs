@@ -38,6 +38,18 @@ pub fn verify(agent_token: &str, cluster: &str, ca_hex: &str, published: &str) -
     mac.verify_slice(&bytes).is_ok()
 }
 
+/// An agent's K3s node password (`/etc/rancher/node/password`), the same at every
+/// build: a re-flashed agent is still the node master1 knows. K3s makes a random one on
+/// first start otherwise, and refuses a reinstalled node under the same name until its
+/// `<node>.node-password.k3s` secret is deleted by hand. Keyed with the server token,
+/// which agents never get, so no agent can compute another's.
+pub fn node_password(server_token: &str, cluster: &str, node: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(server_token.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(format!("{PROOF_VERSION}/node-password|{cluster}|{node}").as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..16])
+}
+
 /// The secure agent join token: the agent refuses a server whose CA hash differs.
 pub fn agent_join_token(ca_hex: &str, agent_token: &str) -> String {
     format!("K10{ca_hex}::node:{agent_token}")
@@ -46,6 +58,15 @@ pub fn agent_join_token(ca_hex: &str, agent_token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_passwords_are_stable_and_per_node() {
+        let a = node_password("server-token", "c", "nodo1");
+        assert_eq!(a, node_password("server-token", "c", "nodo1"));
+        assert_eq!(a.len(), 32, "like the 16 random bytes K3s would pick");
+        assert_ne!(a, node_password("server-token", "c", "nodo2"));
+        assert_ne!(a, node_password("other-token", "c", "nodo1"));
+    }
 
     #[test]
     fn proof_matches_openssl_reference() {

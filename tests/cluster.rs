@@ -70,6 +70,20 @@ fn node_files_keep_secrets_where_they_belong() {
         .content
         .contains("chocotest ALL=(root) NOPASSWD: /usr/bin/cat /etc/rancher/k3s/k3s.yaml\n"));
     assert!(c.node_setup("nodo1").file(&sudoers.path).is_none());
+    // nodo1's K3s node password is fixed by the secrets, so a re-flashed nodo1 is still
+    // the node master1 knows; master1 (whose datastore a reinstall replaces) needs none.
+    let nodo1 = c.node_setup("nodo1");
+    let password = nodo1.file("/etc/rancher/node/password").unwrap();
+    assert_eq!(password.permissions, "0600");
+    assert_eq!(
+        password.content.trim(),
+        chocoimg::proof::node_password(&c.secrets.server_token, "chocotest", "nodo1")
+    );
+    assert_eq!(
+        password.content,
+        c.node_setup("nodo1").file(&password.path).unwrap().content
+    );
+    assert!(master.file(&password.path).is_none());
 }
 
 #[test]

@@ -295,7 +295,15 @@ fn first_boot_in_real_cloud_init_writes_config_user_and_host_key() {
                 assert_eq!(cfg["agent-token"], secrets["agent_token"]);
                 assert!(cfg.get("tls-san").is_some() && cfg.get("disable").is_some());
             }
-            _ => assert!(cfg.get("token").is_none() && cfg.get("agent-token").is_none()),
+            _ => {
+                assert!(cfg.get("token").is_none() && cfg.get("agent-token").is_none());
+                assert!(
+                    listing
+                        .lines()
+                        .any(|l| l == "600 root etc/rancher/node/password"),
+                    "{node}: K3s's node password must be 0600 root:\n{listing}"
+                );
+            }
         }
         // The admin user, with the operator's key.
         let passwd = std::fs::read_to_string(result.join("passwd")).unwrap();
@@ -378,6 +386,9 @@ fn masked(ws: &Workspace, text: &str) -> String {
         ),
     ];
     for node in NODES {
+        let password =
+            chocoimg::proof::node_password(s["server_token"].as_str().unwrap(), CLUSTER, node);
+        pairs.push((password, format!("<{node}_node_password>")));
         let k = &s["host_keys"][node];
         let public = k["public"].as_str().unwrap();
         pairs.push((

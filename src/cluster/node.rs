@@ -18,6 +18,8 @@ pub const AGENT_TOKEN_PATH: &str = "/etc/chocoimg/agent-token";
 /// The K3s config drop-in the join writes (K3s reads `config.yaml.d/*.yaml` after
 /// `config.yaml`).
 pub const JOIN_DROPIN_PATH: &str = "/etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml";
+/// K3s's node password on an agent (K3s reads it when present, else makes one).
+pub const NODE_PASSWORD_PATH: &str = "/etc/rancher/node/password";
 /// Where master1's announcement is written (Avahi reloads it on change).
 pub const SERVICE_FILE_PATH: &str = "/etc/avahi/services/chocoimg-k3s.service";
 
@@ -166,6 +168,18 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
             &["chocoimg-announce.service", "chocoimg-announce.timer"]
         }
         Role::Agent => {
+            files.push(NodeFile {
+                path: NODE_PASSWORD_PATH.into(),
+                permissions: "0600".into(),
+                content: format!(
+                    "{}\n",
+                    crate::proof::node_password(
+                        &secrets.server_token,
+                        &plan.cluster,
+                        &node.hostname
+                    )
+                ),
+            });
             files.push(file(format!("{LIB_DIR}/join.sh"), "0755", "join.sh")?);
             files.push(file(
                 "/etc/systemd/system/chocoimg-join.service".into(),
