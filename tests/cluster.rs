@@ -834,20 +834,20 @@ fn fetch_kubeconfig_merges_a_verified_kubeconfig_and_refuses_impostors() {
         std::fs::metadata(&kube).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let backups: Vec<_> = std::fs::read_dir(kube.parent().unwrap())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("config.chocoimg-backup-")
-        })
-        .collect();
-    assert_eq!(backups.len(), 1);
-    assert_eq!(
-        std::fs::read_to_string(backups[0].path()).unwrap(),
-        existing
-    );
+    // The contents of every backup of the kubeconfig.
+    let backups = || -> Vec<String> {
+        std::fs::read_dir(kube.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("config.chocoimg-backup-")
+            })
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect()
+    };
+    assert_eq!(backups(), [existing]);
 
     // $KUBECONFIG with several files, kubectl's rules: ours is refreshed in the file that
     // defines it, no file is created ahead of it (which would silently switch the context),
@@ -861,16 +861,7 @@ fn fetch_kubeconfig_merges_a_verified_kubeconfig_and_refuses_impostors() {
     let doc = read(&kube);
     assert_eq!(doc["current-context"], "work");
     assert_eq!(named(&doc, "clusters", "chocotest").len(), 1);
-    let backups: Vec<String> = std::fs::read_dir(kube.parent().unwrap())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("config.chocoimg-backup-")
-        })
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
+    let backups = backups();
     assert_eq!(backups.len(), 2, "one backup per write");
     assert!(
         backups.iter().any(|b| b == existing),
