@@ -1187,3 +1187,35 @@ fn node_units_load_in_systemd_without_ordering_cycles() {
         );
     }
 }
+
+/// The agent token never reaches a command line, which every local process (and any pod
+/// with hostPID) can read: strace records every program the node scripts' proof runs, with
+/// its arguments, while the token comes from its root-only file as on the node.
+#[test]
+fn the_proof_keeps_the_agent_token_off_every_command_line() {
+    require_tool("strace");
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let lib = chocoimg::cluster::node::render("lib.sh", minijinja::context! {}).unwrap();
+    let token_file = c.dir.path().join("agent-token");
+    std::fs::write(&token_file, format!("{}\n", c.secrets.agent_token)).unwrap();
+    let ca = chocoimg::proof::ca_hash(b"ca");
+    let script = format!(
+        "PROG=test\n{lib}\nchocoimg_proof chocotest {ca} \"$(cat {})\"\n",
+        token_file.display()
+    );
+    let trace = c.dir.path().join("execve.log");
+    let out = ok(Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=execve", "-s", "65536", "-o"])
+        .arg(&trace)
+        .args(["sh", "-c", &script]));
+    assert_eq!(
+        out.trim(),
+        chocoimg::proof::proof(&c.secrets.agent_token, "chocotest", &ca)
+    );
+    let execs = std::fs::read_to_string(&trace).unwrap();
+    assert!(execs.contains("execve("), "strace saw nothing: {execs}");
+    assert!(
+        !execs.contains(&c.secrets.agent_token),
+        "the agent token is on a command line:\n{execs}"
+    );
+}

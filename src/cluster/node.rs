@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(sh_quote(""), "''");
     }
 
-    /// The shell formula the node scripts run and proof.rs agree (runs openssl for real).
+    /// The shell formula the node scripts run and proof.rs agree (runs it for real).
     #[test]
     fn shell_proof_matches_proof_rs() {
         let lib = render("lib.sh", minijinja::context! {}).unwrap();

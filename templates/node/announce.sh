@@ -32,7 +32,7 @@ done
 ca=$(sha256sum "$tmp/cacerts" | cut -d' ' -f1)
 proof=$(chocoimg_proof "$CLUSTER" "$ca" "$(cat "$TOKEN_FILE")")
 if ! is_sha256 "$proof"; then
-    log "could not compute the proof (is openssl installed?)"
+    log "could not compute the proof (is python3 installed?)"
     exit 1
 fi
 

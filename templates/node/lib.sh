@@ -6,11 +6,13 @@ log() {
 }
 
 # The announcement proof, as src/proof.rs computes it:
-# HMAC-SHA256(key = agent token, msg = "chocoimg/v1|<cluster>|<ca>") in hex.
+# HMAC-SHA256(key = agent token, msg = "chocoimg/v1|<cluster>|<ca>") in hex. The key goes
+# in through the environment (root-only in /proc), never on a command line, where any
+# local process or a hostPID pod could read it (`openssl -macopt key:` would put it there).
 chocoimg_proof() {
     printf '%s' "chocoimg/v1|$1|$2" |
-        openssl dgst -sha256 -mac HMAC -macopt "key:$3" |
-        sed 's/^.*= *//'
+        CHOCOIMG_HMAC_KEY="$3" /usr/bin/python3 -c 'import hashlib, hmac, os, sys
+print(hmac.new(os.environb[b"CHOCOIMG_HMAC_KEY"], sys.stdin.buffer.read(), hashlib.sha256).hexdigest())'
 }
 
 # True when $1 is 64 lowercase hex digits (a SHA-256).
