@@ -83,9 +83,9 @@ pub fn locate(
     server: Option<&str>,
     timeout: Duration,
 ) -> Result<std::result::Result<Target, usize>> {
-    if let Some(address) = server {
+    if let Some(server) = server {
         return Ok(Ok(Target {
-            address: address.to_string(),
+            address: address_of(server)?,
             announced_ca: None,
         }));
     }
@@ -104,6 +104,36 @@ pub fn locate(
         })
     });
     Ok(found.ok_or(servers.len()))
+}
+
+/// `--server`'s address: an IP as given, a name resolved here (IPv4 first). The kubeconfig
+/// gets the address: kubectl builds without cgo resolve no `.local` names on Linux.
+fn address_of(server: &str) -> Result<String> {
+    let literal = server.trim_start_matches('[').trim_end_matches(']');
+    if literal.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(literal.to_string());
+    }
+    use std::net::ToSocketAddrs;
+    let found: Vec<std::net::IpAddr> = (server, API_PORT)
+        .to_socket_addrs()
+        .map_err(|e| {
+            crate::BadInput(format!(
+                "--server {server}: cannot resolve it ({e}); pass master1's IP address"
+            ))
+        })?
+        .map(|a| a.ip())
+        .collect();
+    found
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(found.first())
+        .map(|ip| ip.to_string())
+        .ok_or_else(|| {
+            crate::BadInput(format!(
+                "--server {server} has no address; pass master1's IP address"
+            ))
+            .into()
+        })
 }
 
 /// What `fetch` should produce.
@@ -558,6 +588,14 @@ mod tests {
         assert!(merged.get("extensions").is_some());
         let switched = merge(Some(existing), &ours, "c1", true).unwrap();
         assert_eq!(switched["current-context"], "c1");
+    }
+
+    #[test]
+    fn server_names_become_addresses() {
+        assert_eq!(address_of("10.0.0.5").unwrap(), "10.0.0.5");
+        assert_eq!(address_of("[fe80::1]").unwrap(), "fe80::1");
+        // From /etc/hosts: no query leaves this machine.
+        assert_eq!(address_of("localhost").unwrap(), "127.0.0.1");
     }
 
     #[test]
