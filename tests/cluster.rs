@@ -980,6 +980,23 @@ fn join_with_a_fixed_server_address_skips_discovery() {
         )),
         "{dropin}"
     );
+
+    // Someone else answers at that address later (another CA): trusted on first use only,
+    // so the agent token is not handed to them.
+    let other = pki(
+        &c.dir.path().join("pki-other"),
+        "other-ca",
+        &["IP:10.99.0.1"],
+    );
+    std::fs::copy(&other.ca, &m.cacerts).unwrap();
+    let out = run_join(&lan, &nodo, &root, &state);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("trusted on first use; refusing"), "{log}");
+    let after =
+        std::fs::read_to_string(root.join("etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml"))
+            .unwrap();
+    assert_eq!(after, dropin, "the drop-in keeps the first CA");
 }
 
 /// K3s is a static binary that resolves names without nss-mdns, so `server_address:

@@ -59,13 +59,20 @@ current_address() {
     sed -n 's|^server: "https://\(.*\):6443"$|\1|p' "$DROPIN"
 }
 
+# The CA hash the current drop-in trusts (empty before the first join).
+current_ca() {
+    [ -f "$DROPIN" ] || return 0
+    sed -n 's|^token: "K10\([0-9a-f]*\)::.*|\1|p' "$DROPIN"
+}
+
 current=$(current_address)
 address=""
 ca=""
 if [ -n "$FIXED_SERVER" ]; then
     log "using the fixed server address $FIXED_SERVER from the profile (no discovery)"
     try=1
-    # No announcement to check: trust the CA the fixed address serves on first use.
+    # No announcement to check: trust the CA the fixed address serves on first use, and
+    # only that one after (the agent token must not go to whoever answers there later).
     until address=$(ipv4_of "$FIXED_SERVER") && [ -n "$address" ] &&
         curl -ksSf --max-time 10 -o "$tmp/cacerts" "https://$address:6443/cacerts" 2>/dev/null; do
         if [ "$try" -ge "$TRIES" ]; then
@@ -77,6 +84,11 @@ if [ -n "$FIXED_SERVER" ]; then
     done
     [ "$address" = "$FIXED_SERVER" ] || log "$FIXED_SERVER is $address"
     ca=$(sha256sum "$tmp/cacerts" | cut -d' ' -f1)
+    pinned=$(current_ca)
+    if [ -n "$pinned" ] && [ "$ca" != "$pinned" ]; then
+        log "K3s at $FIXED_SERVER serves CA $ca, not $pinned trusted on first use; refusing. If master1 was reinstalled, delete $DROPIN"
+        exit 1
+    fi
 else
     try=1
     while :; do
