@@ -962,6 +962,41 @@ fn image_iso9660_patch_in_place() {
     }
 }
 
+/// A file in some trees but not in others (here hidden from Joliet) is refused, not
+/// patched in the trees that have it: a record this reader missed would keep the old
+/// size, and whoever reads that tree would get the new menu cut short.
+#[test]
+fn image_iso9660_refuses_a_file_missing_from_a_tree() {
+    use chocoimg::image::iso9660::{Iso, IsoError};
+    require_tool("xorriso");
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("boot/grub")).unwrap();
+    std::fs::write(tree.join("boot/grub/grub.cfg"), "set timeout=30\n").unwrap();
+    let iso = tmp.path().join("hidden.iso");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-r", "-J", "-hide-joliet"])
+        .arg(tree.join("boot/grub/grub.cfg"))
+        .arg("-o")
+        .arg(&iso)
+        .arg(&tree));
+    let before = chocoimg::fsutil::sha256_file(&iso).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&iso)
+        .unwrap();
+    let mut iso_fs = Iso::open(&mut f).unwrap();
+    match iso_fs.patch_file("/boot/grub/grub.cfg", b"set timeout=1\n") {
+        Err(IsoError::Inconsistent { detail, .. }) => {
+            assert!(detail.contains("Joliet"), "{detail}")
+        }
+        other => panic!("expected Inconsistent, got {other:?}"),
+    }
+    drop(f);
+    assert_eq!(chocoimg::fsutil::sha256_file(&iso).unwrap(), before);
+}
+
 #[test]
 fn image_cli_lock_refuses_a_changed_artifact_until_update_lock() {
     let iso = replica::replica(Variant::NoJoliet);

@@ -107,14 +107,16 @@ impl<'f> Iso<'f> {
     }
 
     /// Every directory record of `path` (e.g. `/boot/grub/grub.cfg`), across every
-    /// tree of every set.
+    /// tree of every set; `Inconsistent` if some tree lacks it.
     pub fn records(&mut self, path: &str) -> Result<Vec<DirRecord>, IsoError> {
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let mut found = Vec::new();
+        let mut missing = Vec::new();
         let roots: Vec<(Tree, DirRecord)> =
             self.sets.iter().flat_map(|s| s.trees.clone()).collect();
         for (tree, root) in roots {
-            let base = self.sets[root.set].base;
+            let set = root.set;
+            let base = self.sets[set].base;
             let mut current = root;
             let mut ok = true;
             for (i, part) in parts.iter().enumerate() {
@@ -129,11 +131,21 @@ impl<'f> Iso<'f> {
             }
             if ok && !parts.is_empty() {
                 found.push(current);
+            } else {
+                missing.push(format!("the {tree:?} tree of descriptor set {set}"));
             }
         }
         if found.is_empty() {
             return Err(IsoError::NotFound {
                 path: path.to_string(),
+            });
+        }
+        // Readers differ in the tree they use (GRUB, the kernel's isofs): a record this
+        // reader could not find would keep the old size and cut the new file short.
+        if !missing.is_empty() {
+            return Err(IsoError::Inconsistent {
+                path: path.into(),
+                detail: format!("it is missing from {}", missing.join(", ")),
             });
         }
         Ok(found)
