@@ -471,24 +471,25 @@ fn apply(patches: &[Patch], at: u64, buf: &mut [u8]) {
 }
 
 /// md5sum.txt with the line for `path` carrying the MD5 of `contents` (same length:
-/// the hex is fixed width). `None` when the list has no such line.
+/// the hex is fixed width; every other byte kept as it was, UTF-8 or not). `None`
+/// when the list has no such line.
 pub fn fix_md5_line(list: &[u8], path: &str, contents: &[u8]) -> Option<Vec<u8>> {
     use md5::Digest;
     let want = format!("  .{path}");
-    let text = String::from_utf8_lossy(list);
     let mut found = false;
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        let body = line.trim_end_matches(['\n', '\r']);
-        if body.len() == 32 + want.len() && body.ends_with(&want) {
+    let mut out = Vec::with_capacity(list.len());
+    for line in list.split_inclusive(|b| *b == b'\n') {
+        let body = line.strip_suffix(b"\n").unwrap_or(line);
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        if body.len() == 32 + want.len() && body.ends_with(want.as_bytes()) {
             found = true;
-            out.push_str(&hex::encode(md5::Md5::digest(contents)));
-            out.push_str(&line[32..]);
+            out.extend_from_slice(hex::encode(md5::Md5::digest(contents)).as_bytes());
+            out.extend_from_slice(&line[32..]);
         } else {
-            out.push_str(line);
+            out.extend_from_slice(line);
         }
     }
-    found.then(|| out.into_bytes())
+    found.then_some(out)
 }
 
 /// What an image holds, as `chocoimg inspect` shows it.
@@ -624,5 +625,14 @@ mod tests {
         assert!(text.starts_with("d41d8cd98f00b204e9800998ecf8427e  ./boot/grub/grub.cfg\n"));
         assert!(text.ends_with("ffffffffffffffffffffffffffffffff  ./casper/vmlinuz\n"));
         assert!(fix_md5_line(b"x  ./other\n", GRUB_CFG, b"").is_none());
+    }
+
+    #[test]
+    fn md5_list_keeps_bytes_that_are_not_utf8() {
+        let mut list = b"ffffffffffffffffffffffffffffffff  ./pool/caf\xe9.deb\n".to_vec();
+        list.extend_from_slice(b"0123456789abcdef0123456789abcdef  ./boot/grub/grub.cfg\n");
+        let fixed = fix_md5_line(&list, GRUB_CFG, b"").unwrap();
+        assert_eq!(fixed.len(), list.len());
+        assert_eq!(fixed[..50], list[..50]);
     }
 }
