@@ -997,6 +997,60 @@ fn image_iso9660_refuses_a_file_missing_from_a_tree() {
     assert_eq!(chocoimg::fsutil::sha256_file(&iso).unwrap(), before);
 }
 
+/// The appended partition on GPTs unlike the ISO's (248 entries): sgdisk's 128 and a
+/// 12-entry table (3 sectors), each with its backup at the end of a 4 MiB disk. The
+/// result must satisfy `sgdisk -v`, keep partition 1, and end with the new backup GPT.
+#[test]
+fn image_gpt_append_to_tables_of_other_sizes() {
+    use chocoimg::image::gpt::{self, Gpt};
+    use std::io::{Seek, SeekFrom, Write};
+    require_tool("sgdisk");
+    for entries in ["128", "9"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = tmp.path().join("disk.img");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        run(Command::new("sgdisk")
+            .args(["-o", "-S", entries, "-n", "1:2048:+1M", "-c", "1:ISO"])
+            .arg(&disk));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
+        let a = gpt::plan_append(&mut f, 4 << 20, 1 << 20, "CIDATA").unwrap();
+        assert_eq!((a.number, a.start), (2, 4 << 20), "{entries} entries");
+        for p in &a.head {
+            f.seek(SeekFrom::Start(p.at)).unwrap();
+            f.write_all(&p.bytes).unwrap();
+        }
+        f.set_len(a.image_len).unwrap();
+        for p in &a.tail {
+            f.seek(SeekFrom::Start(p.at)).unwrap();
+            f.write_all(&p.bytes).unwrap();
+        }
+        drop(f);
+        let v = run(Command::new("sgdisk").arg("-v").arg(&disk));
+        assert!(v.contains("No problems found"), "{entries} entries: {v}");
+        let parts = Gpt::read(&mut std::fs::File::open(&disk).unwrap())
+            .unwrap()
+            .partitions();
+        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["ISO", "CIDATA"], "{entries} entries");
+        assert_eq!(parts[1].first_lba * 512, 4 << 20);
+        assert_eq!((parts[1].last_lba + 1) * 512, 5 << 20);
+        // The backup entries follow CIDATA at once: it ends at the last usable sector.
+        let p = run(Command::new("sgdisk").arg("-p").arg(&disk));
+        let want = format!("last usable sector is {}\n", parts[1].last_lba);
+        assert!(p.contains(&want), "{entries} entries: {p}");
+        let bytes = std::fs::read(&disk).unwrap();
+        assert_eq!(&bytes[bytes.len() - 512..][..8], b"EFI PART");
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), a.image_len);
+    }
+}
+
 #[test]
 fn image_cli_lock_refuses_a_changed_artifact_until_update_lock() {
     let iso = replica::replica(Variant::NoJoliet);
