@@ -370,6 +370,71 @@ fn image_refuses_a_grub_cfg_without_room() {
     assert_only(tmp.path(), PAYLOAD_FILES);
 }
 
+/// Ubuntu's signed UEFI GRUB sources /boot/grub/x86_64-efi/grub.cfg when there is one;
+/// an ISO whose file there does not go on to /boot/grub/grub.cfg would boot UEFI
+/// machines into the untouched menu, so it is refused. Ubuntu's own (insmod lines, then
+/// `source /boot/grub/grub.cfg`) passes that check and fails later, for want of a GPT.
+#[test]
+fn image_refuses_an_efi_menu_that_skips_grub_cfg() {
+    require_tool("xorriso");
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join(".disk")).unwrap();
+    std::fs::create_dir_all(tree.join("boot/grub/x86_64-efi")).unwrap();
+    std::fs::write(
+        tree.join(".disk/info"),
+        "Ubuntu-Server 22.04.5 LTS \"Jammy Jellyfish\" - Release amd64 (20240911)",
+    )
+    .unwrap();
+    std::fs::write(
+        tree.join("boot/grub/grub.cfg"),
+        "menuentry \"Try or Install Ubuntu Server\" {\n\tlinux\t/casper/vmlinuz  ---\n\tinitrd\t/casper/initrd\n}\n",
+    )
+    .unwrap();
+    let make_iso = |efi_cfg: &str, name: &str| {
+        std::fs::write(tree.join("boot/grub/x86_64-efi/grub.cfg"), efi_cfg).unwrap();
+        let iso = tmp.path().join(name);
+        run(Command::new("xorriso")
+            .args(["-as", "mkisofs", "-r", "-J", "-o"])
+            .arg(&iso)
+            .arg(&tree));
+        iso
+    };
+    let own = make_iso(
+        "menuentry \"Something else\" {\n\tlinux /casper/vmlinuz\n\tinitrd /casper/initrd\n}\n",
+        "own-menu.iso",
+    );
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let err = build(&own, &out).unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::EfiMenuElsewhere { .. })
+        ),
+        "{err:#}"
+    );
+    assert!(
+        format!("{err:#}").contains("x86_64-efi/grub.cfg"),
+        "{err:#}"
+    );
+    assert_only(&out, PAYLOAD_FILES);
+
+    let ubuntu = make_iso(
+        "insmod part_acorn\ninsmod part_gpt\ninsmod part_msdos\nsource /boot/grub/grub.cfg\n",
+        "ubuntu-like.iso",
+    );
+    let err = build(&ubuntu, &out).unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::Layout { .. })
+        ),
+        "{err:#}"
+    );
+    assert!(format!("{err:#}").contains("MBR"), "{err:#}");
+}
+
 #[test]
 fn image_is_not_overwritten_without_force() {
     let iso = replica::replica(Variant::Joliet);

@@ -26,6 +26,9 @@ pub const GRUB_CFG: &str = "/boot/grub/grub.cfg";
 /// Names the release; also what Ubuntu's UEFI GRUB searches for to find its root.
 pub const DISK_INFO: &str = "/.disk/info";
 pub const MD5SUM_TXT: &str = "/md5sum.txt";
+/// Ubuntu's signed UEFI GRUB sources this one instead of GRUB_CFG when it exists
+/// (grub2's debian/build-efi-images); on Ubuntu's ISOs it sources GRUB_CFG in turn.
+pub const GRUB_EFI_CFG: &str = "/boot/grub/x86_64-efi/grub.cfg";
 /// What `/.disk/info` starts with on every 22.04.x live-server ISO.
 pub const EXPECTED_RELEASE: &str = "Ubuntu-Server 22.04";
 
@@ -70,6 +73,12 @@ pub enum ImageError {
     },
     #[error("the ISO's /boot/grub/grub.cfg is not what an Ubuntu ISO ships: {detail}")]
     GrubLayout { detail: String },
+    #[error(
+        "{iso}: UEFI GRUB reads /boot/grub/x86_64-efi/grub.cfg, which does not go on to \
+         /boot/grub/grub.cfg, so the install entry would never show under UEFI; use the \
+         official 22.04.5 ISO"
+    )]
+    EfiMenuElsewhere { iso: PathBuf },
     #[error("{iso} does not have the layout of an Ubuntu 22.04 ISO")]
     Layout {
         iso: PathBuf,
@@ -262,6 +271,16 @@ fn plan(req: &BuildRequest) -> Result<Plan> {
         Err(e) => return Err(layout(e.into()).into()),
     };
     let grub_records = (patches.len() - 1) / 2;
+    match iso.read_file(GRUB_EFI_CFG, 1 << 20) {
+        Ok(cfg) if !grub::goes_on_to_main_menu(&String::from_utf8_lossy(&cfg)) => {
+            return Err(ImageError::EfiMenuElsewhere {
+                iso: req.iso.to_path_buf(),
+            }
+            .into())
+        }
+        Ok(_) | Err(iso9660::IsoError::NotFound { .. }) => {}
+        Err(e) => return Err(layout(e.into()).into()),
+    }
 
     match iso.read_file(MD5SUM_TXT, 4 << 20) {
         Ok(list) => {
