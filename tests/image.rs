@@ -84,6 +84,20 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// The `ImageError` behind `err`; fails the test with the whole chain if there is none.
+fn image_error(err: &anyhow::Error) -> &ImageError {
+    err.downcast_ref::<ImageError>()
+        .unwrap_or_else(|| panic!("not an ImageError: {err:#}"))
+}
+
+fn open_rw(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
 /// Extracts `path` from an ISO with xorriso, reading the tree `load` selects.
 fn xorriso_extract(iso: &Path, load: &[&str], path: &str, to: &Path) -> Vec<u8> {
     // Extracting to "-" or /dev/stdout misbehaves (testing.md): use a file.
@@ -340,10 +354,7 @@ fn image_refuses_a_non_ubuntu_iso() {
     let err = build(&iso, tmp.path()).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        matches!(
-            err.downcast_ref::<ImageError>(),
-            Some(ImageError::NotUbuntu2204 { .. })
-        ),
+        matches!(image_error(&err), ImageError::NotUbuntu2204 { .. }),
         "{msg}"
     );
     assert!(
@@ -361,10 +372,7 @@ fn image_refuses_a_grub_cfg_without_room() {
     let err = build(&iso, tmp.path()).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        matches!(
-            err.downcast_ref::<ImageError>(),
-            Some(ImageError::GrubNoRoom { room: 2048, .. })
-        ),
+        matches!(image_error(&err), ImageError::GrubNoRoom { room: 2048, .. }),
         "{msg}"
     );
     assert_only(tmp.path(), PAYLOAD_FILES);
@@ -408,10 +416,7 @@ fn image_refuses_an_efi_menu_that_skips_grub_cfg() {
     std::fs::create_dir_all(&out).unwrap();
     let err = build(&own, &out).unwrap_err();
     assert!(
-        matches!(
-            err.downcast_ref::<ImageError>(),
-            Some(ImageError::EfiMenuElsewhere { .. })
-        ),
+        matches!(image_error(&err), ImageError::EfiMenuElsewhere { .. }),
         "{err:#}"
     );
     assert!(
@@ -426,10 +431,7 @@ fn image_refuses_an_efi_menu_that_skips_grub_cfg() {
     );
     let err = build(&ubuntu, &out).unwrap_err();
     assert!(
-        matches!(
-            err.downcast_ref::<ImageError>(),
-            Some(ImageError::Layout { .. })
-        ),
+        matches!(image_error(&err), ImageError::Layout { .. }),
         "{err:#}"
     );
     assert!(format!("{err:#}").contains("MBR"), "{err:#}");
@@ -442,10 +444,7 @@ fn image_is_not_overwritten_without_force() {
     std::fs::write(tmp.path().join("master1.img"), b"older image").unwrap();
     let err = build(&iso, tmp.path()).unwrap_err();
     assert!(
-        matches!(
-            err.downcast_ref::<ImageError>(),
-            Some(ImageError::OutputExists(_))
-        ),
+        matches!(image_error(&err), ImageError::OutputExists(_)),
         "{err:#}"
     );
     assert_eq!(
@@ -472,10 +471,7 @@ fn image_build_interrupted_leaves_nothing() {
     })
     .unwrap_err();
     assert!(
-        matches!(
-            err.downcast_ref::<ImageError>(),
-            Some(ImageError::Interrupted)
-        ),
+        matches!(image_error(&err), ImageError::Interrupted),
         "{err:#}"
     );
     assert_only(tmp.path(), PAYLOAD_FILES);
@@ -984,11 +980,7 @@ fn image_iso9660_patch_in_place() {
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("copy.iso");
     std::fs::copy(replica::replica(Variant::Joliet), &copy).unwrap();
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&copy)
-        .unwrap();
+    let mut f = open_rw(&copy);
     let mut iso = Iso::open(&mut f).unwrap();
     assert_eq!(iso.sets.len(), 2, "the image's own set and partition 1's");
     let info = iso.read_file("/.disk/info", 4096).unwrap();
@@ -1006,11 +998,7 @@ fn image_iso9660_patch_in_place() {
     ));
     drop(f);
     assert_eq!(chocoimg::fsutil::sha256_file(&copy).unwrap(), before);
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&copy)
-        .unwrap();
+    let mut f = open_rw(&copy);
     let updated = Iso::open(&mut f)
         .unwrap()
         .patch_file("/boot/grub/grub.cfg", b"set timeout=1\n")
@@ -1046,11 +1034,7 @@ fn image_iso9660_refuses_a_file_missing_from_a_tree() {
         .arg(&iso)
         .arg(&tree));
     let before = chocoimg::fsutil::sha256_file(&iso).unwrap();
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&iso)
-        .unwrap();
+    let mut f = open_rw(&iso);
     let mut iso_fs = Iso::open(&mut f).unwrap();
     match iso_fs.patch_file("/boot/grub/grub.cfg", b"set timeout=1\n") {
         Err(IsoError::Inconsistent { detail, .. }) => {
@@ -1080,11 +1064,7 @@ fn image_gpt_append_to_tables_of_other_sizes() {
         run(Command::new("sgdisk")
             .args(["-o", "-S", entries, "-n", "1:2048:+1M", "-c", "1:ISO"])
             .arg(&disk));
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&disk)
-            .unwrap();
+        let mut f = open_rw(&disk);
         let a = gpt::plan_append(&mut f, 4 << 20, 1 << 20, "CIDATA").unwrap();
         assert_eq!((a.number, a.start), (2, 4 << 20), "{entries} entries");
         for p in &a.head {
