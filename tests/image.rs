@@ -437,6 +437,31 @@ fn image_refuses_an_efi_menu_that_skips_grub_cfg() {
     assert!(format!("{err:#}").contains("MBR"), "{err:#}");
 }
 
+/// `inspect` on something that is not an image refuses with exit 2 and says what to
+/// pass: a missing path, and a plain Ubuntu ISO (no CIDATA).
+#[test]
+fn image_inspect_refuses_what_is_not_an_image() {
+    let iso = replica::replica(Variant::Joliet);
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nodo1.img");
+    for (path, expect) in [
+        (
+            &missing,
+            "no such file; pass an image made by `chocoimg build`",
+        ),
+        (
+            &iso,
+            "is not a chocoimg image: no GPT partition named CIDATA",
+        ),
+    ] {
+        let out = chocoimg().arg("inspect").arg(path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", path.display());
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains(expect), "{err}");
+    }
+}
+
 #[test]
 fn image_is_not_overwritten_without_force() {
     let iso = replica::replica(Variant::Joliet);

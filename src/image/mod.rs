@@ -531,7 +531,22 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
             path.display()
         ))
     };
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => crate::BadInput(format!(
+            "{}: no such file; pass an image made by `chocoimg build` \
+             (out/<cluster>/<node>.img) or a stick's device (e.g. /dev/sdb)",
+            path.display()
+        ))
+        .into(),
+        std::io::ErrorKind::PermissionDenied => crate::BadInput(format!(
+            "{}: permission denied; a stick's device is readable by root only \
+             (sudo chocoimg inspect {})",
+            path.display(),
+            path.display()
+        ))
+        .into(),
+        _ => anyhow::Error::new(e).context(format!("opening {}", path.display())),
+    })?;
     let part = gpt::find_partition(&mut file, cidata::LABEL)
         .map_err(|e| not_ours(e.to_string()))?
         .ok_or_else(|| not_ours("no GPT partition named CIDATA".into()))?;
