@@ -28,7 +28,8 @@ pub fn render(original: &str, id: &Identity) -> Result<BootMenu, ImageError> {
         "Install {} ({}) of {} - ERASES the target disk",
         id.node, id.role, id.cluster
     );
-    // Our entry comes first; the ISO's own timeout and default would override ours.
+    // Our entry comes first. The template sets timeout and default last, so they win
+    // whatever the ISO's menu does; its plain `set` lines are dropped only to read clearly.
     let kept: String = original
         .lines()
         .filter(|l| {
@@ -185,6 +186,20 @@ mod tests {
         let again = first_entry(&m.text).unwrap();
         assert_eq!(again.title, m.title);
         assert_eq!(again.initrd, "/casper/initrd");
+    }
+
+    #[test]
+    fn the_menu_ends_with_our_timeout_and_default_whatever_the_iso_sets() {
+        let odd = UBUNTU.replace(
+            "set timeout=30\n",
+            "if [ x = x ]; then\n  timeout=-1\nfi\nset  default=1\n",
+        );
+        let m = render(&odd, &id()).unwrap();
+        let lines: Vec<&str> = m.text.trim_end().lines().collect();
+        assert_eq!(
+            lines[lines.len() - 2..],
+            ["set default=0", "set timeout=10"]
+        );
     }
 
     #[test]
