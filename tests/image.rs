@@ -859,6 +859,9 @@ fn cli_refusal(variant: Variant, expect: &[&str]) {
         assert!(err.contains(word), "{word:?} missing from:\n{err}");
     }
     assert!(image_outputs(&ws).is_empty(), "{:?}", image_outputs(&ws));
+    // A refused ISO is not recorded: pinning the right one next must not meet a lock.
+    let lock = ws.profile.with_extension("lock");
+    assert!(!lock.exists(), "{} was written", lock.display());
 }
 
 #[test]

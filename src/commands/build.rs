@@ -41,7 +41,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     } else {
         LockMode::Enforce
     };
-    let fetched = artifacts::fetch_with(
+    let (fetched, lock) = artifacts::fetch_unsaved(
         &plan,
         &FetchOptions {
             iso: args.iso.clone(),
@@ -78,6 +78,8 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     for i in 0..nodes.len() {
         image::check(&request(i)).map_err(as_bad_input)?;
     }
+    // Only artifacts that make an image are recorded beside the profile.
+    lock.save()?;
 
     HANDLER.get_or_init(|| {
         // Only one handler per process can be set; without it Ctrl-C kills at once and
