@@ -803,8 +803,23 @@ fn image_cli_build_end_to_end_on_the_replica() {
         .args(["-c", "SHA256SUMS"]));
 
     // inspect, text and JSON.
-    let text = ws.ok(&["inspect", img.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let inspected = ws.ok(&["inspect", img.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&inspected.stdout).into_owned();
+
+    // No secret reaches the terminal, from build or inspect.
+    let secrets = chocoimg::secrets::load(&dir.join("secrets.yaml")).unwrap();
+    let printed = [&out, &inspected]
+        .iter()
+        .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(o)))
+        .collect::<String>();
+    for secret in [
+        &secrets.server_token,
+        &secrets.agent_token,
+        &secrets.admin_password,
+        &secrets.admin_password_hash,
+    ] {
+        assert!(!printed.contains(secret.as_str()), "a secret was printed");
+    }
     for word in [
         CLUSTER,
         "master1",
