@@ -54,10 +54,24 @@ pub enum Command {
     /// Show what an image holds: cluster, node, role, K3s version, Ubuntu release.
     Inspect(InspectArgs),
     /// Find this cluster's server on the LAN over mDNS and check its proof.
+    ///
+    /// Lists every `_k3s._tcp` server heard, marked verified (its proof checks with this
+    /// cluster's secrets), foreign cluster, or forged. Exit 0 when a verified server
+    /// answered, 4 when none did.
     Discover(DiscoverArgs),
     /// Fetch master1's admin kubeconfig over SSH, verify it, and merge it for kubectl.
+    ///
+    /// Finds master1 (or takes --server), checks its /cacerts against the announced hash,
+    /// logs in with SSH pinning the host key from the cluster's secrets, checks the
+    /// kubeconfig's CA, points it at master1's address and names it after the cluster,
+    /// then merges it into $KUBECONFIG's first file or ~/.kube/config (0600, with a
+    /// backup, other entries kept). Re-run it when master1's address changes.
+    /// Exit 0 written, 4 master1 not found, 1 a check failed (nothing written).
     FetchKubeconfig(FetchKubeconfigArgs),
     /// Report the cluster (ready/degraded/unavailable) and each node from the K3s API.
+    ///
+    /// Each node is Ready, NotReady or Unknown (from its Ready condition; a profile node
+    /// the API does not know is Unknown). Exit 0 ready, 3 degraded, 4 unavailable.
     Status(StatusArgs),
 }
 
@@ -132,7 +146,8 @@ pub struct FetchKubeconfigArgs {
     /// Skip discovery and use this server address (IP or host name)
     #[arg(long, value_name = "ADDRESS")]
     pub server: Option<String>,
-    /// Write a standalone kubeconfig here instead of merging into kubectl's
+    /// Write to this file instead of kubectl's (a new file holds only this cluster; an
+    /// existing one is merged, with a backup)
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Name of the context, cluster and user to write [default: the cluster's name]

@@ -30,11 +30,6 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
             .into());
         }
     }
-    let secrets = super::render::prepare_secrets(&plan)?;
-    let seeds = nodes
-        .iter()
-        .map(|n| seed::render(&plan, &secrets, n))
-        .collect::<Result<Vec<_>>>()?;
     let progress = ProgressStyle::for_stderr();
     let lock_mode = if args.update_lock {
         LockMode::Update
@@ -50,6 +45,12 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
         },
         lock_mode,
     )?;
+    // Secrets only once the inputs are known good: a refused ISO creates nothing.
+    let secrets = super::render::prepare_secrets(&plan)?;
+    let seeds = nodes
+        .iter()
+        .map(|n| seed::render(&plan, &secrets, n))
+        .collect::<Result<Vec<_>>>()?;
 
     let identities: Vec<Identity> = nodes
         .iter()
