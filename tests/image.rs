@@ -1090,6 +1090,30 @@ fn image_iso9660_refuses_a_file_missing_from_a_tree() {
     assert_eq!(chocoimg::fsutil::sha256_file(&iso).unwrap(), before);
 }
 
+/// A Rock Ridge name too long for its directory record continues in a CE area; the
+/// reader follows it (xorriso puts a 204-character name there).
+#[test]
+fn image_iso9660_reads_rock_ridge_names_in_continuation_areas() {
+    use chocoimg::image::iso9660::Iso;
+    require_tool("xorriso");
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    let name = format!("{}.cfg", "n".repeat(200));
+    std::fs::create_dir_all(tree.join("d")).unwrap();
+    std::fs::write(tree.join("d").join(&name), "hello\n").unwrap();
+    let iso = tmp.path().join("long.iso");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-r", "-o"])
+        .arg(&iso)
+        .arg(&tree));
+    let mut f = std::fs::File::open(&iso).unwrap();
+    let got = Iso::open(&mut f)
+        .unwrap()
+        .read_file(&format!("/d/{name}"), 100)
+        .unwrap();
+    assert_eq!(got, b"hello\n");
+}
+
 /// The appended partition on GPTs unlike the ISO's (248 entries): sgdisk's 128 and a
 /// 12-entry table (3 sectors), each with its backup at the end of a 4 MiB disk. The
 /// result must satisfy `sgdisk -v`, keep partition 1, and end with the new backup GPT.
