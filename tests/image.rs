@@ -878,6 +878,9 @@ fn cli_refusal(variant: Variant, expect: &[&str]) {
     // A refused ISO is not recorded: pinning the right one next must not meet a lock.
     let lock = ws.profile.with_extension("lock");
     assert!(!lock.exists(), "{} was written", lock.display());
+    // Nor does it create the cluster's secrets (only the verified downloads are kept).
+    let cluster_dir = ws.out().join(CLUSTER);
+    assert!(!cluster_dir.exists(), "{:?}", ws.files_in_out());
 }
 
 #[test]

@@ -45,13 +45,6 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
         },
         lock_mode,
     )?;
-    // Secrets only once the inputs are known good: a refused ISO creates nothing.
-    let secrets = super::render::prepare_secrets(&plan)?;
-    let seeds = nodes
-        .iter()
-        .map(|n| seed::render(&plan, &secrets, n))
-        .collect::<Result<Vec<_>>>()?;
-
     let identities: Vec<Identity> = nodes
         .iter()
         .map(|node| Identity {
@@ -63,6 +56,15 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
             chocoimg_version: env!("CARGO_PKG_VERSION").to_string(),
         })
         .collect();
+    for id in &identities {
+        image::check_iso(&fetched.iso, id).map_err(as_bad_input)?;
+    }
+    // Secrets only once the inputs are known good: a refused ISO creates nothing.
+    let secrets = super::render::prepare_secrets(&plan)?;
+    let seeds = nodes
+        .iter()
+        .map(|n| seed::render(&plan, &secrets, n))
+        .collect::<Result<Vec<_>>>()?;
     let outputs: Vec<PathBuf> = nodes.iter().map(|n| image_path(&plan, n)).collect();
     let request = |i: usize| BuildRequest {
         iso: &fetched.iso,

@@ -170,6 +170,12 @@ pub fn check(req: &BuildRequest) -> Result<()> {
     plan(req).map(|_| ())
 }
 
+/// The ISO alone, before any seed or secret exists: refuses what `build` would refuse
+/// about it (not a 22.04 live-server ISO, its menus, its partition tables). Writes nothing.
+pub fn check_iso(iso: &Path, identity: &Identity) -> Result<()> {
+    plan_iso(iso, identity, Vec::new()).map(|_| ())
+}
+
 /// Builds `req.output` from the ISO, the seed and the payload. Writes nothing under
 /// the final names unless everything succeeded.
 pub fn build(req: &BuildRequest) -> Result<Built> {
@@ -233,11 +239,17 @@ pub fn build(req: &BuildRequest) -> Result<Built> {
 /// Phase one: reads the ISO and plans every change; refuses an ISO that is not a
 /// 22.04 live-server or whose grub.cfg has no room. Writes nothing.
 fn plan(req: &BuildRequest) -> Result<Plan> {
+    plan_iso(req.iso, req.identity, cidata_entries(req)?)
+}
+
+/// `plan` for CIDATA holding `entries`.
+fn plan_iso(iso_path: &Path, identity: &Identity, entries: Vec<cidata::Entry>) -> Result<Plan> {
     let layout = |e: Box<dyn std::error::Error + Send + Sync>| ImageError::Layout {
-        iso: req.iso.to_path_buf(),
+        iso: iso_path.to_path_buf(),
         source: e,
     };
-    let mut file = File::open(req.iso).with_context(|| format!("opening {}", req.iso.display()))?;
+    let mut file =
+        File::open(iso_path).with_context(|| format!("opening {}", iso_path.display()))?;
     let iso_len = file.metadata()?.len();
     let mut iso = iso9660::Iso::open(&mut file).map_err(|e| layout(e.into()))?;
 
@@ -248,7 +260,7 @@ fn plan(req: &BuildRequest) -> Result<Plan> {
     };
     if !info.starts_with(EXPECTED_RELEASE) || !info.contains("LTS") {
         return Err(ImageError::NotUbuntu2204 {
-            iso: req.iso.to_path_buf(),
+            iso: iso_path.to_path_buf(),
             found: info.lines().next().unwrap_or("").to_string(),
         }
         .into());
@@ -257,12 +269,12 @@ fn plan(req: &BuildRequest) -> Result<Plan> {
     let original = iso
         .read_file(GRUB_CFG, 1 << 20)
         .map_err(|e| layout(e.into()))?;
-    let menu = grub::render(&String::from_utf8_lossy(&original), req.identity)?;
+    let menu = grub::render(&String::from_utf8_lossy(&original), identity)?;
     let mut patches = match iso.plan_replace(GRUB_CFG, menu.text.as_bytes()) {
         Ok(p) => p,
         Err(iso9660::IsoError::NoRoom { needed, room, .. }) => {
             return Err(ImageError::GrubNoRoom {
-                iso: req.iso.to_path_buf(),
+                iso: iso_path.to_path_buf(),
                 needed,
                 room,
             }
@@ -274,7 +286,7 @@ fn plan(req: &BuildRequest) -> Result<Plan> {
     match iso.read_file(GRUB_EFI_CFG, 1 << 20) {
         Ok(cfg) if !grub::goes_on_to_main_menu(&String::from_utf8_lossy(&cfg)) => {
             return Err(ImageError::EfiMenuElsewhere {
-                iso: req.iso.to_path_buf(),
+                iso: iso_path.to_path_buf(),
             }
             .into())
         }
@@ -295,7 +307,6 @@ fn plan(req: &BuildRequest) -> Result<Plan> {
         Err(e) => return Err(layout(e.into()).into()),
     }
 
-    let entries = cidata_entries(req)?;
     let size = cidata::volume_size(&entries);
     let appended =
         gpt::plan_append(&mut file, iso_len, size, cidata::LABEL).map_err(|e| layout(e.into()))?;
