@@ -255,17 +255,9 @@ fn a_transfer_cut_halfway_resumes_with_a_range_request() {
     let got = fx.fetch("out", &plain()).unwrap();
     assert_eq!(crate_sha_file(&got.iso), sha(&fx.iso));
 
-    let iso_requests: Vec<_> = fx
-        .srv
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == ISO_PATH)
-        .collect();
-    assert_eq!(iso_requests.len(), 2, "{iso_requests:?}");
-    assert_eq!(iso_requests[0].range, None);
     assert_eq!(
-        iso_requests[1].range.as_deref(),
-        Some(format!("bytes={half}-").as_str()),
+        fx.srv.ranges(ISO_PATH),
+        [None, Some(format!("bytes={half}-"))],
         "the second request must resume where the first stopped"
     );
 }
@@ -280,14 +272,10 @@ fn a_resume_survives_a_redirect() {
     fx.srv.cut_once(stored, 1000);
     let got = fx.fetch("out", &plain()).unwrap();
     assert_eq!(got.payload[0].sha256, sha(&fx.k3s));
-    let ranges: Vec<_> = fx
-        .srv
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == stored)
-        .map(|r| r.range)
-        .collect();
-    assert_eq!(ranges, [None, Some("bytes=1000-".to_string())]);
+    assert_eq!(
+        fx.srv.ranges(stored),
+        [None, Some("bytes=1000-".to_string())]
+    );
 }
 
 #[test]
@@ -300,14 +288,10 @@ fn a_resume_onto_stale_bytes_starts_over_once() {
     std::fs::write(&part, bytes(5000, 99)).unwrap();
     let got = artifacts::fetch(&plan, &plain()).unwrap();
     assert_eq!(crate_sha_file(&got.iso), sha(&fx.iso));
-    let ranges: Vec<_> = fx
-        .srv
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == ISO_PATH)
-        .map(|r| r.range)
-        .collect();
-    assert_eq!(ranges, [Some("bytes=5000-".to_string()), None]);
+    assert_eq!(
+        fx.srv.ranges(ISO_PATH),
+        [Some("bytes=5000-".to_string()), None]
+    );
 }
 
 #[test]
@@ -317,12 +301,7 @@ fn a_server_without_range_support_gets_a_fresh_start() {
     fx.srv.cut_once(ISO_PATH, 1000);
     let got = fx.fetch("out", &plain()).unwrap();
     assert_eq!(crate_sha_file(&got.iso), sha(&fx.iso));
-    let ranged = fx
-        .srv
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == ISO_PATH && r.range.is_some())
-        .count();
+    let ranged = fx.srv.ranges(ISO_PATH).iter().flatten().count();
     assert_eq!(
         ranged, 1,
         "it asked for a range and got the whole file (200)"
@@ -340,14 +319,7 @@ fn a_partial_file_left_by_an_earlier_run_is_resumed() {
     std::fs::write(&part, &fx.iso[..12345]).unwrap();
     let got = artifacts::fetch(&plan, &plain()).unwrap();
     assert_eq!(crate_sha_file(&got.iso), sha(&fx.iso));
-    let iso_requests: Vec<_> = fx
-        .srv
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == ISO_PATH)
-        .collect();
-    assert_eq!(iso_requests.len(), 1);
-    assert_eq!(iso_requests[0].range.as_deref(), Some("bytes=12345-"));
+    assert_eq!(fx.srv.ranges(ISO_PATH), [Some("bytes=12345-".to_string())]);
     assert!(!part.exists());
 }
 
@@ -474,14 +446,13 @@ fn a_changed_iso_pin_behind_the_same_release_is_refused_by_the_lock() {
     let other = bytes(3 << 20, 5);
     fx.srv.put(ISO_PATH, other.clone());
     fx.write_profile(VERSION, &sha(&other));
+    fx.srv.clear_requests();
     let (msg, _) = err_text(fx.fetch("out", &plain()));
     assert!(msg.contains("ubuntu.iso_sha256 is now"), "{msg}");
     assert!(msg.contains("delete the `ubuntu:` entry"), "{msg}");
-    assert!(
-        fx.srv
-            .requests()
-            .iter()
-            .all(|r| r.path != ISO_PATH || r.range.is_none()),
+    assert_eq!(
+        fx.srv.ranges(ISO_PATH),
+        [] as [Option<String>; 0],
         "refused before downloading"
     );
 }

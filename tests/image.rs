@@ -84,6 +84,20 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// The `ImageError` behind `err`; fails the test with the whole chain if there is none.
+fn image_error(err: &anyhow::Error) -> &ImageError {
+    err.downcast_ref::<ImageError>()
+        .unwrap_or_else(|| panic!("not an ImageError: {err:#}"))
+}
+
+fn open_rw(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
 /// Extracts `path` from an ISO with xorriso, reading the tree `load` selects.
 fn xorriso_extract(iso: &Path, load: &[&str], path: &str, to: &Path) -> Vec<u8> {
     // Extracting to "-" or /dev/stdout misbehaves (testing.md): use a file.
@@ -340,10 +354,7 @@ fn image_refuses_a_non_ubuntu_iso() {
     let err = build(&iso, tmp.path()).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        matches!(
-            err.downcast_ref::<ImageError>(),
-            Some(ImageError::NotUbuntu2204 { .. })
-        ),
+        matches!(image_error(&err), ImageError::NotUbuntu2204 { .. }),
         "{msg}"
     );
     assert!(
@@ -361,13 +372,94 @@ fn image_refuses_a_grub_cfg_without_room() {
     let err = build(&iso, tmp.path()).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        matches!(
-            err.downcast_ref::<ImageError>(),
-            Some(ImageError::GrubNoRoom { room: 2048, .. })
-        ),
+        matches!(image_error(&err), ImageError::GrubNoRoom { room: 2048, .. }),
         "{msg}"
     );
     assert_only(tmp.path(), PAYLOAD_FILES);
+}
+
+/// Ubuntu's signed UEFI GRUB sources /boot/grub/x86_64-efi/grub.cfg when there is one;
+/// an ISO whose file there does not go on to /boot/grub/grub.cfg would boot UEFI
+/// machines into the untouched menu, so it is refused. Ubuntu's own (insmod lines, then
+/// `source /boot/grub/grub.cfg`) passes that check and fails later, for want of a GPT.
+#[test]
+fn image_refuses_an_efi_menu_that_skips_grub_cfg() {
+    require_tool("xorriso");
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join(".disk")).unwrap();
+    std::fs::create_dir_all(tree.join("boot/grub/x86_64-efi")).unwrap();
+    std::fs::write(
+        tree.join(".disk/info"),
+        "Ubuntu-Server 22.04.5 LTS \"Jammy Jellyfish\" - Release amd64 (20240911)",
+    )
+    .unwrap();
+    std::fs::write(
+        tree.join("boot/grub/grub.cfg"),
+        "menuentry \"Try or Install Ubuntu Server\" {\n\tlinux\t/casper/vmlinuz  ---\n\tinitrd\t/casper/initrd\n}\n",
+    )
+    .unwrap();
+    let make_iso = |efi_cfg: &str, name: &str| {
+        std::fs::write(tree.join("boot/grub/x86_64-efi/grub.cfg"), efi_cfg).unwrap();
+        let iso = tmp.path().join(name);
+        run(Command::new("xorriso")
+            .args(["-as", "mkisofs", "-r", "-J", "-o"])
+            .arg(&iso)
+            .arg(&tree));
+        iso
+    };
+    let own = make_iso(
+        "menuentry \"Something else\" {\n\tlinux /casper/vmlinuz\n\tinitrd /casper/initrd\n}\n",
+        "own-menu.iso",
+    );
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let err = build(&own, &out).unwrap_err();
+    assert!(
+        matches!(image_error(&err), ImageError::EfiMenuElsewhere { .. }),
+        "{err:#}"
+    );
+    assert!(
+        format!("{err:#}").contains("x86_64-efi/grub.cfg"),
+        "{err:#}"
+    );
+    assert_only(&out, PAYLOAD_FILES);
+
+    let ubuntu = make_iso(
+        "insmod part_acorn\ninsmod part_gpt\ninsmod part_msdos\nsource /boot/grub/grub.cfg\n",
+        "ubuntu-like.iso",
+    );
+    let err = build(&ubuntu, &out).unwrap_err();
+    assert!(
+        matches!(image_error(&err), ImageError::Layout { .. }),
+        "{err:#}"
+    );
+    assert!(format!("{err:#}").contains("MBR"), "{err:#}");
+}
+
+/// `inspect` on something that is not an image refuses with exit 2 and says what to
+/// pass: a missing path, and a plain Ubuntu ISO (no CIDATA).
+#[test]
+fn image_inspect_refuses_what_is_not_an_image() {
+    let iso = replica::replica(Variant::Joliet);
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nodo1.img");
+    for (path, expect) in [
+        (
+            &missing,
+            "no such file; pass an image made by `chocoimg build`",
+        ),
+        (
+            &iso,
+            "is not a chocoimg image: no GPT partition named CIDATA",
+        ),
+    ] {
+        let out = chocoimg().arg("inspect").arg(path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", path.display());
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains(expect), "{err}");
+    }
 }
 
 #[test]
@@ -377,10 +469,7 @@ fn image_is_not_overwritten_without_force() {
     std::fs::write(tmp.path().join("master1.img"), b"older image").unwrap();
     let err = build(&iso, tmp.path()).unwrap_err();
     assert!(
-        matches!(
-            err.downcast_ref::<ImageError>(),
-            Some(ImageError::OutputExists(_))
-        ),
+        matches!(image_error(&err), ImageError::OutputExists(_)),
         "{err:#}"
     );
     assert_eq!(
@@ -407,10 +496,7 @@ fn image_build_interrupted_leaves_nothing() {
     })
     .unwrap_err();
     assert!(
-        matches!(
-            err.downcast_ref::<ImageError>(),
-            Some(ImageError::Interrupted)
-        ),
+        matches!(image_error(&err), ImageError::Interrupted),
         "{err:#}"
     );
     assert_only(tmp.path(), PAYLOAD_FILES);
@@ -717,8 +803,23 @@ fn image_cli_build_end_to_end_on_the_replica() {
         .args(["-c", "SHA256SUMS"]));
 
     // inspect, text and JSON.
-    let text = ws.ok(&["inspect", img.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let inspected = ws.ok(&["inspect", img.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&inspected.stdout).into_owned();
+
+    // No secret reaches the terminal, from build or inspect.
+    let secrets = chocoimg::secrets::load(&dir.join("secrets.yaml")).unwrap();
+    let printed = [&out, &inspected]
+        .iter()
+        .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(o)))
+        .collect::<String>();
+    for secret in [
+        &secrets.server_token,
+        &secrets.agent_token,
+        &secrets.admin_password,
+        &secrets.admin_password_hash,
+    ] {
+        assert!(!printed.contains(secret.as_str()), "a secret was printed");
+    }
     for word in [
         CLUSTER,
         "master1",
@@ -774,6 +875,12 @@ fn cli_refusal(variant: Variant, expect: &[&str]) {
         assert!(err.contains(word), "{word:?} missing from:\n{err}");
     }
     assert!(image_outputs(&ws).is_empty(), "{:?}", image_outputs(&ws));
+    // A refused ISO is not recorded: pinning the right one next must not meet a lock.
+    let lock = ws.profile.with_extension("lock");
+    assert!(!lock.exists(), "{} was written", lock.display());
+    // Nor does it create the cluster's secrets (only the verified downloads are kept).
+    let cluster_dir = ws.out().join(CLUSTER);
+    assert!(!cluster_dir.exists(), "{:?}", ws.files_in_out());
 }
 
 #[test]
@@ -920,11 +1027,7 @@ fn image_iso9660_patch_in_place() {
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("copy.iso");
     std::fs::copy(replica::replica(Variant::Joliet), &copy).unwrap();
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&copy)
-        .unwrap();
+    let mut f = open_rw(&copy);
     let mut iso = Iso::open(&mut f).unwrap();
     assert_eq!(iso.sets.len(), 2, "the image's own set and partition 1's");
     let info = iso.read_file("/.disk/info", 4096).unwrap();
@@ -942,11 +1045,7 @@ fn image_iso9660_patch_in_place() {
     ));
     drop(f);
     assert_eq!(chocoimg::fsutil::sha256_file(&copy).unwrap(), before);
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&copy)
-        .unwrap();
+    let mut f = open_rw(&copy);
     let updated = Iso::open(&mut f)
         .unwrap()
         .patch_file("/boot/grub/grub.cfg", b"set timeout=1\n")
@@ -960,6 +1059,111 @@ fn image_iso9660_patch_in_place() {
     ] {
         let got = xorriso_extract(&copy, load, path, &tmp.path().join("got.cfg"));
         assert_eq!(got, b"set timeout=1\n", "{load:?}");
+    }
+}
+
+/// A file in some trees but not in others (here hidden from Joliet) is refused, not
+/// patched in the trees that have it: a record this reader missed would keep the old
+/// size, and whoever reads that tree would get the new menu cut short.
+#[test]
+fn image_iso9660_refuses_a_file_missing_from_a_tree() {
+    use chocoimg::image::iso9660::{Iso, IsoError};
+    require_tool("xorriso");
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("boot/grub")).unwrap();
+    std::fs::write(tree.join("boot/grub/grub.cfg"), "set timeout=30\n").unwrap();
+    let iso = tmp.path().join("hidden.iso");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-r", "-J", "-hide-joliet"])
+        .arg(tree.join("boot/grub/grub.cfg"))
+        .arg("-o")
+        .arg(&iso)
+        .arg(&tree));
+    let before = chocoimg::fsutil::sha256_file(&iso).unwrap();
+    let mut f = open_rw(&iso);
+    let mut iso_fs = Iso::open(&mut f).unwrap();
+    match iso_fs.patch_file("/boot/grub/grub.cfg", b"set timeout=1\n") {
+        Err(IsoError::Inconsistent { detail, .. }) => {
+            assert!(detail.contains("Joliet"), "{detail}")
+        }
+        other => panic!("expected Inconsistent, got {other:?}"),
+    }
+    drop(f);
+    assert_eq!(chocoimg::fsutil::sha256_file(&iso).unwrap(), before);
+}
+
+/// A Rock Ridge name too long for its directory record continues in a CE area; the
+/// reader follows it (xorriso puts a 204-character name there).
+#[test]
+fn image_iso9660_reads_rock_ridge_names_in_continuation_areas() {
+    use chocoimg::image::iso9660::Iso;
+    require_tool("xorriso");
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    let name = format!("{}.cfg", "n".repeat(200));
+    std::fs::create_dir_all(tree.join("d")).unwrap();
+    std::fs::write(tree.join("d").join(&name), "hello\n").unwrap();
+    let iso = tmp.path().join("long.iso");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-r", "-o"])
+        .arg(&iso)
+        .arg(&tree));
+    let mut f = std::fs::File::open(&iso).unwrap();
+    let got = Iso::open(&mut f)
+        .unwrap()
+        .read_file(&format!("/d/{name}"), 100)
+        .unwrap();
+    assert_eq!(got, b"hello\n");
+}
+
+/// The appended partition on GPTs unlike the ISO's (248 entries): sgdisk's 128 and a
+/// 12-entry table (3 sectors), each with its backup at the end of a 4 MiB disk. The
+/// result must satisfy `sgdisk -v`, keep partition 1, and end with the new backup GPT.
+#[test]
+fn image_gpt_append_to_tables_of_other_sizes() {
+    use chocoimg::image::gpt::{self, Gpt};
+    use std::io::{Seek, SeekFrom, Write};
+    require_tool("sgdisk");
+    for entries in ["128", "9"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = tmp.path().join("disk.img");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        run(Command::new("sgdisk")
+            .args(["-o", "-S", entries, "-n", "1:2048:+1M", "-c", "1:ISO"])
+            .arg(&disk));
+        let mut f = open_rw(&disk);
+        let a = gpt::plan_append(&mut f, 4 << 20, 1 << 20, "CIDATA").unwrap();
+        assert_eq!((a.number, a.start), (2, 4 << 20), "{entries} entries");
+        for p in &a.head {
+            f.seek(SeekFrom::Start(p.at)).unwrap();
+            f.write_all(&p.bytes).unwrap();
+        }
+        f.set_len(a.image_len).unwrap();
+        for p in &a.tail {
+            f.seek(SeekFrom::Start(p.at)).unwrap();
+            f.write_all(&p.bytes).unwrap();
+        }
+        drop(f);
+        let v = run(Command::new("sgdisk").arg("-v").arg(&disk));
+        assert!(v.contains("No problems found"), "{entries} entries: {v}");
+        let parts = Gpt::read(&mut std::fs::File::open(&disk).unwrap())
+            .unwrap()
+            .partitions();
+        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["ISO", "CIDATA"], "{entries} entries");
+        assert_eq!(parts[1].first_lba * 512, 4 << 20);
+        assert_eq!((parts[1].last_lba + 1) * 512, 5 << 20);
+        // The backup entries follow CIDATA at once: it ends at the last usable sector.
+        let p = run(Command::new("sgdisk").arg("-p").arg(&disk));
+        let want = format!("last usable sector is {}\n", parts[1].last_lba);
+        assert!(p.contains(&want), "{entries} entries: {p}");
+        let bytes = std::fs::read(&disk).unwrap();
+        assert_eq!(&bytes[bytes.len() - 512..][..8], b"EFI PART");
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), a.image_len);
     }
 }
 

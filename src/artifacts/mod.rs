@@ -82,6 +82,41 @@ pub fn install_script_url(k3s: &K3sPin) -> String {
 
 /// `fetch`, with the lock file either enforced or updated to what is fetched now.
 pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fetched> {
+    let (fetched, lock) = fetch_unsaved(plan, opts, mode)?;
+    lock.save()?;
+    Ok(fetched)
+}
+
+/// The lock file as `fetch_unsaved` found it should be, not yet written.
+#[derive(Debug)]
+pub struct PendingLock {
+    path: PathBuf,
+    /// `None` when the lock on disk already says this.
+    new: Option<Lock>,
+    /// Lock changes to report once it is saved.
+    notes: Vec<String>,
+}
+
+impl PendingLock {
+    /// Writes the lock file (if it changed) and reports what changed.
+    pub fn save(self) -> Result<()> {
+        if let Some(lock) = &self.new {
+            lock.save(&self.path)?;
+        }
+        for note in &self.notes {
+            eprintln!("{note}");
+        }
+        Ok(())
+    }
+}
+
+/// `fetch_with` without writing the lock file: a caller that still has checks to make
+/// (e.g. `build`, on the ISO's layout) saves it only once they pass.
+pub fn fetch_unsaved(
+    plan: &Plan,
+    opts: &FetchOptions,
+    mode: LockMode,
+) -> Result<(Fetched, PendingLock)> {
     let old = Lock::load(&plan.lock_path)?;
     let mut run = Fetch {
         plan,
@@ -173,8 +208,8 @@ pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fe
             files: locked_files,
         }),
     };
-    if new != old {
-        new.save(&plan.lock_path)?;
+    let changed = new != old;
+    if changed {
         run.notes.push(if old == Lock::default() {
             format!(
                 "lock: recorded the artifacts in {} (commit it beside the profile)",
@@ -184,14 +219,17 @@ pub fn fetch_with(plan: &Plan, opts: &FetchOptions, mode: LockMode) -> Result<Fe
             format!("lock: updated {}", plan.lock_path.display())
         });
     }
-    for note in &run.notes {
-        eprintln!("{note}");
-    }
-    Ok(Fetched {
+    let fetched = Fetched {
         iso,
         iso_sha256: ub.iso_sha256.clone(),
         payload,
-    })
+    };
+    let pending = PendingLock {
+        path: plan.lock_path.clone(),
+        new: changed.then_some(new),
+        notes: run.notes,
+    };
+    Ok((fetched, pending))
 }
 
 /// One `fetch` in progress: what it needs across files.

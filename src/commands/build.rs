@@ -36,7 +36,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     } else {
         LockMode::Enforce
     };
-    let fetched = artifacts::fetch_with(
+    let (fetched, lock) = artifacts::fetch_unsaved(
         &plan,
         &FetchOptions {
             iso: args.iso.clone(),
@@ -45,13 +45,6 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
         },
         lock_mode,
     )?;
-    // Secrets only once the inputs are known good: a refused ISO creates nothing.
-    let secrets = super::render::prepare_secrets(&plan)?;
-    let seeds = nodes
-        .iter()
-        .map(|n| seed::render(&plan, &secrets, n))
-        .collect::<Result<Vec<_>>>()?;
-
     let identities: Vec<Identity> = nodes
         .iter()
         .map(|node| Identity {
@@ -63,6 +56,15 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
             chocoimg_version: env!("CARGO_PKG_VERSION").to_string(),
         })
         .collect();
+    for id in &identities {
+        image::check_iso(&fetched.iso, id).map_err(as_bad_input)?;
+    }
+    // Secrets only once the inputs are known good: a refused ISO creates nothing.
+    let secrets = super::render::prepare_secrets(&plan)?;
+    let seeds = nodes
+        .iter()
+        .map(|n| seed::render(&plan, &secrets, n))
+        .collect::<Result<Vec<_>>>()?;
     let outputs: Vec<PathBuf> = nodes.iter().map(|n| image_path(&plan, n)).collect();
     let request = |i: usize| BuildRequest {
         iso: &fetched.iso,
@@ -79,6 +81,8 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     for i in 0..nodes.len() {
         image::check(&request(i)).map_err(as_bad_input)?;
     }
+    // Only artifacts that make an image are recorded beside the profile.
+    lock.save()?;
 
     HANDLER.get_or_init(|| {
         // Only one handler per process can be set; without it Ctrl-C kills at once and

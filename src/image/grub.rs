@@ -28,7 +28,8 @@ pub fn render(original: &str, id: &Identity) -> Result<BootMenu, ImageError> {
         "Install {} ({}) of {} - ERASES the target disk",
         id.node, id.role, id.cluster
     );
-    // Our entry comes first; the ISO's own timeout and default would override ours.
+    // Our entry comes first. The template sets timeout and default last, so they win
+    // whatever the ISO's menu does; its plain `set` lines are dropped only to read clearly.
     let kept: String = original
         .lines()
         .filter(|l| {
@@ -115,6 +116,23 @@ fn entry_title(line: &str) -> String {
     }
 }
 
+/// Whether a GRUB script hands over to the main menu, `/boot/grub/grub.cfg`
+/// (`source` or `configfile`, by absolute path or through `$prefix`).
+pub fn goes_on_to_main_menu(cfg: &str) -> bool {
+    cfg.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        let command = words.next();
+        let target = words
+            .next()
+            .unwrap_or("")
+            .trim_matches(|c| c == '"' || c == '\'');
+        matches!(command, Some("source" | "configfile"))
+            && (target.ends_with(super::GRUB_CFG)
+                || target == "$prefix/grub.cfg"
+                || target == "${prefix}/grub.cfg")
+    })
+}
+
 /// `autoinstall` goes before `---` (arguments after it are the installed system's).
 fn with_autoinstall(linux: &str) -> String {
     let words: Vec<&str> = linux.split_whitespace().collect();
@@ -171,6 +189,20 @@ mod tests {
     }
 
     #[test]
+    fn the_menu_ends_with_our_timeout_and_default_whatever_the_iso_sets() {
+        let odd = UBUNTU.replace(
+            "set timeout=30\n",
+            "if [ x = x ]; then\n  timeout=-1\nfi\nset  default=1\n",
+        );
+        let m = render(&odd, &id()).unwrap();
+        let lines: Vec<&str> = m.text.trim_end().lines().collect();
+        assert_eq!(
+            lines[lines.len() - 2..],
+            ["set default=0", "set timeout=10"]
+        );
+    }
+
+    #[test]
     fn autoinstall_goes_before_the_separator_once() {
         assert_eq!(
             with_autoinstall("/k quiet --- x"),
@@ -178,6 +210,21 @@ mod tests {
         );
         assert_eq!(with_autoinstall("/k"), "/k autoinstall");
         assert_eq!(with_autoinstall("/k autoinstall ---"), "/k autoinstall ---");
+    }
+
+    #[test]
+    fn an_efi_menu_must_go_on_to_the_main_menu() {
+        let ubuntu = "insmod part_acorn\ninsmod part_gpt\nsource /boot/grub/grub.cfg\n";
+        assert!(goes_on_to_main_menu(ubuntu));
+        assert!(goes_on_to_main_menu("configfile \"$prefix/grub.cfg\"\n"));
+        assert!(goes_on_to_main_menu("source ($root)/boot/grub/grub.cfg\n"));
+        assert!(!goes_on_to_main_menu("insmod part_gpt\n"));
+        assert!(!goes_on_to_main_menu(
+            "menuentry \"Install\" {\n\tlinux /casper/vmlinuz\n}\n# source /boot/grub/grub.cfg\n"
+        ));
+        assert!(!goes_on_to_main_menu(
+            "source /boot/grub/x86_64-efi/other.cfg\n"
+        ));
     }
 
     #[test]

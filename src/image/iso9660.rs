@@ -107,14 +107,16 @@ impl<'f> Iso<'f> {
     }
 
     /// Every directory record of `path` (e.g. `/boot/grub/grub.cfg`), across every
-    /// tree of every set.
+    /// tree of every set; `Inconsistent` if some tree lacks it.
     pub fn records(&mut self, path: &str) -> Result<Vec<DirRecord>, IsoError> {
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let mut found = Vec::new();
+        let mut missing = Vec::new();
         let roots: Vec<(Tree, DirRecord)> =
             self.sets.iter().flat_map(|s| s.trees.clone()).collect();
         for (tree, root) in roots {
-            let base = self.sets[root.set].base;
+            let set = root.set;
+            let base = self.sets[set].base;
             let mut current = root;
             let mut ok = true;
             for (i, part) in parts.iter().enumerate() {
@@ -129,11 +131,21 @@ impl<'f> Iso<'f> {
             }
             if ok && !parts.is_empty() {
                 found.push(current);
+            } else {
+                missing.push(format!("the {tree:?} tree of descriptor set {set}"));
             }
         }
         if found.is_empty() {
             return Err(IsoError::NotFound {
                 path: path.to_string(),
+            });
+        }
+        // Readers differ in the tree they use (GRUB, the kernel's isofs): a record this
+        // reader could not find would keep the old size and cut the new file short.
+        if !missing.is_empty() {
+            return Err(IsoError::Inconsistent {
+                path: path.into(),
+                detail: format!("it is missing from {}", missing.join(", ")),
             });
         }
         Ok(found)
@@ -339,7 +351,11 @@ fn find_child(
         if 33 + name_len <= len && !(name_len == 1 && rec[33] <= 1) {
             let raw = &rec[33..33 + name_len];
             let system_use = rec.get(33 + name_len + (1 - name_len % 2)..).unwrap_or(&[]);
-            if record_name_matches(tree, raw, system_use, name) {
+            let rock_ridge = match tree {
+                Tree::Joliet => None,
+                _ => rock_ridge_name(file, base, system_use)?,
+            };
+            if record_name_matches(tree, raw, rock_ridge.as_deref(), name) {
                 if rec[25] & 0x80 != 0 {
                     return Err(IsoError::Malformed(format!(
                         "{name} is a multi-extent file; this ISO is not a live-server ISO"
@@ -357,7 +373,7 @@ fn find_child(
 
 /// Does a record's name equal `want`? Joliet names are UCS-2; primary records use the
 /// Rock Ridge NM name when there is one, else the ISO 9660 name without `;1`.
-fn record_name_matches(tree: Tree, raw: &[u8], system_use: &[u8], want: &str) -> bool {
+fn record_name_matches(tree: Tree, raw: &[u8], rock_ridge: Option<&str>, want: &str) -> bool {
     match tree {
         Tree::Joliet => {
             let units: Vec<u16> = raw
@@ -367,7 +383,7 @@ fn record_name_matches(tree: Tree, raw: &[u8], system_use: &[u8], want: &str) ->
             strip_version(&String::from_utf16_lossy(&units)) == want
         }
         Tree::Primary | Tree::Supplementary => {
-            if let Some(nm) = rock_ridge_name(system_use) {
+            if let Some(nm) = rock_ridge {
                 return nm == want;
             }
             let plain = String::from_utf8_lossy(raw);
@@ -381,22 +397,50 @@ fn strip_version(name: &str) -> &str {
     name.strip_suffix('.').unwrap_or(name)
 }
 
-/// The Rock Ridge alternate name (NM entries) in a record's system use area.
-fn rock_ridge_name(mut su: &[u8]) -> Option<String> {
+/// The Rock Ridge alternate name (NM entries) in a record's system use area and the
+/// continuation areas (CE) it chains to, which hold what did not fit in the record.
+fn rock_ridge_name(file: &mut File, base: u64, su: &[u8]) -> Result<Option<String>, IsoError> {
     let mut name = Vec::new();
     let mut seen = false;
+    let mut area = su.to_vec();
+    for _ in 0..16 {
+        let (next, done) = read_nm(&area, &mut name, &mut seen);
+        match next {
+            Some((block, offset, len)) if !done && len <= BLOCK => {
+                area = vec![0u8; len as usize];
+                file.seek(SeekFrom::Start(base + block * BLOCK + offset))?;
+                file.read_exact(&mut area)?;
+            }
+            _ => return Ok(seen.then(|| String::from_utf8_lossy(&name).into_owned())),
+        }
+    }
+    Err(IsoError::Malformed(
+        "a Rock Ridge entry chains more than 16 continuation areas".into(),
+    ))
+}
+
+/// Adds one area's NM entries to `name`; returns the CE entry's (block, offset,
+/// length) if there is one, and whether an ST entry ended the entries.
+fn read_nm(mut su: &[u8], name: &mut Vec<u8>, seen: &mut bool) -> (Option<(u64, u64, u64)>, bool) {
+    let le = |b: &[u8]| u64::from(u32::from_le_bytes(b[..4].try_into().unwrap()));
+    let mut next = None;
     while su.len() >= 4 {
         let len = su[2] as usize;
         if len < 4 || len > su.len() {
             break;
         }
-        if &su[0..2] == b"NM" && len >= 5 {
-            seen = true;
-            name.extend_from_slice(&su[5..len]);
+        match &su[0..2] {
+            b"NM" if len >= 5 => {
+                *seen = true;
+                name.extend_from_slice(&su[5..len]);
+            }
+            b"CE" if len >= 28 => next = Some((le(&su[4..]), le(&su[12..]), le(&su[20..]))),
+            b"ST" => return (next, true),
+            _ => {}
         }
         su = &su[len..];
     }
-    seen.then(|| String::from_utf8_lossy(&name).into_owned())
+    (next, false)
 }
 
 #[cfg(test)]
@@ -415,8 +459,12 @@ mod tests {
         let mut su = b"PX\x0c\x01\0\0\0\0\0\0\0\0".to_vec();
         su.extend_from_slice(b"NM\x09\x01\x01grub");
         su.extend_from_slice(b"NM\x09\x01\x00.cfg");
-        assert_eq!(rock_ridge_name(&su).as_deref(), Some("grub.cfg"));
-        assert_eq!(rock_ridge_name(b"PX\x04\x01"), None);
+        let (mut name, mut seen) = (Vec::new(), false);
+        assert_eq!(read_nm(&su, &mut name, &mut seen), (None, false));
+        assert_eq!((name.as_slice(), seen), (&b"grub.cfg"[..], true));
+        let (mut name, mut seen) = (Vec::new(), false);
+        read_nm(b"PX\x04\x01", &mut name, &mut seen);
+        assert!(!seen);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub const GRUB_CFG: &str = "/boot/grub/grub.cfg";
 /// Names the release; also what Ubuntu's UEFI GRUB searches for to find its root.
 pub const DISK_INFO: &str = "/.disk/info";
 pub const MD5SUM_TXT: &str = "/md5sum.txt";
+/// Ubuntu's signed UEFI GRUB sources this one instead of GRUB_CFG when it exists
+/// (grub2's debian/build-efi-images); on Ubuntu's ISOs it sources GRUB_CFG in turn.
+pub const GRUB_EFI_CFG: &str = "/boot/grub/x86_64-efi/grub.cfg";
 /// What `/.disk/info` starts with on every 22.04.x live-server ISO.
 pub const EXPECTED_RELEASE: &str = "Ubuntu-Server 22.04";
 
@@ -70,6 +73,12 @@ pub enum ImageError {
     },
     #[error("the ISO's /boot/grub/grub.cfg is not what an Ubuntu ISO ships: {detail}")]
     GrubLayout { detail: String },
+    #[error(
+        "{iso}: UEFI GRUB reads /boot/grub/x86_64-efi/grub.cfg, which does not go on to \
+         /boot/grub/grub.cfg, so the install entry would never show under UEFI; use the \
+         official 22.04.5 ISO"
+    )]
+    EfiMenuElsewhere { iso: PathBuf },
     #[error("{iso} does not have the layout of an Ubuntu 22.04 ISO")]
     Layout {
         iso: PathBuf,
@@ -161,6 +170,12 @@ pub fn check(req: &BuildRequest) -> Result<()> {
     plan(req).map(|_| ())
 }
 
+/// The ISO alone, before any seed or secret exists: refuses what `build` would refuse
+/// about it (not a 22.04 live-server ISO, its menus, its partition tables). Writes nothing.
+pub fn check_iso(iso: &Path, identity: &Identity) -> Result<()> {
+    plan_iso(iso, identity, Vec::new()).map(|_| ())
+}
+
 /// Builds `req.output` from the ISO, the seed and the payload. Writes nothing under
 /// the final names unless everything succeeded.
 pub fn build(req: &BuildRequest) -> Result<Built> {
@@ -224,11 +239,17 @@ pub fn build(req: &BuildRequest) -> Result<Built> {
 /// Phase one: reads the ISO and plans every change; refuses an ISO that is not a
 /// 22.04 live-server or whose grub.cfg has no room. Writes nothing.
 fn plan(req: &BuildRequest) -> Result<Plan> {
+    plan_iso(req.iso, req.identity, cidata_entries(req)?)
+}
+
+/// `plan` for CIDATA holding `entries`.
+fn plan_iso(iso_path: &Path, identity: &Identity, entries: Vec<cidata::Entry>) -> Result<Plan> {
     let layout = |e: Box<dyn std::error::Error + Send + Sync>| ImageError::Layout {
-        iso: req.iso.to_path_buf(),
+        iso: iso_path.to_path_buf(),
         source: e,
     };
-    let mut file = File::open(req.iso).with_context(|| format!("opening {}", req.iso.display()))?;
+    let mut file =
+        File::open(iso_path).with_context(|| format!("opening {}", iso_path.display()))?;
     let iso_len = file.metadata()?.len();
     let mut iso = iso9660::Iso::open(&mut file).map_err(|e| layout(e.into()))?;
 
@@ -239,7 +260,7 @@ fn plan(req: &BuildRequest) -> Result<Plan> {
     };
     if !info.starts_with(EXPECTED_RELEASE) || !info.contains("LTS") {
         return Err(ImageError::NotUbuntu2204 {
-            iso: req.iso.to_path_buf(),
+            iso: iso_path.to_path_buf(),
             found: info.lines().next().unwrap_or("").to_string(),
         }
         .into());
@@ -248,12 +269,12 @@ fn plan(req: &BuildRequest) -> Result<Plan> {
     let original = iso
         .read_file(GRUB_CFG, 1 << 20)
         .map_err(|e| layout(e.into()))?;
-    let menu = grub::render(&String::from_utf8_lossy(&original), req.identity)?;
+    let menu = grub::render(&String::from_utf8_lossy(&original), identity)?;
     let mut patches = match iso.plan_replace(GRUB_CFG, menu.text.as_bytes()) {
         Ok(p) => p,
         Err(iso9660::IsoError::NoRoom { needed, room, .. }) => {
             return Err(ImageError::GrubNoRoom {
-                iso: req.iso.to_path_buf(),
+                iso: iso_path.to_path_buf(),
                 needed,
                 room,
             }
@@ -262,6 +283,16 @@ fn plan(req: &BuildRequest) -> Result<Plan> {
         Err(e) => return Err(layout(e.into()).into()),
     };
     let grub_records = (patches.len() - 1) / 2;
+    match iso.read_file(GRUB_EFI_CFG, 1 << 20) {
+        Ok(cfg) if !grub::goes_on_to_main_menu(&String::from_utf8_lossy(&cfg)) => {
+            return Err(ImageError::EfiMenuElsewhere {
+                iso: iso_path.to_path_buf(),
+            }
+            .into())
+        }
+        Ok(_) | Err(iso9660::IsoError::NotFound { .. }) => {}
+        Err(e) => return Err(layout(e.into()).into()),
+    }
 
     match iso.read_file(MD5SUM_TXT, 4 << 20) {
         Ok(list) => {
@@ -276,7 +307,6 @@ fn plan(req: &BuildRequest) -> Result<Plan> {
         Err(e) => return Err(layout(e.into()).into()),
     }
 
-    let entries = cidata_entries(req)?;
     let size = cidata::volume_size(&entries);
     let appended =
         gpt::plan_append(&mut file, iso_len, size, cidata::LABEL).map_err(|e| layout(e.into()))?;
@@ -471,24 +501,25 @@ fn apply(patches: &[Patch], at: u64, buf: &mut [u8]) {
 }
 
 /// md5sum.txt with the line for `path` carrying the MD5 of `contents` (same length:
-/// the hex is fixed width). `None` when the list has no such line.
+/// the hex is fixed width; every other byte kept as it was, UTF-8 or not). `None`
+/// when the list has no such line.
 pub fn fix_md5_line(list: &[u8], path: &str, contents: &[u8]) -> Option<Vec<u8>> {
     use md5::Digest;
     let want = format!("  .{path}");
-    let text = String::from_utf8_lossy(list);
     let mut found = false;
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        let body = line.trim_end_matches(['\n', '\r']);
-        if body.len() == 32 + want.len() && body.ends_with(&want) {
+    let mut out = Vec::with_capacity(list.len());
+    for line in list.split_inclusive(|b| *b == b'\n') {
+        let body = line.strip_suffix(b"\n").unwrap_or(line);
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        if body.len() == 32 + want.len() && body.ends_with(want.as_bytes()) {
             found = true;
-            out.push_str(&hex::encode(md5::Md5::digest(contents)));
-            out.push_str(&line[32..]);
+            out.extend_from_slice(hex::encode(md5::Md5::digest(contents)).as_bytes());
+            out.extend_from_slice(&line[32..]);
         } else {
-            out.push_str(line);
+            out.extend_from_slice(line);
         }
     }
-    found.then(|| out.into_bytes())
+    found.then_some(out)
 }
 
 /// What an image holds, as `chocoimg inspect` shows it.
@@ -511,7 +542,22 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
             path.display()
         ))
     };
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => crate::BadInput(format!(
+            "{}: no such file; pass an image made by `chocoimg build` \
+             (out/<cluster>/<node>.img) or a stick's device (e.g. /dev/sdb)",
+            path.display()
+        ))
+        .into(),
+        std::io::ErrorKind::PermissionDenied => crate::BadInput(format!(
+            "{}: permission denied; a stick's device is readable by root only \
+             (sudo chocoimg inspect {})",
+            path.display(),
+            path.display()
+        ))
+        .into(),
+        _ => anyhow::Error::new(e).context(format!("opening {}", path.display())),
+    })?;
     let part = gpt::find_partition(&mut file, cidata::LABEL)
         .map_err(|e| not_ours(e.to_string()))?
         .ok_or_else(|| not_ours("no GPT partition named CIDATA".into()))?;
@@ -624,5 +670,14 @@ mod tests {
         assert!(text.starts_with("d41d8cd98f00b204e9800998ecf8427e  ./boot/grub/grub.cfg\n"));
         assert!(text.ends_with("ffffffffffffffffffffffffffffffff  ./casper/vmlinuz\n"));
         assert!(fix_md5_line(b"x  ./other\n", GRUB_CFG, b"").is_none());
+    }
+
+    #[test]
+    fn md5_list_keeps_bytes_that_are_not_utf8() {
+        let mut list = b"ffffffffffffffffffffffffffffffff  ./pool/caf\xe9.deb\n".to_vec();
+        list.extend_from_slice(b"0123456789abcdef0123456789abcdef  ./boot/grub/grub.cfg\n");
+        let fixed = fix_md5_line(&list, GRUB_CFG, b"").unwrap();
+        assert_eq!(fixed.len(), list.len());
+        assert_eq!(fixed[..50], list[..50]);
     }
 }

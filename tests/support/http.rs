@@ -124,6 +124,13 @@ impl TestServer {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// The `Range` header of every request for `path` so far, in order.
+    pub fn ranges(&self, path: &str) -> Vec<Option<String>> {
+        let state = self.state.lock().unwrap();
+        let for_path = state.requests.iter().filter(|r| r.path == path);
+        for_path.map(|r| r.range.clone()).collect()
+    }
+
     pub fn clear_requests(&self) {
         self.state.lock().unwrap().requests.clear();
     }
