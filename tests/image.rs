@@ -587,10 +587,10 @@ fn boot(img: &Path, uefi: bool, dir: &Path) -> String {
 }
 
 fn check_boot(uefi: bool) {
-    let iso = replica::replica(Variant::Joliet);
-    let tmp = tempfile::tempdir().unwrap();
-    let built = build(&iso, tmp.path()).unwrap();
-    let log = boot(&built.image, uefi, tmp.path());
+    // The image `chocoimg build` makes, carrying the seed `chocoimg render` makes.
+    let (ws, img) = cli_built_image(Variant::Joliet);
+    let user_data = rendered_user_data(&ws, "master1");
+    let log = boot(&img, uefi, ws.path());
     let cmdline = log
         .lines()
         .find_map(|l| {
@@ -606,8 +606,28 @@ fn check_boot(uefi: bool) {
         .unwrap_or_else(|| panic!("no user-data read off CIDATA:\n{log}"));
     let rest = &log[begin + replica::USER_DATA_BEGIN.len()..];
     let end = rest.find(replica::USER_DATA_END).expect("end marker");
-    assert_eq!(rest[..end].trim(), USER_DATA.trim(), "{log}");
+    assert_eq!(rest[..end].trim(), user_data.trim(), "{log}");
     assert!(log.contains(replica::DONE_MARK));
+}
+
+/// `chocoimg build --node master1` on a replica, with K3s from a loopback mirror.
+fn cli_built_image(variant: Variant) -> (crate::support::workspace::Workspace, PathBuf) {
+    let iso = replica::replica(variant);
+    let m = mirror();
+    let ws = crate::support::workspace::Workspace::with_profile(&profile_text(
+        &m.srv.url(),
+        Some(&sha_of(&iso)),
+    ));
+    ws.ok(&["build", "--node", "master1", "--iso", iso.to_str().unwrap()]);
+    let img = ws.out().join(CLUSTER).join("master1.img");
+    (ws, img)
+}
+
+/// What `chocoimg render` writes as the node's user-data.
+fn rendered_user_data(ws: &crate::support::workspace::Workspace, node: &str) -> String {
+    let dir = ws.path().join("rendered");
+    ws.ok(&["render", "--node", node, "--out", dir.to_str().unwrap()]);
+    std::fs::read_to_string(dir.join(node).join("user-data")).unwrap()
 }
 
 #[test]
@@ -1207,4 +1227,56 @@ fn image_cli_lock_refuses_a_changed_artifact_until_update_lock() {
     let new_lock = std::fs::read_to_string(&lock).unwrap();
     assert_ne!(new_lock, first_lock);
     assert!(new_lock.contains(&chocoimg::fsutil::sha256_hex(b"#!/bin/sh\necho changed\n")));
+}
+
+/// The checks by tools nobody here wrote, on the image `chocoimg build` itself wrote.
+#[test]
+fn image_cli_build_output_agrees_with_foreign_tools() {
+    for t in ["xorriso", "sgdisk", "fsck.vfat", "blkid", "mcopy"] {
+        require_tool(t);
+    }
+    let (ws, img) = cli_built_image(Variant::Joliet);
+    let tmp = tempfile::tempdir().unwrap();
+    // grub.cfg from every tree of both descriptor sets: Rock Ridge, plain, Joliet.
+    let p1 = tmp.path().join("p1.iso");
+    partition_bytes(&img, 1, &p1);
+    let mut menus = Vec::new();
+    for (i, source) in [&img, &p1].into_iter().enumerate() {
+        for (j, (load, path)) in [
+            (&[][..], "/boot/grub/grub.cfg"),
+            (&["-read_fs", "ecma119"][..], "/BOOT/GRUB/GRUB.CFG"),
+            (&["-read_fs", "norock"][..], "/boot/grub/grub.cfg"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let to = tmp.path().join(format!("grub-{i}-{j}.cfg"));
+            menus.push(xorriso_extract(source, load, path, &to));
+        }
+    }
+    assert!(menus.iter().all(|m| m == &menus[0]), "the trees disagree");
+    let menu = String::from_utf8(menus[0].clone()).unwrap();
+    assert!(
+        menu.contains("autoinstall") && menu.contains("ERASES"),
+        "{menu}"
+    );
+    let v = run(Command::new("sgdisk").arg("-v").arg(&img));
+    assert!(v.contains("No problems found"), "{v}");
+    let mut f = std::fs::File::open(&img).unwrap();
+    let p = image::gpt::find_partition(&mut f, "CIDATA")
+        .unwrap()
+        .unwrap();
+    let part = tmp.path().join("cidata.img");
+    partition_bytes(&img, p.number, &part);
+    run(Command::new("fsck.vfat").arg("-n").arg(&part));
+    let id = run(Command::new("blkid").arg("-p").arg(&part));
+    assert!(
+        id.contains("LABEL=\"CIDATA\"") && id.contains("TYPE=\"vfat\""),
+        "{id}"
+    );
+    let on_stick = run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&part)
+        .args(["::user-data", "-"]));
+    assert_eq!(on_stick, rendered_user_data(&ws, "master1"));
 }
