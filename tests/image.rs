@@ -130,6 +130,49 @@ fn partition_bytes(img: &Path, number: usize, to: &Path) -> (u64, u64) {
     (start, len)
 }
 
+/// grub.cfg as xorriso reads it from every tree of both descriptor sets (the image's
+/// own and partition 1's, from `-partition_offset`): Rock Ridge, plain ISO 9660
+/// (`-read_fs ecma119`) and, when present, Joliet (`-read_fs norock`). Asserts that they
+/// all agree and returns them.
+fn grub_menus_from_every_tree(img: &Path, joliet: bool, tmp: &Path) -> Vec<Vec<u8>> {
+    let p1 = tmp.join("p1.iso");
+    partition_bytes(img, 1, &p1);
+    let mut views: Vec<(&[&str], &str)> = vec![
+        (&[], "/boot/grub/grub.cfg"),
+        (&["-read_fs", "ecma119"], "/BOOT/GRUB/GRUB.CFG"),
+    ];
+    if joliet {
+        views.push((&["-read_fs", "norock"], "/boot/grub/grub.cfg"));
+    }
+    let mut menus = Vec::new();
+    for (i, source) in [img, p1.as_path()].into_iter().enumerate() {
+        for (j, (load, path)) in views.iter().enumerate() {
+            let to = tmp.join(format!("grub-{i}-{j}.cfg"));
+            let menu = xorriso_extract(source, load, path, &to);
+            if let Some(first) = menus.first() {
+                assert_eq!(&menu, first, "tree {load:?} of set {i} differs");
+            }
+            menus.push(menu);
+        }
+    }
+    menus
+}
+
+/// The CIDATA volume (its bytes in `part`): fsck clean, blkid sees the label, and mtools
+/// reads its user-data, which is returned.
+fn check_cidata_volume(part: &Path) -> String {
+    run(Command::new("fsck.vfat").arg("-n").arg(part));
+    let id = run(Command::new("blkid").arg("-p").arg(part));
+    assert!(
+        id.contains("LABEL=\"CIDATA\"") && id.contains("TYPE=\"vfat\""),
+        "{id}"
+    );
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(part)
+        .args(["::user-data", "-"]))
+}
+
 fn check_with_foreign_tools(variant: Variant) {
     for t in ["xorriso", "sgdisk", "fsck.vfat", "blkid", "mcopy", "md5sum"] {
         require_tool(t);
@@ -148,30 +191,8 @@ fn check_with_foreign_tools(variant: Variant) {
     assert_eq!(built.grub_records, expected_records, "grub.cfg records");
     assert!(built.kernel_line.contains("autoinstall"));
 
-    // grub.cfg read back by xorriso from every tree: Rock Ridge and (if present) Joliet
-    // views of the image's own descriptor set, and of partition 1's (-partition_offset).
-    let p1 = tmp.path().join("p1.iso");
-    partition_bytes(img, 1, &p1);
-    // `-read_fs ecma119` reads the plain ISO 9660 tree, `norock` the Joliet one.
-    let mut views: Vec<(PathBuf, &[&str], &str)> = vec![
-        (img.clone(), &[], "/boot/grub/grub.cfg"),
-        (p1.clone(), &[], "/boot/grub/grub.cfg"),
-        (img.clone(), &["-read_fs", "ecma119"], "/BOOT/GRUB/GRUB.CFG"),
-        (p1.clone(), &["-read_fs", "ecma119"], "/BOOT/GRUB/GRUB.CFG"),
-    ];
-    if variant == Variant::Joliet {
-        views.push((img.clone(), &["-read_fs", "norock"], "/boot/grub/grub.cfg"));
-        views.push((p1.clone(), &["-read_fs", "norock"], "/boot/grub/grub.cfg"));
-    }
-    let mut menus = Vec::new();
-    for (i, (source, load, path)) in views.iter().enumerate() {
-        let to = tmp.path().join(format!("grub-{i}.cfg"));
-        menus.push(xorriso_extract(source, load, path, &to));
-    }
+    let menus = grub_menus_from_every_tree(img, variant == Variant::Joliet, tmp.path());
     let menu = String::from_utf8(menus[0].clone()).unwrap();
-    for (i, m) in menus.iter().enumerate() {
-        assert_eq!(m, &menus[0], "view {i} ({:?}) differs", views[i].1);
-    }
     assert!(menu.contains(&built.boot_title), "{menu}");
     assert!(
         menu.contains("linux\t/casper/vmlinuz autoinstall ---"),
@@ -218,18 +239,7 @@ fn check_with_foreign_tools(variant: Variant) {
     assert_eq!((ee_len + 1) * 512, b.len() as u64);
     assert_eq!(b.len() as u64, built.size);
 
-    // The CIDATA volume: fsck clean, blkid sees it, mtools reads the exact files.
-    run(Command::new("fsck.vfat").arg("-n").arg(&part_path));
-    let id = run(Command::new("blkid").arg("-p").arg(&part_path));
-    assert!(
-        id.contains("LABEL=\"CIDATA\"") && id.contains("TYPE=\"vfat\""),
-        "{id}"
-    );
-    let ud = run(Command::new("mcopy")
-        .arg("-i")
-        .arg(&part_path)
-        .args(["::user-data", "-"]));
-    assert_eq!(ud, USER_DATA);
+    assert_eq!(check_cidata_volume(&part_path), USER_DATA);
     let k3s = tmp.path().join("k3s.out");
     run(Command::new("mcopy")
         .arg("-i")
@@ -1237,24 +1247,7 @@ fn image_cli_build_output_agrees_with_foreign_tools() {
     }
     let (ws, img) = cli_built_image(Variant::Joliet);
     let tmp = tempfile::tempdir().unwrap();
-    // grub.cfg from every tree of both descriptor sets: Rock Ridge, plain, Joliet.
-    let p1 = tmp.path().join("p1.iso");
-    partition_bytes(&img, 1, &p1);
-    let mut menus = Vec::new();
-    for (i, source) in [&img, &p1].into_iter().enumerate() {
-        for (j, (load, path)) in [
-            (&[][..], "/boot/grub/grub.cfg"),
-            (&["-read_fs", "ecma119"][..], "/BOOT/GRUB/GRUB.CFG"),
-            (&["-read_fs", "norock"][..], "/boot/grub/grub.cfg"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let to = tmp.path().join(format!("grub-{i}-{j}.cfg"));
-            menus.push(xorriso_extract(source, load, path, &to));
-        }
-    }
-    assert!(menus.iter().all(|m| m == &menus[0]), "the trees disagree");
+    let menus = grub_menus_from_every_tree(&img, true, tmp.path());
     let menu = String::from_utf8(menus[0].clone()).unwrap();
     assert!(
         menu.contains("autoinstall") && menu.contains("ERASES"),
@@ -1268,15 +1261,8 @@ fn image_cli_build_output_agrees_with_foreign_tools() {
         .unwrap();
     let part = tmp.path().join("cidata.img");
     partition_bytes(&img, p.number, &part);
-    run(Command::new("fsck.vfat").arg("-n").arg(&part));
-    let id = run(Command::new("blkid").arg("-p").arg(&part));
-    assert!(
-        id.contains("LABEL=\"CIDATA\"") && id.contains("TYPE=\"vfat\""),
-        "{id}"
+    assert_eq!(
+        check_cidata_volume(&part),
+        rendered_user_data(&ws, "master1")
     );
-    let on_stick = run(Command::new("mcopy")
-        .arg("-i")
-        .arg(&part)
-        .args(["::user-data", "-"]));
-    assert_eq!(on_stick, rendered_user_data(&ws, "master1"));
 }
