@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod fsutil;
+pub mod guard;
 pub mod image;
 pub mod plan;
 pub mod profile;

@@ -129,7 +129,8 @@ pub fn render(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Seed> {
         network => network(plan, node),
         storage => storage(node),
         packages => packages(node),
-        late_commands => late_commands(plan),
+        early_commands => vec![crate::guard::early_command(&node.hostname)?],
+        late_commands => late_commands(plan, node),
         installed => installed,
     };
     let user_data = env
@@ -225,7 +226,7 @@ fn first_boot(plan: &Plan, node: &NodePlan, discovery: Vec<String>) -> Vec<Value
     cmds
 }
 
-fn late_commands(plan: &Plan) -> Vec<String> {
+fn late_commands(plan: &Plan, node: &NodePlan) -> Vec<String> {
     let m = CIDATA_MOUNT;
     let mut cmds = vec![
         format!("mkdir -p {m}"),
@@ -241,6 +242,11 @@ fn late_commands(plan: &Plan) -> Vec<String> {
         ));
     }
     cmds.push(format!("umount {m}"));
+    cmds.extend(crate::guard::late_commands(
+        &plan.cluster,
+        &node.hostname,
+        &node.role.to_string(),
+    ));
     cmds
 }
 
