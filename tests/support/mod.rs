@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 pub mod http;
+pub mod installed;
 pub mod k3s;
 pub mod netns;
 pub mod workspace;
