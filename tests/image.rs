@@ -683,6 +683,13 @@ fn boot(img: &Path, b: &Boot, dir: &Path) -> String {
             break;
         }
     }
+    // A machine that powers off closes the port just before QEMU exits: wait for it.
+    while !stopped && std::time::Instant::now() < give_up {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let _ = child.kill();
     let status = child.wait().unwrap();
     let text = clean_log(&raw);
