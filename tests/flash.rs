@@ -412,20 +412,15 @@ fn flash_ctrl_c_mid_write_leaves_a_stick_that_cannot_boot() {
 fn flash_node_takes_the_image_build_wrote() {
     let ws = crate::support::workspace::Workspace::with_default_profile();
     let target = ws.path().join("stick.raw");
+    let flash_node =
+        |node: &str| ws.run(&["flash", "--node", node, s(&target), "--to-file", "--yes"]);
     // No image yet: say how to make one.
-    let out = ws.run(&[
-        "flash",
-        "--node",
-        "master1",
-        s(&target),
-        "--to-file",
-        "--yes",
-    ]);
+    let out = flash_node("master1");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("chocoimg build --node master1"));
     assert!(!target.exists());
     // Unknown node.
-    let out = ws.run(&["flash", "--node", "nodo9", s(&target), "--to-file", "--yes"]);
+    let out = flash_node("nodo9");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     // Stand-in for what `build` writes (its own tests cover the image itself).
@@ -434,14 +429,7 @@ fn flash_node_takes_the_image_build_wrote() {
     let (img, data) = image(&dir, 2 * MIB);
     std::fs::rename(&img, dir.join("master1.img")).unwrap();
     std::fs::rename(dir.join("test.img.sha256"), dir.join("master1.img.sha256")).unwrap();
-    let out = ws.run(&[
-        "flash",
-        "--node",
-        "master1",
-        s(&target),
-        "--to-file",
-        "--yes",
-    ]);
+    let out = flash_node("master1");
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -172,17 +172,9 @@ impl System {
             .collect()
     }
 
-    /// Describes a path given as the target.
-    pub fn describe(&self, path: &Path) -> Result<Described> {
+    /// Describes a block device given as the target.
+    pub fn describe_device(&self, path: &Path, meta: &std::fs::Metadata) -> Result<Described> {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let meta = match std::fs::metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Described::Missing),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        if meta.is_file() {
-            return Ok(Described::RegularFile { size: meta.len() });
-        }
         if !meta.file_type().is_block_device() {
             return Ok(Described::Other);
         }
@@ -293,8 +285,8 @@ pub fn list_disks() -> Result<Vec<Disk>> {
     System::read()?.disks()
 }
 
-pub fn describe(path: &Path) -> Result<Described> {
-    System::read()?.describe(path)
+pub fn describe_device(path: &Path, meta: &std::fs::Metadata) -> Result<Described> {
+    System::read()?.describe_device(path, meta)
 }
 
 /// `umount` every mount from the disk, the deepest mount point first.

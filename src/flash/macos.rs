@@ -199,16 +199,9 @@ fn disk_id(path: &Path) -> String {
     }
 }
 
-pub fn describe(path: &Path) -> Result<Described> {
+/// Describes a device node given as the target (`/dev/diskN` or `/dev/rdiskN`).
+pub fn describe_device(path: &Path, meta: &std::fs::Metadata) -> Result<Described> {
     use std::os::unix::fs::FileTypeExt;
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Described::Missing),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    if meta.is_file() {
-        return Ok(Described::RegularFile { size: meta.len() });
-    }
     let ft = meta.file_type();
     if !ft.is_block_device() && !ft.is_char_device() {
         return Ok(Described::Other);

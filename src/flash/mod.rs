@@ -352,10 +352,18 @@ pub fn list_disks() -> Result<Vec<Disk>> {
 
 /// Describes `path`: a whole disk, a partition, a file, or nothing.
 pub fn describe(path: &Path) -> Result<Described> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Described::Missing),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if meta.is_file() {
+        return Ok(Described::RegularFile { size: meta.len() });
+    }
     if cfg!(target_os = "macos") {
-        macos::describe(path)
+        macos::describe_device(path, &meta)
     } else {
-        linux::describe(path)
+        linux::describe_device(path, &meta)
     }
 }
 

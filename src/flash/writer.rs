@@ -260,7 +260,7 @@ pub fn write(req: &WriteRequest) -> Result<Written> {
         Ok((hex::encode(hasher.finalize()), head_copy))
     });
     let mut failure = None;
-    let mut pause_at = test_hook_pause_after();
+    let mut pause_at = test_hook("CHOCOIMG_TEST_PAUSE_AFTER");
     for (mut buf, len, offset) in full_rx.iter() {
         if req.cancel.load(Ordering::SeqCst) {
             failure = Some(WriteError::Interrupted(target.clone()).into());
@@ -368,7 +368,7 @@ fn read_back(out: &Opened, size: u64, req: &WriteRequest) -> Result<String> {
         }
         hex::encode(h.finalize())
     });
-    let corrupt_at = test_hook_corrupt_at();
+    let corrupt_at = test_hook("CHOCOIMG_TEST_CORRUPT_READBACK");
     let mut offset = 0u64;
     let mut failure = None;
     while offset < size {
@@ -407,14 +407,14 @@ fn read_back(out: &Opened, size: u64, req: &WriteRequest) -> Result<String> {
     }
 }
 
-/// Test builds only: `CHOCOIMG_TEST_PAUSE_AFTER=BYTES` stops the write once BYTES are
-/// on the target until a line arrives on stdin, so a test can press Ctrl-C mid-write
-/// without racing the writer. Release builds ignore it.
-fn test_hook_pause_after() -> Option<u64> {
+/// Test builds only (release builds ignore them), the hooks the integration tests use:
+/// - `CHOCOIMG_TEST_PAUSE_AFTER=BYTES` holds the write once BYTES are on the target
+///   until a line arrives on stdin, so a test can press Ctrl-C mid-write without racing;
+/// - `CHOCOIMG_TEST_CORRUPT_READBACK=OFFSET` flips the byte read back at OFFSET: a stick
+///   that returns other bytes than it was given (no device-mapper on the test machine).
+fn test_hook(name: &str) -> Option<u64> {
     if cfg!(debug_assertions) {
-        std::env::var("CHOCOIMG_TEST_PAUSE_AFTER")
-            .ok()
-            .and_then(|v| v.parse().ok())
+        std::env::var(name).ok().and_then(|v| v.parse().ok())
     } else {
         None
     }
@@ -424,19 +424,6 @@ fn test_hook_pause() {
     eprintln!("test hook: paused mid-write");
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
-}
-
-/// Test builds only: `CHOCOIMG_TEST_CORRUPT_READBACK=OFFSET` flips the byte read back at
-/// OFFSET, standing in for a stick that returns other bytes than it was given (no
-/// device-mapper on the test machine to make one). Release builds ignore it.
-fn test_hook_corrupt_at() -> Option<u64> {
-    if cfg!(debug_assertions) {
-        std::env::var("CHOCOIMG_TEST_CORRUPT_READBACK")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    } else {
-        None
-    }
 }
 
 #[cfg(test)]
