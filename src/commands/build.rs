@@ -3,7 +3,6 @@
 use crate::artifacts::{self, FetchOptions, LockMode};
 use crate::cli::{BuildArgs, Global};
 use crate::image::{self, manifest::Manifest, Identity, ImageError, ProgressStyle, Target};
-use crate::plan::{NodePlan, Plan};
 use crate::{seed, BadInput};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -20,7 +19,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     plan.k3s.airgap |= args.airgap;
     let plan = plan;
     let nodes = super::render::select_nodes(&plan, &args.nodes)?;
-    let outputs: Vec<PathBuf> = nodes.iter().map(|n| image_path(&plan, n)).collect();
+    let outputs: Vec<PathBuf> = nodes.iter().map(|n| plan.image_path(n)).collect();
     // Before any download; `image::plan` asks again for the library's other callers.
     for out in &outputs {
         image::refuse_existing(out, args.force).map_err(|e| as_bad_input(e.into()))?;
@@ -110,11 +109,6 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
          reinstalled."
     );
     Ok(0)
-}
-
-/// `out/<cluster>/<node>.img`.
-pub fn image_path(plan: &Plan, node: &NodePlan) -> PathBuf {
-    plan.out_dir.join(format!("{}.img", node.hostname))
 }
 
 /// A refused ISO or an existing output is the user's to fix: exit 2.
