@@ -7,6 +7,7 @@ use std::process::Command;
 pub mod http;
 pub mod installed;
 pub mod k3s;
+pub mod loopdev;
 pub mod netns;
 pub mod workspace;
 
