@@ -199,6 +199,15 @@ fn check_with_foreign_tools(variant: Variant) {
         menu.contains("linux\t/casper/vmlinuz autoinstall ---"),
         "{menu}"
     );
+    // The reinstall guard: GRUB looks for the installed node's marker first.
+    assert!(
+        menu.contains("search --no-floppy --file --set=chocoimg_disk /etc/chocoimg/node.env"),
+        "{menu}"
+    );
+    assert!(
+        menu.contains("linux\t/casper/vmlinuz autoinstall chocoimg.reinstall ---"),
+        "{menu}"
+    );
     assert!(menu.contains("set timeout=10"));
     assert!(!menu.contains("set timeout=30"));
     assert!(menu.contains("Try or Install Ubuntu Server"));
@@ -282,6 +291,12 @@ fn check_with_foreign_tools(variant: Variant) {
         .unwrap()
         .starts_with("Ubuntu-Server 22.04.5"));
     assert!(j["kernel_line"].as_str().unwrap().contains("autoinstall"));
+    assert_eq!(j["reinstall_title"], "Reinstall master1 - ERASES the disk");
+    assert_eq!(
+        j["reinstall_kernel_line"],
+        "/casper/vmlinuz autoinstall chocoimg.reinstall ---"
+    );
+    assert_eq!(j["reinstall_title"], built.reinstall_title.as_str());
 }
 
 #[test]
@@ -1045,6 +1060,10 @@ fn image_cli_build_end_to_end_on_the_replica() {
     // inspect, text and JSON.
     let inspected = ws.ok(&["inspect", img.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&inspected.stdout).into_owned();
+    assert!(
+        text.contains("reinstall: \"Reinstall master1 - ERASES the disk\""),
+        "{text}"
+    );
 
     // No secret reaches the terminal, from build or inspect.
     let secrets = chocoimg::secrets::load(&dir.join("secrets.yaml")).unwrap();
