@@ -247,3 +247,17 @@ fn guard_installs_on_disks_that_only_resemble_a_node_and_stops_for_another_clust
         "{said}"
     );
 }
+
+#[test]
+fn guard_script_passes_shellcheck() {
+    require_tool("shellcheck");
+    let ws = Workspace::with_default_profile();
+    let path = ws.path().join("guard.sh");
+    std::fs::write(&path, guard_script(&ws, "master1")).unwrap();
+    let out = Command::new("shellcheck")
+        .args(["-s", "sh", "-S", "style"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
