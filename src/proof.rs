@@ -38,6 +38,49 @@ pub fn verify(agent_token: &str, cluster: &str, ca_hex: &str, published: &str) -
     mac.verify_slice(&bytes).is_ok()
 }
 
+/// The message a node's bring-up stage announcement signs: the node, its stage, the
+/// reason (empty unless failed) and the time it entered the stage (Unix seconds), so a
+/// captured announcement cannot be moved to another node or stage, and an older one
+/// replayed is recognised by its time. Its own prefix keeps it apart from the server
+/// proof's message.
+pub fn stage_message(cluster: &str, node: &str, stage: &str, since: u64, reason: &str) -> String {
+    format!("{PROOF_VERSION}/stage|{cluster}|{node}|{stage}|{since}|{reason}")
+}
+
+/// Hex HMAC-SHA256 of [`stage_message`], keyed with the agent token (every node has it).
+pub fn stage_proof(
+    agent_token: &str,
+    cluster: &str,
+    node: &str,
+    stage: &str,
+    since: u64,
+    reason: &str,
+) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(agent_token.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(stage_message(cluster, node, stage, since, reason).as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Checks a published stage proof in constant time.
+pub fn verify_stage(
+    agent_token: &str,
+    cluster: &str,
+    node: &str,
+    stage: &str,
+    since: u64,
+    reason: &str,
+    published: &str,
+) -> bool {
+    let Ok(bytes) = hex::decode(published.trim()) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(agent_token.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(stage_message(cluster, node, stage, since, reason).as_bytes());
+    mac.verify_slice(&bytes).is_ok()
+}
+
 /// An agent's K3s node password (`/etc/rancher/node/password`), the same at every
 /// build: a re-flashed agent is still the node master1 knows. K3s makes a random one on
 /// first start otherwise, and refuses a reinstalled node under the same name until its
@@ -80,5 +123,24 @@ mod tests {
         assert!(!verify("k2", "c", "ab", &p));
         assert!(!verify("k", "other", "ab", &p));
         assert!(!verify("k", "c", "ab", "zz"));
+    }
+
+    #[test]
+    fn stage_proofs_bind_node_stage_reason_and_time() {
+        // printf '%s' 'chocoimg/v1/stage|c|nodo1|joined|1700000000|' |
+        //   openssl dgst -sha256 -mac HMAC -macopt key:k
+        let p = stage_proof("k", "c", "nodo1", "joined", 1_700_000_000, "");
+        assert_eq!(
+            p,
+            "8e1d5fc9e5b1ad46a918dc0f49026d64da74f0338c6358cde5071dce0f7afdd8"
+        );
+        assert!(verify_stage("k", "c", "nodo1", "joined", 1_700_000_000, "", &p));
+        assert!(!verify_stage("k", "c", "master1", "joined", 1_700_000_000, "", &p));
+        assert!(!verify_stage("k", "c", "nodo1", "joining", 1_700_000_000, "", &p));
+        assert!(!verify_stage("k", "c", "nodo1", "joined", 1_700_000_001, "", &p));
+        assert!(!verify_stage("k", "c", "nodo1", "joined", 1_700_000_000, "x", &p));
+        assert!(!verify_stage("k2", "c", "nodo1", "joined", 1_700_000_000, "", &p));
+        // Never the server proof's message: another prefix.
+        assert_ne!(p, proof("k", "c", "nodo1"));
     }
 }

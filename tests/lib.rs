@@ -6,3 +6,4 @@ mod image;
 mod profile;
 mod seed;
 mod support;
+mod watch;
