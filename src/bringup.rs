@@ -1,6 +1,6 @@
 //! The bring-up stages a node announces over mDNS: one definition shared by the node
 //! scripts' templates (`templates/node/stage.sh`) and the laptop's `chocoimg watch`
-//! (`cluster::watch`). The proof over them is in [`crate::proof::stage_proof`].
+//! (`cluster::watch`). The proof over them is in [`crate::proof::StageClaim`].
 //!
 //! On the wire: DNS-SD type `_chocoimg-node._tcp`, instance = the node's hostname, port 0
 //! (nothing listens: the record is the message), TXT `txtvers=1`, `cluster`, `node`,

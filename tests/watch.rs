@@ -3,9 +3,9 @@
 //! a namespace), Avahi publishes what it writes, and `chocoimg watch` runs as the real
 //! binary in the laptop's namespace.
 use crate::cluster::{add_nodo1, ok, run_join, start_master, LIB};
+use crate::support::chocoimg;
 use crate::support::k3s::{fake_systemctl, Cluster};
 use crate::support::netns::{Host, Lan};
-use crate::support::chocoimg;
 use serde_json::Value;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -135,12 +135,10 @@ impl Watcher {
                     panic!("watch never printed {what}; it printed:\n{:#?}", self.seen)
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    let out = std::mem::replace(
-                        &mut self.child,
-                        Command::new("true").spawn().unwrap(),
-                    )
-                    .wait_with_output()
-                    .unwrap();
+                    let out =
+                        std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
+                            .wait_with_output()
+                            .unwrap();
                     panic!(
                         "watch ended ({}) before {what}; it printed:\n{:#?}\n{}",
                         out.status,
@@ -203,15 +201,17 @@ fn publish_stage(dir: &Path, file: &str, name: &str, txt: &[(&str, String)]) {
 
 /// The TXT records of an announcement file stage.sh wrote.
 fn txt_of(announcement: &str) -> Vec<(&'static str, String)> {
-    ["txtvers", "cluster", "node", "stage", "since", "reason", "proof"]
-        .into_iter()
-        .filter_map(|k| {
-            let open = format!("<txt-record>{k}=");
-            let start = announcement.find(&open)? + open.len();
-            let end = start + announcement[start..].find("</txt-record>")?;
-            Some((k, announcement[start..end].to_string()))
-        })
-        .collect()
+    [
+        "txtvers", "cluster", "node", "stage", "since", "reason", "proof",
+    ]
+    .into_iter()
+    .filter_map(|k| {
+        let open = format!("<txt-record>{k}=");
+        let start = announcement.find(&open)? + open.len();
+        let end = start + announcement[start..].find("</txt-record>")?;
+        Some((k, announcement[start..end].to_string()))
+    })
+    .collect()
 }
 
 #[test]
@@ -249,7 +249,9 @@ fn watch_sees_each_node_come_up_ignores_forgeries_and_stops_at_a_failure() {
         m.services.clone(),
         m.host.dir.join("systemctl"),
     );
-    assert!(master.stage(&lan, &["first-boot"]).contains("stage first-boot"));
+    assert!(master
+        .stage(&lan, &["first-boot"])
+        .contains("stage first-boot"));
     let first = watch.expect_stage("master1", "first-boot");
     assert_eq!(first["addresses"], serde_json::json!(["10.99.0.2"]));
     assert_eq!(first["verdict"], "verified");
@@ -260,7 +262,9 @@ fn watch_sees_each_node_come_up_ignores_forgeries_and_stops_at_a_failure() {
     }
     master.stage(&lan, &["installing-k3s"]);
     master.install_k3s("k3s.service");
-    assert!(master.stage(&lan, &["installed"]).contains("stage starting-k3s"));
+    assert!(master
+        .stage(&lan, &["installed"])
+        .contains("stage starting-k3s"));
     master.set_ready();
     assert!(master.stage(&lan, &[]).contains("stage k3s-running"));
     // Nothing changed: the announcement file is left alone (no re-announcement).
@@ -282,14 +286,14 @@ fn watch_sees_each_node_come_up_ignores_forgeries_and_stops_at_a_failure() {
     let mut forger = lan.add_host("forger");
     let avahi = lan.start_avahi(&mut forger, None);
     let since = "4000000000".to_string();
-    let forged_proof = chocoimg::proof::stage_proof(
-        "not-the-agent-token",
-        "chocotest",
-        "master1",
-        "failed",
-        4_000_000_000,
-        "disk on fire",
-    );
+    let forged_proof = chocoimg::proof::StageClaim {
+        cluster: "chocotest",
+        node: "master1",
+        stage: "failed",
+        since: 4_000_000_000,
+        reason: "disk on fire",
+    }
+    .proof("not-the-agent-token");
     publish_stage(
         &avahi.services_dir,
         "forged.service",
@@ -332,7 +336,9 @@ fn watch_sees_each_node_come_up_ignores_forgeries_and_stops_at_a_failure() {
     agent.stage(&lan, &["first-boot"]);
     agent.stage(&lan, &["installing-k3s"]);
     agent.install_k3s("k3s-agent.service");
-    assert!(agent.stage(&lan, &["installed"]).contains("stage waiting-for-server"));
+    assert!(agent
+        .stage(&lan, &["installed"])
+        .contains("stage waiting-for-server"));
     let waiting = watch.expect_stage("nodo1", "waiting-for-server");
     assert_eq!(waiting["role"], "agent");
     let join = run_join(&lan, &nodo.host, &nodo.root, &nodo.state);
@@ -407,7 +413,9 @@ fn an_agent_without_a_server_reports_failed_after_the_wait() {
         nodo.state.clone(),
     );
     agent.install_k3s("k3s-agent.service");
-    assert!(agent.stage(&lan, &["installed"]).contains("waiting-for-server"));
+    assert!(agent
+        .stage(&lan, &["installed"])
+        .contains("waiting-for-server"));
     // Zero minutes: the next look is already past the wait.
     let run = |minutes: &str| {
         ok(lan
@@ -431,14 +439,21 @@ fn an_agent_without_a_server_reports_failed_after_the_wait() {
     assert!(run("0").contains("stage failed: no verified master1 found for 0 minutes"));
     let failed = agent.announcement();
     let txt = txt_of(&failed);
-    let get = |k: &str| txt.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone());
+    let get = |k: &str| {
+        txt.iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.clone())
+    };
     assert_eq!(get("stage").as_deref(), Some("failed"));
     assert_eq!(
         get("reason").as_deref(),
         Some("no verified master1 found for 0 minutes")
     );
     // The laptop's judge takes what the node wrote.
-    let map = txt.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let map = txt
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     assert_eq!(
         chocoimg::cluster::watch::judge(&map, "chocotest", &c.secrets.agent_token),
         chocoimg::cluster::discover::Verdict::Verified

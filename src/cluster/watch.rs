@@ -1,13 +1,13 @@
 //! The nodes' bring-up stages, as the laptop sees them (`chocoimg watch`). Every
 //! installed node publishes `_chocoimg-node._tcp` (see [`crate::bringup`]) whose TXT
 //! record says which stage it is in and since when, with an HMAC proof keyed with the
-//! agent token ([`proof::stage_proof`]). The laptop judges each announcement like master1's
+//! agent token ([`proof::StageClaim`]). The laptop judges each announcement like master1's
 //! (ours and proven, another cluster's, or forged), keeps one row per profile node, and
 //! never lets an older stage replace a newer one (a replayed announcement).
 use super::discover::{self, Verdict};
 use crate::bringup::{Stage, MAX_REASON, SERVICE_TYPE};
-use crate::proof;
 use crate::profile::Role;
+use crate::proof;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -61,7 +61,14 @@ pub fn judge(txt: &BTreeMap<String, String>, cluster: &str, agent_token: &str) -
             let reason = get("reason").unwrap_or("");
             well_formed(node, stage, since, reason)
                 && since.parse::<u64>().is_ok_and(|since| {
-                    proof::verify_stage(agent_token, cluster, node, stage, since, reason, p)
+                    let claim = proof::StageClaim {
+                        cluster,
+                        node,
+                        stage,
+                        since,
+                        reason,
+                    };
+                    claim.verify(agent_token, p)
                 })
         }
         _ => false,
@@ -295,7 +302,13 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000;
 
-    fn txt(node: &str, stage: &str, since: u64, reason: &str, token: &str) -> BTreeMap<String, String> {
+    fn txt(
+        node: &str,
+        stage: &str,
+        since: u64,
+        reason: &str,
+        token: &str,
+    ) -> BTreeMap<String, String> {
         let mut t: BTreeMap<String, String> = [
             ("txtvers", "1".to_string()),
             ("cluster", "c1".into()),
@@ -304,7 +317,14 @@ mod tests {
             ("since", since.to_string()),
             (
                 "proof",
-                proof::stage_proof(token, "c1", node, stage, since, reason),
+                proof::StageClaim {
+                    cluster: "c1",
+                    node,
+                    stage,
+                    since,
+                    reason,
+                }
+                .proof(token),
             ),
         ]
         .into_iter()
@@ -388,9 +408,14 @@ mod tests {
             t.apply(&heard("nodo2", "joined", NOW, "", "tok")),
             Some(Change::Ignored(Ignored::UnknownNode))
         );
-        t.apply(&heard("nodo1", "failed", NOW + 95, "K3s agent unit failed", "tok"));
+        t.apply(&heard(
+            "nodo1",
+            "failed",
+            NOW + 95,
+            "K3s agent unit failed",
+            "tok",
+        ));
         assert_eq!(t.first_failed().unwrap().node, "nodo1");
         assert!(!t.all_up());
     }
-
 }

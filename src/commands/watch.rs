@@ -4,7 +4,6 @@
 //! as a node reports `failed`, 4 on `--timeout`.
 use crate::bringup::Stage;
 use crate::cli::{Global, WatchArgs};
-use crate::cluster::discover::Verdict;
 use crate::cluster::watch::{self, Announcement, Change, Ignored, Row, Table};
 use crate::cluster::EXIT_NOT_FOUND;
 use anyhow::Result;
@@ -26,11 +25,7 @@ pub fn run(global: &Global, args: &WatchArgs) -> Result<i32> {
     let plan = super::load_plan(global)?;
     let timeout = args.timeout.map(crate::cluster::timeout_arg).transpose()?;
     let secrets = crate::cluster::load_secrets(&plan)?;
-    let mut table = Table::new(
-        plan.nodes
-            .iter()
-            .map(|n| (n.hostname.clone(), n.role)),
-    );
+    let mut table = Table::new(plan.nodes.iter().map(|n| (n.hostname.clone(), n.role)));
     let mut out = if args.json {
         Output::Json
     } else if std::io::stdout().is_terminal() {
@@ -144,7 +139,7 @@ impl Output {
                     "since": seen.since,
                     "since_utc": clock(seen.since),
                     "addresses": seen.addresses,
-                    "verdict": Verdict::Verified,
+                    "verdict": "verified",
                 }));
             }
             (Output::Json, Change::Ignored(why)) => {

@@ -3,7 +3,7 @@
 # `chocoimg watch` on the laptop sees each node come up. The TXT record is public: the
 # cluster, this node, its stage, the time it entered the stage (Unix seconds) and, when
 # failed, a short reason, with an HMAC proof keyed with the agent token that binds them
-# all (src/proof.rs, stage_proof). Never a secret.
+# all (src/proof.rs, StageClaim). Never a secret.
 #
 #   stage.sh STAGE [REASON]  record STAGE and announce it (first boot's steps)
 #   stage.sh installed       right after K3s's install script: work out the stage from K3s
@@ -77,45 +77,22 @@ announce() {
         log "could not compute the proof (is python3 installed?)"
         exit 1
     fi
-    reason_txt=""
-    [ -z "$reason" ] || reason_txt="
-    <txt-record>reason=$reason</txt-record>"
-    tmp="$SERVICES_DIR/.chocoimg-node.tmp"
-    mkdir -p "$SERVICES_DIR"
-    cat >"$tmp" <<XML
-<?xml version="1.0" standalone='no'?>
-<!DOCTYPE service-group SYSTEM "avahi-service.dtd">
-<!-- Written by chocoimg-stage. Public values only: never put a secret here. -->
-<service-group>
-  <name replace-wildcards="yes">%h</name>
-  <service protocol="ipv4">
-    <type>_chocoimg-node._tcp</type>
-    <port>0</port>
-    <txt-record>txtvers=1</txt-record>
-    <txt-record>cluster=$CLUSTER</txt-record>
-    <txt-record>node=$NODE</txt-record>
-    <txt-record>stage=$stage</txt-record>
-    <txt-record>since=$since</txt-record>$reason_txt
-    <txt-record>proof=$proof</txt-record>
-  </service>
-</service-group>
-XML
-    # Avahi re-announces on every change of the file: touch it only on a change.
-    if cmp -s "$tmp" "$SERVICE_FILE"; then
-        rm -f "$tmp"
-    else
-        chmod 0644 "$tmp"
-        mv "$tmp" "$SERVICE_FILE"
-    fi
+    set -- txtvers=1 "cluster=$CLUSTER" "node=$NODE" "stage=$stage" "since=$since"
+    [ -z "$reason" ] || set -- "$@" "reason=$reason"
+    tmp=$(mktemp)
+    avahi_service _chocoimg-node._tcp 0 "$@" "proof=$proof" >"$tmp"
+    replace_service_file "$tmp" "$SERVICE_FILE" || true
+    rm -f "$tmp"
 }
 
 # True when K3s's unit failed or keeps failing (it restarts forever: Restart=always).
+# Read from `show`, not is-failed's exit code: systemctl outside a booted systemd (a
+# chroot) ignores is-failed and exits 0.
 unit_failing() {
-    $SYSTEMCTL is-failed --quiet "$UNIT.service" && return 0
-    $SYSTEMCTL is-active --quiet "$UNIT.service" && return 1
+    state=$($SYSTEMCTL show --property=ActiveState --value "$UNIT.service" 2>/dev/null) || state=""
     restarts=$($SYSTEMCTL show --property=NRestarts --value "$UNIT.service" 2>/dev/null) || restarts=0
     case $restarts in '' | *[!0-9]*) restarts=0 ;; esac
-    [ "$restarts" -ge 3 ]
+    [ "$state" = failed ] || { [ "$state" != active ] && [ "$restarts" -ge 3 ]; }
 }
 
 # True when the K3s API says this node is Ready.
