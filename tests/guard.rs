@@ -45,18 +45,13 @@ impl Drop for LoopDisk {
 
 /// The early-command of `node`'s rendered seed.
 fn guard_script(ws: &Workspace, node: &str) -> String {
-    let dir = ws.path().join("rendered");
-    ws.ok(&["render", "--node", node, "--out", dir.to_str().unwrap()]);
-    let user_data = std::fs::read_to_string(dir.join(node).join("user-data")).unwrap();
-    let early = installed::early_commands(&user_data);
+    let early = installed::early_commands(&ws.rendered_user_data(node));
     assert_eq!(early.len(), 1, "{early:?}");
     early[0].clone()
 }
 
 fn late_commands(ws: &Workspace, node: &str) -> Vec<String> {
-    let dir = ws.path().join("rendered");
-    ws.ok(&["render", "--node", node, "--out", dir.to_str().unwrap()]);
-    installed::late_commands(&std::fs::read_to_string(dir.join(node).join("user-data")).unwrap())
+    installed::late_commands(&ws.rendered_user_data(node))
 }
 
 struct GuardRun {

@@ -745,7 +745,7 @@ fn user_data_read(log: &str) -> &str {
 fn check_boot(uefi: bool) {
     // The image `chocoimg build` makes, carrying the seed `chocoimg render` makes.
     let (ws, img) = cli_built_image(Variant::Joliet);
-    let user_data = rendered_user_data(&ws, "master1");
+    let user_data = ws.rendered_user_data("master1");
     let disk = ws.path().join("blank.img");
     installed::write_disk(&disk, &Holds::Blank);
     let boot_setup = Boot {
@@ -772,10 +772,10 @@ fn check_boot(uefi: bool) {
 /// naming it, no kernel starts; the reinstall entry, chosen at the keyboard, installs.
 fn check_guard(uefi: bool) {
     let (ws, img) = cli_built_image(Variant::Joliet);
-    let user_data = rendered_user_data(&ws, "master1");
+    let user_data = ws.rendered_user_data("master1");
     // UEFI: nodo1 of this cluster; BIOS: a node of another chocoimg cluster.
     let late = if uefi {
-        installed::late_commands(&rendered_user_data(&ws, "nodo1"))
+        installed::late_commands(&ws.rendered_user_data("nodo1"))
     } else {
         chocoimg::guard::late_commands("homelab", "worker7", "agent")
     };
@@ -856,13 +856,6 @@ fn cli_built_image(variant: Variant) -> (crate::support::workspace::Workspace, P
     ws.ok(&["build", "--node", "master1", "--iso", iso.to_str().unwrap()]);
     let img = ws.out().join(CLUSTER).join("master1.img");
     (ws, img)
-}
-
-/// What `chocoimg render` writes as the node's user-data.
-fn rendered_user_data(ws: &crate::support::workspace::Workspace, node: &str) -> String {
-    let dir = ws.path().join("rendered");
-    ws.ok(&["render", "--node", node, "--out", dir.to_str().unwrap()]);
-    std::fs::read_to_string(dir.join(node).join("user-data")).unwrap()
 }
 
 #[test]
@@ -1491,8 +1484,5 @@ fn image_cli_build_output_agrees_with_foreign_tools() {
         .unwrap();
     let part = tmp.path().join("cidata.img");
     partition_bytes(&img, p.number, &part);
-    assert_eq!(
-        check_cidata_volume(&part),
-        rendered_user_data(&ws, "master1")
-    );
+    assert_eq!(check_cidata_volume(&part), ws.rendered_user_data("master1"));
 }

@@ -6,6 +6,7 @@
 //! (subiquity 24.08.1, `guided_direct`; design/bringup.md). The marker comes from the
 //! late-commands the seed really carries, run against the root's tree.
 use super::require_tool;
+use super::run_ok as run;
 use std::path::Path;
 use std::process::Command;
 
@@ -25,18 +26,6 @@ pub enum Holds<'a> {
     OtherOs { uefi: bool },
     /// Nothing: an unboxed machine's disk.
     Blank,
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Writes the disk image `path` (sparse).

@@ -32,3 +32,16 @@ pub fn require_tool(tool: &str) {
     );
 }
 pub mod replica;
+
+/// Runs `cmd`, panicking with its output unless it succeeds.
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
