@@ -84,8 +84,9 @@ row "chocoimg flash: verify phase (read back + SHA-256)" "$work/fread"
 row "chocoimg flash: whole process" "$work/flash"
 awk -v a="$(median <"$work/fwrite")" -v b="$(median <"$work/dd")" \
   'BEGIN {printf "write / dd, medians: %.2fx (goal <= 1.10)\n", a / b}'
-printf 'write / dd, median of the paired runs'"'"' ratios: %.2fx (min %.2f, max %.2f)\n' \
-  "$(median <"$work/pairs")" $(spread "$work/pairs")
+read -r lo hi < <(spread "$work/pairs")
+printf 'write / dd, median of the paired ratios: %.2fx (min %.2f, max %.2f)\n' \
+  "$(median <"$work/pairs")" "$lo" "$hi"
 awk -v a="$(median <"$work/fread")" -v b="$(median <"$work/ddread")" \
   'BEGIN {printf "verify / direct read: %.2fx\n", a / b}'
 awk -v a="$(median <"$work/fread")" -v b="$(median <"$work/ddsha")" \
