@@ -152,6 +152,12 @@ fn flash_writes_a_regular_file_only_with_to_file() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(std::fs::read(&new).unwrap() == data);
 
+    // Never over the image it reads.
+    let out = flash(&[s(&img), s(&img), "--yes", "--to-file"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the image itself"));
+    assert!(std::fs::read(&img).unwrap() == data);
+
     // Neither a disk nor a file.
     let out = flash(&[s(&img), "/dev/null", "--yes", "--to-file"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
