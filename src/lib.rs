@@ -5,6 +5,7 @@
 //! `cli` knows about the command line.
 
 pub mod artifacts;
+pub mod bringup;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
@@ -13,6 +14,7 @@ pub mod fsutil;
 pub mod image;
 pub mod plan;
 pub mod profile;
+pub mod progress;
 pub mod proof;
 pub mod secrets;
 pub mod seed;
