@@ -7,22 +7,29 @@
 //! the way; one pass over 2 GB, memory flat. The CIDATA volume and the backup GPT go
 //! after it; the temporary file is renamed into place only when all is done.
 pub mod cidata;
+pub mod error;
 pub mod gpt;
 pub mod grub;
+pub mod identity;
 pub mod iso9660;
 pub mod manifest;
+pub mod patch;
+
+// The parts' shared vocabulary lives in leaves the parts import, never in this file.
+pub use error::ImageError;
+pub use grub::GRUB_CFG;
+pub use identity::Identity;
+pub use patch::Patch;
 
 use crate::artifacts::PayloadFile;
 use crate::seed::SeedFile;
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The menu GRUB reads under BIOS and UEFI.
-pub const GRUB_CFG: &str = "/boot/grub/grub.cfg";
 /// Names the release; also what Ubuntu's UEFI GRUB searches for to find its root.
 pub const DISK_INFO: &str = "/.disk/info";
 pub const MD5SUM_TXT: &str = "/md5sum.txt";
@@ -33,70 +40,6 @@ pub const GRUB_EFI_CFG: &str = "/boot/grub/x86_64-efi/grub.cfg";
 pub const EXPECTED_RELEASE: &str = "Ubuntu-Server 22.04";
 
 const CHUNK: usize = 1 << 20;
-
-/// One in-place write, at an absolute byte offset of the image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Patch {
-    pub at: u64,
-    pub bytes: Vec<u8>,
-}
-
-/// What an image says about itself: `/chocoimg.json` on CIDATA.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
-    pub cluster: String,
-    pub node: String,
-    /// `server` or `agent`.
-    pub role: String,
-    pub k3s_version: String,
-    pub ubuntu_release: String,
-    pub chocoimg_version: String,
-}
-
-/// Why an ISO or an output cannot be used. A caller can match these; every message
-/// names the file and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum ImageError {
-    #[error(
-        "{iso} is not an Ubuntu 22.04 live-server ISO: its /.disk/info says {found:?}; \
-         use ubuntu-22.04.5-live-server-amd64.iso"
-    )]
-    NotUbuntu2204 { iso: PathBuf, found: String },
-    #[error(
-        "{iso}: the new /boot/grub/grub.cfg needs {needed} bytes but the ISO reserves only \
-         {room} for it; this ISO cannot be patched in place (use the official 22.04.5 ISO)"
-    )]
-    GrubNoRoom {
-        iso: PathBuf,
-        needed: u64,
-        room: u64,
-    },
-    #[error("the ISO's /boot/grub/grub.cfg is not what an Ubuntu ISO ships: {detail}")]
-    GrubLayout { detail: String },
-    #[error(
-        "{iso}: UEFI GRUB reads /boot/grub/x86_64-efi/grub.cfg, which does not go on to \
-         /boot/grub/grub.cfg, so the install entry would never show under UEFI; use the \
-         official 22.04.5 ISO"
-    )]
-    EfiMenuElsewhere { iso: PathBuf },
-    #[error("{iso} does not have the layout of an Ubuntu 22.04 ISO")]
-    Layout {
-        iso: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("{0} already exists; pass --force to replace it")]
-    OutputExists(PathBuf),
-    #[error("interrupted; nothing was written under the final name")]
-    Interrupted,
-}
-
-impl ImageError {
-    /// True when the user's input is at fault (a refused ISO, an existing output).
-    pub fn is_bad_input(&self) -> bool {
-        !matches!(self, ImageError::Interrupted)
-    }
-}
 
 /// How long work is shown: bars on a terminal, plain lines otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -537,19 +480,19 @@ pub struct Inspection {
 /// Reads an image (or a stick's device): identity from CIDATA, menu from the ISO.
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let not_ours = |what: String| {
-        crate::BadInput(format!(
+        crate::errors::BadInput(format!(
             "{} is not a chocoimg image: {what}",
             path.display()
         ))
     };
     let mut file = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => crate::BadInput(format!(
+        std::io::ErrorKind::NotFound => crate::errors::BadInput(format!(
             "{}: no such file; pass an image made by `chocoimg build` \
              (out/<cluster>/<node>.img) or a stick's device (e.g. /dev/sdb)",
             path.display()
         ))
         .into(),
-        std::io::ErrorKind::PermissionDenied => crate::BadInput(format!(
+        std::io::ErrorKind::PermissionDenied => crate::errors::BadInput(format!(
             "{}: permission denied; a stick's device is readable by root only \
              (sudo chocoimg inspect {})",
             path.display(),
