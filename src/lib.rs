@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod errors;
+pub mod flash;
 pub mod fsutil;
 pub mod image;
 pub mod plan;

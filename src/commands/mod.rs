@@ -3,6 +3,7 @@
 pub mod build;
 pub mod discover;
 pub mod fetch_kubeconfig;
+pub mod flash;
 pub mod inputs;
 pub mod inspect;
 pub mod render;
