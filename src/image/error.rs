@@ -33,6 +33,15 @@ pub enum ImageError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "{iso} is not the pinned ISO: its SHA-256 is {found}, the profile pins {expected} \
+         (ubuntu.iso_sha256)"
+    )]
+    IsoMismatch {
+        iso: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("{0} already exists; pass --force to replace it")]
     OutputExists(PathBuf),
     #[error("interrupted; nothing was written under the final name")]

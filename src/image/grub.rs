@@ -2,10 +2,8 @@
 //! the ISO's own entries, unchanged but for their timeout.
 use super::error::ImageError;
 use super::identity::Identity;
+use super::ubuntu::GRUB_CFG;
 use minijinja::context;
-
-/// The menu GRUB reads under BIOS and UEFI.
-pub const GRUB_CFG: &str = "/boot/grub/grub.cfg";
 /// Seconds before the install entry starts by itself.
 pub const TIMEOUT_SECS: u32 = 10;
 

@@ -1,4 +1,5 @@
 //! What an image says about itself.
+use crate::plan::{NodePlan, Plan};
 use serde::{Deserialize, Serialize};
 
 /// What an image says about itself: `/chocoimg.json` on CIDATA.
@@ -11,4 +12,18 @@ pub struct Identity {
     pub k3s_version: String,
     pub ubuntu_release: String,
     pub chocoimg_version: String,
+}
+
+impl Identity {
+    /// What `node`'s image says about itself.
+    pub fn new(plan: &Plan, node: &NodePlan) -> Identity {
+        Identity {
+            cluster: plan.cluster.clone(),
+            node: node.hostname.clone(),
+            role: node.role.to_string(),
+            k3s_version: plan.k3s.version.clone(),
+            ubuntu_release: plan.ubuntu.release.clone(),
+            chocoimg_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
 }
