@@ -6,6 +6,7 @@
 //! the command line.
 
 pub mod artifacts;
+pub mod bringup;
 pub mod cli;
 pub mod cluster;
 pub mod commands;

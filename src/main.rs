@@ -16,6 +16,7 @@ fn main() {
         Command::Discover(a) => commands::discover::run(g, a),
         Command::FetchKubeconfig(a) => commands::fetch_kubeconfig::run(g, a),
         Command::Status(a) => commands::status::run(g, a),
+        Command::Watch(a) => commands::watch::run(g, a),
         Command::Flash(a) => commands::flash::run(g, a),
     };
     match result {

@@ -26,6 +26,15 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/node/announce.sh"),
     ),
     ("node/join.sh", include_str!("../templates/node/join.sh")),
+    ("node/stage.sh", include_str!("../templates/node/stage.sh")),
+    (
+        "node/chocoimg-stage.service",
+        include_str!("../templates/node/chocoimg-stage.service"),
+    ),
+    (
+        "node/chocoimg-stage.timer",
+        include_str!("../templates/node/chocoimg-stage.timer"),
+    ),
     (
         "node/chocoimg-announce.service",
         include_str!("../templates/node/chocoimg-announce.service"),

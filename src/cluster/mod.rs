@@ -5,3 +5,4 @@ pub mod discover;
 pub mod fetch;
 pub mod kubeconfig;
 pub mod status;
+pub mod watch;
