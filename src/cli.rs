@@ -1,13 +1,13 @@
-//! The command line: clap types and the dispatch to one function per command.
-use crate::commands;
+//! The command line's clap types, and nothing else: `main.rs` dispatches each command
+//! to its function in `commands/`, which take these arguments.
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Unattended Ubuntu 22.04 USB installers for a two-node K3s cluster on an Eero LAN.
 ///
-/// The whole job: `chocoimg build --all`, flash each image to a USB stick, boot each
-/// mini-PC from its stick and walk away; then `chocoimg fetch-kubeconfig` and
-/// `kubectl get nodes`. Nodes find each other over mDNS: no IP addresses to type.
+/// The whole job: `chocoimg build --all`, `chocoimg flash --node NAME` for each node's
+/// USB stick, boot each mini-PC from its stick and walk away; then
+/// `chocoimg fetch-kubeconfig` and `kubectl get nodes`. Nodes find each other over mDNS: no IP addresses to type.
 #[derive(Debug, Parser)]
 #[command(
     name = "chocoimg",
@@ -99,6 +99,7 @@ pub enum Command {
     /// is zeroed first and written last, so a stick interrupted half-way (Ctrl-C, pulled
     /// out) cannot boot half an installer. Then it reads the stick back and checks its
     /// SHA-256 against `<node>.img.sha256` ("verified"); on macOS it ejects the stick.
+    /// Exit 0 verified, 2 refused, 1 the write or the verification failed (or Ctrl-C).
     Flash(FlashArgs),
 }
 
@@ -262,22 +263,6 @@ pub struct FlashArgs {
     /// Allow DEVICE to be a regular file (created if missing), e.g. a VM's disk
     #[arg(long, conflicts_with = "list")]
     pub to_file: bool,
-}
-
-/// Runs one command; the result is the process exit code.
-pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    let g = &cli.global;
-    match &cli.command {
-        Command::Validate(a) => commands::validate::run(g, a),
-        Command::Render(a) => commands::render::run(g, a),
-        Command::Build(a) => commands::build::run(g, a),
-        Command::Inspect(a) => commands::inspect::run(g, a),
-        Command::Discover(a) => commands::discover::run(g, a),
-        Command::FetchKubeconfig(a) => commands::fetch_kubeconfig::run(g, a),
-        Command::Status(a) => commands::status::run(g, a),
-        Command::Watch(a) => commands::watch::run(g, a),
-        Command::Flash(a) => commands::flash::run(g, a),
-    }
 }
 
 #[cfg(test)]

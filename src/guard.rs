@@ -3,15 +3,13 @@
 //! before anything starts (and then makes "stop" its first entry), and the installer's
 //! first early-command looks again before any disk is touched. Only the menu's
 //! reinstall entry, chosen at the keyboard, puts the kernel argument that lets it pass.
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 /// The marker, on the installed root filesystem: a GRUB environment block (GRUB's
 /// `load_env` reads it without running anything from the disk) naming the node.
 pub const MARKER: &str = "/etc/chocoimg/node.env";
 /// The kernel argument of the reinstall entry; without it the installer stops.
 pub const REINSTALL_ARG: &str = "chocoimg.reinstall";
-
-const EARLY_COMMAND: &str = include_str!("../templates/installer/guard.sh");
 
 /// The title of the menu entry that reinstalls `node`.
 pub fn reinstall_title(node: &str) -> String {
@@ -34,11 +32,8 @@ pub fn late_commands(cluster: &str, node: &str, role: &str) -> Vec<String> {
 
 /// The installer's guard, a shell script run as `sh -c` by subiquity (before storage).
 pub fn early_command(node: &str) -> Result<String> {
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.set_keep_trailing_newline(true);
-    env.render_str(
-        EARLY_COMMAND,
+    crate::templates::render(
+        "installer/guard.sh",
         minijinja::context! {
             marker => MARKER,
             reinstall_arg => REINSTALL_ARG,
@@ -46,5 +41,4 @@ pub fn early_command(node: &str) -> Result<String> {
             node => node,
         },
     )
-    .context("rendering templates/installer/guard.sh")
 }

@@ -2,11 +2,11 @@
 //! on a machine that already holds a chocoimg node, one that stops: see crate::guard),
 //! the entry that reinstalls on purpose, then the ISO's own entries, unchanged but for
 //! their timeout.
-use super::{Identity, ImageError};
+use super::error::ImageError;
+use super::identity::Identity;
+use super::ubuntu::GRUB_CFG;
 use crate::guard;
-use minijinja::{context, Environment, UndefinedBehavior};
-
-const TEMPLATE: &str = include_str!("../../templates/grub.cfg");
+use minijinja::context;
 /// Seconds before the install entry starts by itself.
 pub const TIMEOUT_SECS: u32 = 10;
 
@@ -46,13 +46,10 @@ pub fn render(original: &str, id: &Identity) -> Result<BootMenu, ImageError> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_keep_trailing_newline(true);
-    let text = env
-        .render_str(
-            TEMPLATE,
-            context! {
+    let text = crate::templates::environment()
+        .get_template("grub.cfg")
+        .and_then(|t| {
+            t.render(context! {
                 chocoimg_version => id.chocoimg_version,
                 cluster => id.cluster,
                 node => id.node,
@@ -65,8 +62,8 @@ pub fn render(original: &str, id: &Identity) -> Result<BootMenu, ImageError> {
                 reinstall_kernel_line => reinstall_kernel_line,
                 initrd_line => first.initrd,
                 original => kept.trim(),
-            },
-        )
+            })
+        })
         .map_err(|e| ImageError::GrubLayout {
             detail: format!("rendering templates/grub.cfg: {e}"),
         })?;
@@ -156,7 +153,7 @@ pub fn goes_on_to_main_menu(cfg: &str) -> bool {
             .unwrap_or("")
             .trim_matches(|c| c == '"' || c == '\'');
         matches!(command, Some("source" | "configfile"))
-            && (target.ends_with(super::GRUB_CFG)
+            && (target.ends_with(GRUB_CFG)
                 || target == "$prefix/grub.cfg"
                 || target == "${prefix}/grub.cfg")
     })
