@@ -14,10 +14,13 @@ static CANCEL: AtomicBool = AtomicBool::new(false);
 static HANDLER: OnceLock<()> = OnceLock::new();
 
 pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
-    let mut plan = super::load_plan(global)?;
     // The seed's late-commands install the image tarball only when the plan says so.
-    plan.k3s.airgap |= args.airgap;
-    let plan = plan;
+    let plan = super::load_plan_with(
+        global,
+        crate::plan::Overrides {
+            airgap: args.airgap,
+        },
+    )?;
     let nodes = super::render::select_nodes(&plan, &args.nodes)?;
     let outputs: Vec<PathBuf> = nodes.iter().map(|n| plan.image_path(n)).collect();
     // Before any download; `image::plan` asks again for the library's other callers.
