@@ -2,7 +2,8 @@
 //! `fetch-kubeconfig` wrote. Cluster `ready` (API answers, every node Ready), `degraded`
 //! (API answers, some node not Ready), `unavailable` (no API); each node `Ready`,
 //! `NotReady` or `Unknown` from its `Ready` condition.
-use crate::cluster::{kubeconfig, EXIT_DEGRADED, EXIT_UNAVAILABLE};
+use crate::cluster::kubeconfig;
+use crate::errors::{EXIT_DEGRADED, EXIT_UNAVAILABLE};
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 use serde_yaml_ng::Value;
@@ -67,7 +68,7 @@ pub fn access(doc: &Value, context: &str) -> Result<ApiAccess> {
         .filter_map(|e| e.get("name").and_then(Value::as_str).map(String::from))
         .collect();
     let ctx = find("contexts", context).ok_or_else(|| {
-        crate::BadInput(format!(
+        crate::errors::BadInput(format!(
             "the kubeconfig has no context {context:?} (it has: {}); run `chocoimg fetch-kubeconfig` or pass --context",
             if names.is_empty() { "none".to_string() } else { names.join(", ") }
         ))
@@ -85,16 +86,8 @@ pub fn access(doc: &Value, context: &str) -> Result<ApiAccess> {
     let user = find("users", &user_name)
         .map(|u| u["user"].clone())
         .unwrap_or(Value::Null);
-    let b64 = |k: &str| -> Result<Option<Vec<u8>>> {
-        use base64::Engine;
-        match field(&user, k) {
-            None => Ok(None),
-            Some(s) => base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
-                .map(Some)
-                .map_err(|e| anyhow!("{k} of user {user_name} is not base64: {e}")),
-        }
-    };
+    let b64 =
+        |k: &str| kubeconfig::data_field(&user, k).with_context(|| format!("user {user_name}"));
     let identity_pem = match (b64("client-certificate-data")?, b64("client-key-data")?) {
         (Some(mut cert), Some(key)) => {
             cert.push(b'\n');

@@ -2,8 +2,10 @@
 //! verified artifacts); phase two writes one image per node, then its manifest.
 use crate::artifacts::{self, FetchOptions, LockMode};
 use crate::cli::{BuildArgs, Global};
+use crate::commands::inputs::{load_plan_with, prepare_secrets, select_nodes};
+use crate::errors::BadInput;
 use crate::image::{self, manifest::Manifest, Identity, ImageError, ProgressStyle, Target};
-use crate::{seed, BadInput};
+use crate::seed;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +17,13 @@ static HANDLER: OnceLock<()> = OnceLock::new();
 
 pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     // The seed's late-commands install the image tarball only when the plan says so.
-    let plan = super::load_plan_with(
+    let plan = load_plan_with(
         global,
         crate::plan::Overrides {
             airgap: args.airgap,
         },
     )?;
-    let nodes = super::render::select_nodes(&plan, &args.nodes)?;
+    let nodes = select_nodes(&plan, &args.nodes)?;
     let outputs: Vec<PathBuf> = nodes.iter().map(|n| plan.image_path(n)).collect();
     // Before any download; `image::plan` asks again for the library's other callers.
     for out in &outputs {
@@ -86,7 +88,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     // Only artifacts that make an image are recorded beside the profile.
     lock.save()?;
     // Secrets only once the inputs are known good: a refused ISO creates nothing.
-    let secrets = super::render::prepare_secrets(&plan)?;
+    let secrets = prepare_secrets(&plan)?;
     let seeds = nodes
         .iter()
         .map(|n| seed::render(&plan, &secrets, n))
