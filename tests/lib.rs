@@ -4,5 +4,6 @@ mod artifacts;
 mod cluster;
 mod image;
 mod profile;
+mod secrets;
 mod seed;
 mod support;
