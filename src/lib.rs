@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod commands;
 pub mod fsutil;
 pub mod image;
+pub mod labels;
 pub mod plan;
 pub mod profile;
 pub mod proof;

@@ -51,17 +51,6 @@ pub fn destination(chain: &[PathBuf], name: &str) -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Whether any file of `chain` sets a current context (the first one that does wins).
-fn chain_has_current_context(chain: &[PathBuf]) -> bool {
-    chain.iter().any(|p| {
-        read_kubeconfig(p).is_some_and(|doc| {
-            doc.get("current-context")
-                .and_then(Value::as_str)
-                .is_some_and(|c| !c.is_empty())
-        })
-    })
-}
-
 /// A kubeconfig file's document, or None when it is missing or not YAML.
 fn read_kubeconfig(path: &Path) -> Option<Value> {
     serde_yaml_ng::from_str(&std::fs::read_to_string(path).ok()?).ok()
@@ -147,6 +136,8 @@ pub struct FetchOptions {
     pub chain: Vec<PathBuf>,
     /// Switch current-context to ours (it is set anyway when no file of the chain has one).
     pub use_context: bool,
+    /// Replace entries named `name` that reach another cluster (refused otherwise).
+    pub overwrite_context: bool,
 }
 
 /// What `fetch` wrote.
@@ -156,7 +147,11 @@ pub struct Fetched {
     pub name: String,
     pub server_url: String,
     pub backup: Option<PathBuf>,
-    pub current_context: bool,
+    /// What was replaced under our name with `overwrite_context` (another cluster's).
+    pub replaced: Option<String>,
+    /// kubectl's current context after the write (the first file of the chain that sets
+    /// one), if any.
+    pub current_context: Option<String>,
 }
 
 /// Fetches, checks and merges master1's admin kubeconfig. Writes nothing unless every
@@ -218,21 +213,109 @@ pub fn fetch(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let set_current = opts.use_context || !chain_has_current_context(&opts.chain);
+    let replaced = existing
+        .as_ref()
+        .and_then(|doc| another_clusters_entry(doc, &ours, &opts.name));
+    if let (Some(what), false) = (&replaced, opts.overwrite_context) {
+        return Err(crate::BadInput(format!(
+            "{} already has {what}, which is not this cluster; chocoimg will not replace it \
+             silently. Pass --overwrite-context to replace it with this cluster's, or \
+             --context NAME to write this cluster's under another name",
+            path.display()
+        ))
+        .into());
+    }
+    let set_current = opts.use_context || current_context(&opts.chain).is_none();
     let merged = merge(existing.clone(), &ours, &opts.name, set_current)?;
     let backup = match existing {
         Some(_) => Some(backup(&path)?),
         None => None,
     };
     let body = serde_yaml_ng::to_string(&merged).context("encoding the kubeconfig")?;
-    fsutil::write_atomic(&path, body.as_bytes(), 0o600)?;
+    if let Err(e) = fsutil::write_atomic(&path, body.as_bytes(), 0o600) {
+        // Nothing changed: the backup would only be a copy of the file as it still is.
+        if let Some(b) = &backup {
+            let _ = std::fs::remove_file(b);
+        }
+        return Err(e);
+    }
     Ok(Fetched {
+        current_context: current_context(&opts.chain),
         path,
         name: opts.name.clone(),
         server_url,
         backup,
-        current_context: set_current,
+        replaced,
     })
+}
+
+/// kubectl's current context over `chain`: the first file that sets one wins.
+fn current_context(chain: &[PathBuf]) -> Option<String> {
+    chain.iter().find_map(|p| {
+        read_kubeconfig(p)?
+            .get("current-context")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+    })
+}
+
+/// An entry of `existing` named `name` that `ours` (from `adopt`) would replace but that
+/// reaches another cluster: a cluster with another CA (or none), a context that uses
+/// other entries, a user with no cluster of ours beside it. Described for the message.
+pub fn another_clusters_entry(existing: &Value, ours: &Value, name: &str) -> Option<String> {
+    let cluster = find_named(existing, "clusters", name);
+    let context = find_named(existing, "contexts", name);
+    let user = find_named(existing, "users", name);
+    let server = |c: &Value| {
+        c.get("cluster")
+            .and_then(|c| c.get("server"))
+            .and_then(Value::as_str)
+            .unwrap_or("no server")
+            .to_string()
+    };
+    let our_ca = cluster_ca(ours, name).ok()?;
+    let cluster_is_ours = cluster.is_some()
+        && cluster_ca(existing, name).is_ok_and(|ca| same_certificates(&ca, &our_ca));
+    if let Some(c) = cluster.filter(|_| !cluster_is_ours) {
+        let what = match context {
+            Some(_) => "context and cluster",
+            None => "cluster",
+        };
+        return Some(format!(
+            "a {what} named {name} that reaches {} with another CA",
+            server(c)
+        ));
+    }
+    if let Some(ctx) = context {
+        let refs = |key: &str| {
+            ctx.get("context")
+                .and_then(|c| c.get(key))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let (c, u) = (refs("cluster"), refs("user"));
+        if c != name || u != name {
+            let reaches = find_named(existing, "clusters", &c)
+                .map(|e| format!(", which reaches {}", server(e)))
+                .unwrap_or_default();
+            return Some(format!(
+                "a context named {name} that uses cluster {c:?} and user {u:?}{reaches}"
+            ));
+        }
+        if !cluster_is_ours {
+            return Some(format!(
+                "a context named {name} whose cluster entry is missing"
+            ));
+        }
+    }
+    if user.is_some() && !cluster_is_ours {
+        return Some(format!(
+            "a user named {name} with no cluster of this name beside it"
+        ));
+    }
+    None
 }
 
 fn url_host(address: &str) -> String {
@@ -627,15 +710,15 @@ mod tests {
         // Created in the first file that exists, never in a missing one ahead of it.
         let chain = vec![p("missing"), p("work")];
         assert_eq!(destination(&chain, "c1"), p("work"));
-        assert!(chain_has_current_context(&chain));
+        assert_eq!(current_context(&chain).as_deref(), Some("work"));
         // Modified where it is defined.
         let chain = vec![p("work"), p("ours")];
         assert_eq!(destination(&chain, "c1"), p("ours"));
         // No file at all: the last one.
         let chain = vec![p("missing"), p("missing2")];
         assert_eq!(destination(&chain, "c1"), p("missing2"));
-        assert!(!chain_has_current_context(&chain));
-        assert!(!chain_has_current_context(&[p("ours")]));
+        assert_eq!(current_context(&chain), None);
+        assert_eq!(current_context(&[p("ours")]), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::cluster::discover::{self, Browse, Verdict};
 use crate::cluster::EXIT_NOT_FOUND;
 
 pub fn run(global: &Global, args: &DiscoverArgs) -> anyhow::Result<i32> {
-    let plan = super::load_plan(global)?;
+    let plan = super::load_plan_for(global, crate::plan::Purpose::ClusterTools)?;
     let timeout = crate::cluster::timeout_arg(args.timeout)?;
     let secrets = crate::cluster::load_secrets(&plan)?;
     let servers = discover::browse(

@@ -4,7 +4,7 @@ use crate::cli::{FetchKubeconfigArgs, Global};
 use crate::cluster::{discover, kubeconfig, EXIT_NOT_FOUND};
 
 pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
-    let plan = super::load_plan(global)?;
+    let plan = super::load_plan_for(global, crate::plan::Purpose::ClusterTools)?;
     let timeout = crate::cluster::timeout_arg(args.timeout)?;
     let secrets = crate::cluster::load_secrets(&plan)?;
     let name = args.context.clone().unwrap_or_else(|| plan.cluster.clone());
@@ -42,6 +42,7 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
             name,
             chain,
             use_context: args.use_context,
+            overwrite_context: args.overwrite_context,
         },
     )?;
     println!(
@@ -53,13 +54,19 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
     if let Some(b) = &done.backup {
         println!("previous kubeconfig saved as {}", b.display());
     }
-    if done.current_context {
-        println!("current context: {}", done.name);
-    } else {
-        println!(
-            "current context unchanged; use `kubectl --context {}` or re-run with --use-context",
+    if let Some(what) = &done.replaced {
+        println!("replaced {what} (--overwrite-context)");
+    }
+    match &done.current_context {
+        Some(c) if *c == done.name => println!("current context: {c} (this cluster)"),
+        Some(c) => println!(
+            "current context unchanged: {c}; use `kubectl --context {}` or re-run with --use-context",
             done.name
-        );
+        ),
+        None => println!(
+            "no current context; use `kubectl --context {}` or re-run with --use-context",
+            done.name
+        ),
     }
     Ok(0)
 }

@@ -12,8 +12,14 @@ use crate::plan::{self, Plan};
 
 /// Phase one for every command that needs the cluster: load and check the profile.
 pub fn load_plan(global: &Global) -> anyhow::Result<Plan> {
-    Ok(plan::load(
+    load_plan_for(global, plan::Purpose::Seeds)
+}
+
+/// `load_plan` for `purpose`: the cluster tools need no Wi-Fi password.
+pub fn load_plan_for(global: &Global, purpose: plan::Purpose) -> anyhow::Result<Plan> {
+    Ok(plan::load_for(
         &global.profile_path(),
         &plan::default_out_root(),
+        purpose,
     )?)
 }

@@ -45,13 +45,18 @@ pub fn prepare_secrets(plan: &Plan) -> Result<secrets::Secrets> {
     }
     let names: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
     let path = plan.secrets_path();
-    let existed = path.exists();
-    let s = secrets::load_or_create(&path, &names)?;
-    if !existed {
+    let loaded = secrets::load_or_create(&path, &names)?;
+    if loaded.created {
         eprintln!(
             "note: created the cluster's secrets in {} (mode 0600; never commit it; back it up)",
             path.display()
         );
     }
-    Ok(s)
+    for node in &loaded.new_host_keys {
+        eprintln!(
+            "note: {node} is new in the profile: made it a new SSH host key in {}",
+            path.display()
+        );
+    }
+    Ok(loaded.secrets)
 }

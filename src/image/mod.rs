@@ -34,6 +34,15 @@ pub const EXPECTED_RELEASE: &str = "Ubuntu-Server 22.04";
 
 const CHUNK: usize = 1 << 20;
 
+/// The point release `/.disk/info` names: `22.04.1` in
+/// `Ubuntu-Server 22.04.1 LTS "Jammy Jellyfish" - Release amd64 (20220809.1)`.
+pub fn iso_release(disk_info: &str) -> &str {
+    disk_info
+        .strip_prefix("Ubuntu-Server ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("")
+}
+
 /// One in-place write, at an absolute byte offset of the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Patch {
@@ -62,6 +71,17 @@ pub enum ImageError {
          use ubuntu-22.04.5-live-server-amd64.iso"
     )]
     NotUbuntu2204 { iso: PathBuf, found: String },
+    #[error(
+        "{iso} is the Ubuntu {found} ISO (its /.disk/info), but the profile's ubuntu.release \
+         is {profile}: the disk-safety rule and the image's record follow the release, so \
+         they must agree; set `ubuntu.release: {found}` with that ISO's iso_url and \
+         iso_sha256, or use the {profile} ISO"
+    )]
+    OtherRelease {
+        iso: PathBuf,
+        found: String,
+        profile: String,
+    },
     #[error(
         "{iso}: the new /boot/grub/grub.cfg needs {needed} bytes but the ISO reserves only \
          {room} for it; this ISO cannot be patched in place (use the official 22.04.5 ISO)"
@@ -184,7 +204,7 @@ pub fn build(req: &BuildRequest) -> Result<Built> {
     }
     let plan = plan(req)?;
     let dir = crate::fsutil::parent_dir(req.output);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::fsutil::create_dirs(dir)?;
     let file_name = req
         .output
         .file_name()
@@ -262,6 +282,15 @@ fn plan_iso(iso_path: &Path, identity: &Identity, entries: Vec<cidata::Entry>) -
         return Err(ImageError::NotUbuntu2204 {
             iso: iso_path.to_path_buf(),
             found: info.lines().next().unwrap_or("").to_string(),
+        }
+        .into());
+    }
+    let found = iso_release(&info);
+    if found != identity.ubuntu_release {
+        return Err(ImageError::OtherRelease {
+            iso: iso_path.to_path_buf(),
+            found: found.to_string(),
+            profile: identity.ubuntu_release.clone(),
         }
         .into());
     }
