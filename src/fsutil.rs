@@ -86,7 +86,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 pub enum SmallFileError {
     #[error("{path} is not a regular file ({kind}); give the path of a file")]
     NotRegular { path: PathBuf, kind: &'static str },
-    #[error("{path} is larger than {cap} bytes, far more than such a file holds; is it the right file?")]
+    #[error(
+        "{path} is larger than {cap} bytes, far more than such a file holds; is it the right file?"
+    )]
     TooLarge { path: PathBuf, cap: u64 },
     #[error("cannot read {path}: {source}")]
     Io {

@@ -19,7 +19,9 @@ fn key_problem(key: &str) -> Option<String> {
     };
     if let Some(prefix) = prefix {
         if prefix.is_empty() {
-            return Some("the prefix before '/' is empty; write example.com/zone, or just zone".into());
+            return Some(
+                "the prefix before '/' is empty; write example.com/zone, or just zone".into(),
+            );
         }
         if prefix.len() > 253 || !is_dns_subdomain(prefix) {
             return Some(format!(
@@ -40,8 +42,7 @@ fn key_problem(key: &str) -> Option<String> {
 
 /// A value is empty, or what a name is.
 fn value_problem(value: &str) -> Option<String> {
-    (!value.is_empty() && !is_label_text(value))
-        .then(|| format!("the value {value:?} {TEXT_RULE}"))
+    (!value.is_empty() && !is_label_text(value)).then(|| format!("the value {value:?} {TEXT_RULE}"))
 }
 
 const TEXT_RULE: &str = "must have at most 63 characters (letters, digits, '-', '_', '.') \

@@ -189,10 +189,16 @@ pub fn load_for(profile_path: &Path, out_root: &Path, purpose: Purpose) -> Resul
         p
     };
     let text = crate::fsutil::read_small_file(profile_path, PROFILE_MAX_BYTES).map_err(|e| {
-        fail(None, format!("{e}; pass the profile with -p/--profile or set CHOCOIMG_PROFILE"))
+        fail(
+            None,
+            format!("{e}; pass the profile with -p/--profile or set CHOCOIMG_PROFILE"),
+        )
     })?;
     let utf8 = std::str::from_utf8(&text).map_err(|e| {
-        let line = 1 + text[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count();
+        let line = 1 + text[..e.valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
         fail(
             Some(line),
             "this line is not UTF-8 text; save the profile as UTF-8".into(),
@@ -481,7 +487,9 @@ fn check_release_agrees(p: &mut Problems, ub: &profile::UbuntuSpec) {
             p.push("ubuntu.iso_url", format!("names the {named} ISO but ubuntu.release is {} (the default when it is not given); set `release: {named}` to build from it, or use the {} ISO's URL", ub.release, ub.release));
         }
     }
-    if ub.iso_sha256.eq_ignore_ascii_case(profile::DEFAULT_ISO_SHA256)
+    if ub
+        .iso_sha256
+        .eq_ignore_ascii_case(profile::DEFAULT_ISO_SHA256)
         && ub.release != profile::DEFAULT_UBUNTU_RELEASE
     {
         p.push("ubuntu.iso_sha256", format!("is the SHA-256 of the {} ISO, not of {}; copy the pin from the {} release's SHA256SUMS", profile::DEFAULT_UBUNTU_RELEASE, ub.release, ub.release));
@@ -634,7 +642,10 @@ fn read_public_key(path: &Path) -> Result<String, String> {
         format!("{e}; point it at your public key (a .pub file) or leave it out to use ~/.ssh/id_ed25519.pub")
     })?;
     let text = String::from_utf8(bytes).map_err(|_| {
-        format!("{} is not text; give the .pub file, e.g. made by `ssh-keygen -t ed25519`", path.display())
+        format!(
+            "{} is not text; give the .pub file, e.g. made by `ssh-keygen -t ed25519`",
+            path.display()
+        )
     })?;
     let line = text.trim();
     match ssh_key::PublicKey::from_openssh(line) {
@@ -648,7 +659,9 @@ fn is_inline_key(value: &Path) -> bool {
     let s = value.to_string_lossy();
     let mut words = s.split_whitespace();
     let algorithm = words.next().unwrap_or("");
-    (algorithm.starts_with("ssh-") || algorithm.starts_with("ecdsa-") || algorithm.starts_with("sk-"))
+    (algorithm.starts_with("ssh-")
+        || algorithm.starts_with("ecdsa-")
+        || algorithm.starts_with("sk-"))
         && words.next().is_some_and(|b| b.starts_with("AAAA"))
 }
 
@@ -795,7 +808,10 @@ mod tests {
         assert!(!release_at_least("22.04.3", (22, 4, 4)));
         assert!(!release_at_least("22.04", (22, 4, 4)));
         assert_eq!(
-            release_in_iso_url("https://releases.ubuntu.com/22.04.1/ubuntu-22.04.1-live-server-amd64.iso").as_deref(),
+            release_in_iso_url(
+                "https://releases.ubuntu.com/22.04.1/ubuntu-22.04.1-live-server-amd64.iso"
+            )
+            .as_deref(),
             Some("22.04.1")
         );
         assert_eq!(release_in_iso_url("http://mirror/x/jammy.iso"), None);

@@ -122,7 +122,9 @@ impl Secrets {
         }
         for (node, key) in &self.host_keys {
             let Ok(private) = ssh_key::PrivateKey::from_openssh(&key.private) else {
-                return Some(format!("the private host key of {node} is not an OpenSSH key"));
+                return Some(format!(
+                    "the private host key of {node} is not an OpenSSH key"
+                ));
             };
             let matches = ssh_key::PublicKey::from_openssh(key.public.trim())
                 .is_ok_and(|public| public.key_data() == private.public_key().key_data());
@@ -223,7 +225,10 @@ pub fn load(path: &Path) -> Result<Secrets> {
     };
     // Parse errors must not quote the file: it is full of secrets.
     let secrets: Secrets = serde_yaml_ng::from_str(body).map_err(|e| {
-        let at = e.location().map(|l| format!(" at line {}", l.line())).unwrap_or_default();
+        let at = e
+            .location()
+            .map(|l| format!(" at line {}", l.line()))
+            .unwrap_or_default();
         bad(format!("is not a valid secrets file{at}"))
     })?;
     if let Some(why) = secrets.damage() {
@@ -238,9 +243,11 @@ fn unmarked(path: &Path, text: &str) -> anyhow::Error {
     let nodes: Vec<String> = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
         .ok()
         .and_then(|v| {
-            v.get("host_keys")?
-                .as_mapping()
-                .map(|m| m.keys().filter_map(|k| k.as_str().map(String::from)).collect())
+            v.get("host_keys")?.as_mapping().map(|m| {
+                m.keys()
+                    .filter_map(|k| k.as_str().map(String::from))
+                    .collect()
+            })
         })
         .unwrap_or_default();
     let quoted = path.display().to_string().replace('\'', "'\\''");
@@ -251,7 +258,11 @@ fn unmarked(path: &Path, text: &str) -> anyhow::Error {
          `public:` line, mark it as checked:\n  $ echo '{END_MARKER}' >> '{quoted}'\nelse \
          restore it from a backup.",
         path.display(),
-        if nodes.is_empty() { "no node".to_string() } else { nodes.join(", ") },
+        if nodes.is_empty() {
+            "no node".to_string()
+        } else {
+            nodes.join(", ")
+        },
     ))
     .into()
 }

@@ -286,7 +286,10 @@ fn network(plan: &Plan, node: &NodePlan) -> Result<Value> {
         NodeConnection::Ethernet => ("ethernets", "lan"),
         NodeConnection::Wifi { ssid, password } => {
             let password = password.clone().ok_or_else(|| {
-                anyhow::anyhow!("internal: {}'s Wi-Fi password was not resolved", node.hostname)
+                anyhow::anyhow!(
+                    "internal: {}'s Wi-Fi password was not resolved",
+                    node.hostname
+                )
             })?;
             let mut ap = Mapping::new();
             ap.insert("password".into(), password.into());

@@ -1287,9 +1287,20 @@ fn fetch_kubeconfig_never_silently_replaces_another_clusters_context() {
     std::fs::create_dir_all(kube.parent().unwrap()).unwrap();
     // Another cluster under our name, current, written by kubectl itself.
     for args in [
-        &["config", "set-cluster", "chocotest", "--server=https://elsewhere.example:6443"][..],
+        &[
+            "config",
+            "set-cluster",
+            "chocotest",
+            "--server=https://elsewhere.example:6443",
+        ][..],
         &["config", "set-credentials", "chocotest", "--token=theirs"][..],
-        &["config", "set-context", "chocotest", "--cluster=chocotest", "--user=chocotest"][..],
+        &[
+            "config",
+            "set-context",
+            "chocotest",
+            "--cluster=chocotest",
+            "--user=chocotest",
+        ][..],
         &["config", "use-context", "chocotest"][..],
     ] {
         kubectl(&kube, args);
@@ -1312,7 +1323,12 @@ fn fetch_kubeconfig_never_silently_replaces_another_clusters_context() {
 
     let (code, log) = fetch(&[]);
     assert_eq!(code, Some(2), "{log}");
-    for want in ["chocotest", "elsewhere.example", "--overwrite-context", "--context"] {
+    for want in [
+        "chocotest",
+        "elsewhere.example",
+        "--overwrite-context",
+        "--context",
+    ] {
         assert!(log.contains(want), "{want:?} missing: {log}");
     }
     assert_eq!(std::fs::read(&kube).unwrap(), before, "nothing written");
@@ -1320,7 +1336,13 @@ fn fetch_kubeconfig_never_silently_replaces_another_clusters_context() {
     let server = |kube: &Path| {
         kubectl(
             kube,
-            &["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"],
+            &[
+                "config",
+                "view",
+                "--minify",
+                "-o",
+                "jsonpath={.clusters[0].cluster.server}",
+            ],
         )
     };
     assert_eq!(server(&kube), "https://elsewhere.example:6443");
@@ -1329,7 +1351,10 @@ fn fetch_kubeconfig_never_silently_replaces_another_clusters_context() {
     let (code, log) = fetch(&["--overwrite-context"]);
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("replaced"), "{log}");
-    assert_eq!(kubectl(&kube, &["config", "current-context"]).trim(), "chocotest");
+    assert_eq!(
+        kubectl(&kube, &["config", "current-context"]).trim(),
+        "chocotest"
+    );
     assert_eq!(server(&kube), "https://10.99.0.1:6443");
     assert!(
         log.contains("current context: chocotest") && !log.contains("unchanged"),
@@ -1342,12 +1367,23 @@ fn fetch_kubeconfig_never_silently_replaces_another_clusters_context() {
     assert!(log.contains("current context: chocotest"), "{log}");
 
     // Another context current: left so, and said so with its name.
-    kubectl(&kube, &["config", "set-cluster", "work", "--server=https://work.example:6443"]);
+    kubectl(
+        &kube,
+        &[
+            "config",
+            "set-cluster",
+            "work",
+            "--server=https://work.example:6443",
+        ],
+    );
     kubectl(&kube, &["config", "set-context", "work", "--cluster=work"]);
     kubectl(&kube, &["config", "use-context", "work"]);
     let (code, log) = fetch(&[]);
     assert_eq!(code, Some(0), "{log}");
-    assert_eq!(kubectl(&kube, &["config", "current-context"]).trim(), "work");
+    assert_eq!(
+        kubectl(&kube, &["config", "current-context"]).trim(),
+        "work"
+    );
     assert!(log.contains("current context unchanged: work"), "{log}");
     assert_eq!(server(&kube), "https://work.example:6443");
     assert_eq!(

@@ -1295,7 +1295,12 @@ fn image_cli_refuses_an_iso_of_another_release_than_the_profile() {
     let out = ws.run(&["build", "--node", "master1", "--iso", iso.to_str().unwrap()]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    for want in ["22.04.1", "ubuntu.release", "22.04.5", iso.to_str().unwrap()] {
+    for want in [
+        "22.04.1",
+        "ubuntu.release",
+        "22.04.5",
+        iso.to_str().unwrap(),
+    ] {
         assert!(err.contains(want), "{want:?} missing from:\n{err}");
     }
     assert!(image_outputs(&ws).is_empty(), "{:?}", image_outputs(&ws));

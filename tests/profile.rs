@@ -282,7 +282,9 @@ fn only_regular_files_are_read_as_profile_or_key() {
 fn a_profile_that_is_not_utf8_is_refused_naming_the_line() {
     let mut bytes = default_profile().into_bytes();
     // In a comment, where a replacement character would go unnoticed.
-    let at = String::from_utf8_lossy(&bytes).find("  # public_key:").unwrap();
+    let at = String::from_utf8_lossy(&bytes)
+        .find("  # public_key:")
+        .unwrap();
     bytes.splice(at + 4..at + 4, [0xff, 0xfe]);
     let line = 1 + bytes[..at].iter().filter(|b| **b == b'\n').count();
     let ws = Workspace::with_default_profile();

@@ -85,7 +85,10 @@ fn a_damaged_secrets_file_is_refused_and_never_repaired() {
     for (what, cut) in [
         ("after master1's host key", cut_after_first_host_key),
         ("inside master1's public key", in_public_line),
-        ("before the end marker", whole.trim_end().rfind('\n').unwrap() + 1),
+        (
+            "before the end marker",
+            whole.trim_end().rfind('\n').unwrap() + 1,
+        ),
     ] {
         std::fs::write(&path, &whole[..cut]).unwrap();
         let out = ws.run(&["render", "--all"]);
@@ -119,8 +122,8 @@ fn a_damaged_secrets_file_is_refused_and_never_repaired() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), whole);
 
     // A node new in the profile: its key is added, said so; nothing else changes.
-    let profile = std::fs::read_to_string(&ws.profile).unwrap()
-        + "  - hostname: nodo2\n    role: agent\n";
+    let profile =
+        std::fs::read_to_string(&ws.profile).unwrap() + "  - hostname: nodo2\n    role: agent\n";
     std::fs::write(&ws.profile, profile).unwrap();
     let out = ws.ok(&["render", "--all"]);
     assert!(
@@ -133,7 +136,10 @@ fn a_damaged_secrets_file_is_refused_and_never_repaired() {
         assert_eq!(after[key], s[key], "{key} kept");
     }
     for node in ["master1", "nodo1"] {
-        assert_eq!(after["host_keys"][node], s["host_keys"][node], "{node} kept");
+        assert_eq!(
+            after["host_keys"][node], s["host_keys"][node],
+            "{node} kept"
+        );
     }
     assert!(after["host_keys"]["nodo2"]["public"].is_string());
     let out = ws.ok(&["render", "--all"]);
@@ -154,7 +160,11 @@ fn a_secrets_file_without_end_marker_is_migrated_explicitly() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let msg = text(&out);
     assert!(msg.contains("end marker"), "{msg}");
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), body, "not rewritten");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        body,
+        "not rewritten"
+    );
     let fix = msg
         .lines()
         .find_map(|l| l.trim().strip_prefix("$ "))
@@ -256,7 +266,11 @@ fn a_wifi_password_from_a_bad_secrets_file_names_the_problem() {
         "{}",
         text(&out)
     );
-    assert!(text(&out).contains(path.to_str().unwrap()), "{}", text(&out));
+    assert!(
+        text(&out).contains(path.to_str().unwrap()),
+        "{}",
+        text(&out)
+    );
 }
 
 /// Issue 8, item 5: the laptop's cluster tools never use a Wi-Fi password, so an unset
@@ -295,5 +309,9 @@ fn cluster_tools_do_not_need_the_wifi_password() {
     // Commands that write seeds still need it.
     let out = ws.run(&["render", "--all"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("CHOCOIMG_TEST_UNSET_WIFI"), "{}", text(&out));
+    assert!(
+        text(&out).contains("CHOCOIMG_TEST_UNSET_WIFI"),
+        "{}",
+        text(&out)
+    );
 }

@@ -316,7 +316,9 @@ fn first_boot_in_real_cloud_init_writes_config_user_and_host_key() {
             }
         }
         assert_eq!(
-            std::fs::read_to_string(result.join("hostname")).unwrap().trim(),
+            std::fs::read_to_string(result.join("hostname"))
+                .unwrap()
+                .trim(),
             node,
             "{node}: the installed system is named by its user-data:\n{log}"
         );

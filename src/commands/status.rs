@@ -10,7 +10,10 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
     // The profile names the context and the nodes to expect; with --context it is optional.
     let plan = match &args.context {
         Some(_) => super::load_plan_for(global, crate::plan::Purpose::ClusterTools).ok(),
-        None => Some(super::load_plan_for(global, crate::plan::Purpose::ClusterTools)?),
+        None => Some(super::load_plan_for(
+            global,
+            crate::plan::Purpose::ClusterTools,
+        )?),
     };
     let context = match (&args.context, &plan) {
         (Some(c), _) => c.clone(),

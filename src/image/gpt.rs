@@ -146,7 +146,7 @@ pub fn plan_append(
     name: &str,
 ) -> Result<Appended, GptError> {
     assert!(
-        size % ALIGN == 0 && size > 0,
+        size.is_multiple_of(ALIGN) && size > 0,
         "partition size must be whole MiB"
     );
     let mut mbr = [0u8; SECTOR as usize];
