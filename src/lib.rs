@@ -14,6 +14,7 @@ pub mod image;
 pub mod labels;
 pub mod plan;
 pub mod profile;
+pub mod progress;
 pub mod proof;
 pub mod secrets;
 pub mod seed;

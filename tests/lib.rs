@@ -3,6 +3,7 @@
 mod artifacts;
 mod cluster;
 mod flash;
+mod flash_vm;
 mod image;
 mod profile;
 mod secrets;
