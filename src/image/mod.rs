@@ -235,18 +235,13 @@ pub fn plan(iso: &Path, targets: &[Target], force: bool) -> Result<Planned> {
     };
     let mut file = File::open(iso).with_context(|| format!("opening {}", iso.display()))?;
     let iso_len = file.metadata()?.len();
-    let found = IsoFiles::read(&mut file, iso)?;
+    let releases: Vec<&str> = targets
+        .iter()
+        .map(|t| t.identity.ubuntu_release.as_str())
+        .collect();
+    let found = IsoFiles::read(&mut file, iso, &releases)?;
     let mut images = Vec::with_capacity(targets.len());
     for t in targets {
-        // The disk-safety rule followed the profile's release: it must be the ISO's own.
-        if found.release != t.identity.ubuntu_release {
-            return Err(ImageError::OtherRelease {
-                iso: iso.to_path_buf(),
-                found: found.release.clone(),
-                profile: t.identity.ubuntu_release.clone(),
-            }
-            .into());
-        }
         let menu = grub::render(&String::from_utf8_lossy(&found.grub_cfg), t.identity)?;
         let mut reader = iso9660::Iso::open(&mut file).map_err(|e| layout(e.into()))?;
         let mut patches = match reader.plan_replace(GRUB_CFG, menu.text.as_bytes()) {
@@ -306,14 +301,14 @@ pub fn plan(iso: &Path, targets: &[Target], force: bool) -> Result<Planned> {
 /// The ISO's files the plan reads, checked: a 22.04 live-server ISO whose UEFI menu
 /// hands over to the one patched.
 struct IsoFiles {
-    /// The point release `/.disk/info` names, e.g. 22.04.5.
-    release: String,
     grub_cfg: Vec<u8>,
     md5sum: Option<Vec<u8>>,
 }
 
 impl IsoFiles {
-    fn read(file: &mut File, iso_path: &Path) -> Result<IsoFiles> {
+    /// `releases`: what the profile says the ISO is (the disk-safety rule followed it),
+    /// checked against the ISO's own `/.disk/info` before anything else is read.
+    fn read(file: &mut File, iso_path: &Path, releases: &[&str]) -> Result<IsoFiles> {
         let layout = |e: Box<dyn std::error::Error + Send + Sync>| ImageError::Layout {
             iso: iso_path.to_path_buf(),
             source: e,
@@ -328,6 +323,15 @@ impl IsoFiles {
             return Err(ImageError::NotUbuntu2204 {
                 iso: iso_path.to_path_buf(),
                 found: info.lines().next().unwrap_or("").to_string(),
+            }
+            .into());
+        }
+        let found = iso_release(&info);
+        if let Some(profile) = releases.iter().find(|r| **r != found) {
+            return Err(ImageError::OtherRelease {
+                iso: iso_path.to_path_buf(),
+                found: found.to_string(),
+                profile: profile.to_string(),
             }
             .into());
         }
@@ -349,11 +353,7 @@ impl IsoFiles {
             Err(iso9660::IsoError::NotFound { .. }) => None,
             Err(e) => return Err(layout(e.into()).into()),
         };
-        Ok(IsoFiles {
-            release: iso_release(&info).to_string(),
-            grub_cfg,
-            md5sum,
-        })
+        Ok(IsoFiles { grub_cfg, md5sum })
     }
 }
 
