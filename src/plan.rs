@@ -104,7 +104,7 @@ pub struct NodePlan {
 pub enum NodeConnection {
     Ethernet,
     /// The password is resolved here (env or secrets) and never printed. None only in a
-    /// plan for the cluster tools (`Purpose::ClusterTools`), which render no seed.
+    /// plan loaded for `Purpose::NoSeeds`.
     Wifi {
         ssid: String,
         password: Option<String>,
@@ -135,7 +135,7 @@ impl Plan {
             .find(|n| n.hostname == hostname)
             .ok_or_else(|| {
                 let names: Vec<_> = self.nodes.iter().map(|n| n.hostname.as_str()).collect();
-                crate::BadInput(format!(
+                crate::errors::BadInput(format!(
                     "no node named {hostname:?} in {}; the profile has: {}",
                     self.profile_path.display(),
                     names.join(", ")
@@ -174,12 +174,13 @@ pub fn load(profile_path: &Path, out_root: &Path) -> Result<Plan, Problems> {
     load_for(profile_path, out_root, Purpose::Seeds)
 }
 
-/// What a plan is loaded for. Seeds need every Wi-Fi password; the laptop's cluster tools
-/// (discover, status, fetch-kubeconfig) never use one, so they do not ask for it.
+/// What a plan is loaded for. Seeds need every Wi-Fi password; the commands that render
+/// none (discover, status, fetch-kubeconfig, watch, flash) never use one, so they do not
+/// ask for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     Seeds,
-    ClusterTools,
+    NoSeeds,
 }
 
 /// `load`, for `purpose`.
@@ -389,7 +390,7 @@ pub fn resolve(
                             None
                         }
                     },
-                    Purpose::ClusterTools => None,
+                    Purpose::NoSeeds => None,
                 };
                 NodeConnection::Wifi {
                     ssid: w.ssid.clone(),

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const LIB: &str = "usr/local/lib/chocoimg";
+pub(crate) const LIB: &str = "usr/local/lib/chocoimg";
 
-fn ok(cmd: &mut Command) -> String {
+pub(crate) fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -99,16 +99,16 @@ fn sudoers_dropin_passes_visudo() {
 
 /// master1 on the LAN: Avahi configured by the rendered avahi-config.sh, the K3s
 /// stand-in serving /cacerts on 6443, and the rendered announce.sh run for real.
-struct Master {
-    host: Host,
-    root: PathBuf,
-    services: PathBuf,
+pub(crate) struct Master {
+    pub(crate) host: Host,
+    pub(crate) root: PathBuf,
+    pub(crate) services: PathBuf,
     cacerts: PathBuf,
-    pki: crate::support::k3s::Pki,
+    pub(crate) pki: crate::support::k3s::Pki,
     _k3s: crate::support::k3s::Standin,
 }
 
-fn start_master(c: &Cluster, lan: &mut Lan) -> Master {
+pub(crate) fn start_master(c: &Cluster, lan: &mut Lan) -> Master {
     let mut host = lan.add_host("master1");
     let root = c.install_node_files("master1", &host.dir.join("root"));
     let conf = host.dir.join("avahi-daemon.conf");
@@ -349,13 +349,13 @@ fn discover_says_what_was_tried_when_nothing_answers() {
 
 /// nodo1 on the LAN: its rendered files under `root`, a `state` folder for the systemctl
 /// stand-in, and Avahi when `avahi` (discovery needs it, a fixed address does not).
-struct Nodo {
-    host: Host,
-    root: PathBuf,
-    state: PathBuf,
+pub(crate) struct Nodo {
+    pub(crate) host: Host,
+    pub(crate) root: PathBuf,
+    pub(crate) state: PathBuf,
 }
 
-fn add_nodo1(c: &Cluster, lan: &mut Lan, avahi: bool) -> Nodo {
+pub(crate) fn add_nodo1(c: &Cluster, lan: &mut Lan, avahi: bool) -> Nodo {
     let mut host = lan.add_host("nodo1");
     let root = c.install_node_files("nodo1", &host.dir.join("root"));
     if avahi {
@@ -366,7 +366,7 @@ fn add_nodo1(c: &Cluster, lan: &mut Lan, avahi: bool) -> Nodo {
     Nodo { host, root, state }
 }
 
-fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std::process::Output {
+pub(crate) fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std::process::Output {
     join_command(lan, nodo, root, state, 10, None)
         .output()
         .unwrap()
@@ -664,7 +664,7 @@ fn pki_other(c: &Cluster) -> crate::support::k3s::Pki {
 /// host's /etc is never touched): the profile's admin user exists there, K3s's
 /// kubeconfig is bind-mounted from `k3s_yaml` (root-only), and the rendered sudoers
 /// drop-in is installed, so the real sudo decides. `host_key` is the sshd's host key.
-fn start_sshd(
+pub(crate) fn start_sshd(
     c: &Cluster,
     lan: &Lan,
     host: &Host,
@@ -744,7 +744,7 @@ fn start_sshd(
     log
 }
 
-fn private_file(path: &Path, content: &str) {
+pub(crate) fn private_file(path: &Path, content: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, content).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -1135,12 +1135,22 @@ fn node_units_load_in_systemd_without_ordering_cycles() {
         (
             "master1",
             "k3s",
-            ["chocoimg-announce.service", "chocoimg-announce.timer"],
+            [
+                "chocoimg-announce.service",
+                "chocoimg-announce.timer",
+                "chocoimg-stage.service",
+                "chocoimg-stage.timer",
+            ],
         ),
         (
             "nodo1",
             "k3s-agent",
-            ["chocoimg-join.service", "chocoimg-join.timer"],
+            [
+                "chocoimg-join.service",
+                "chocoimg-join.timer",
+                "chocoimg-stage.service",
+                "chocoimg-stage.timer",
+            ],
         ),
     ] {
         let root = c.install_node_files(node, &c.dir.path().join(format!("{node}-root")));
@@ -1212,7 +1222,7 @@ fn node_units_load_in_systemd_without_ordering_cycles() {
 fn the_proof_keeps_the_agent_token_off_every_command_line() {
     require_tool("strace");
     let c = Cluster::new("chocotest", "chocotest", None);
-    let lib = chocoimg::cluster::node::render("lib.sh", minijinja::context! {}).unwrap();
+    let lib = chocoimg::seed::node::render("lib.sh", minijinja::context! {}).unwrap();
     let token_file = c.dir.path().join("agent-token");
     std::fs::write(&token_file, format!("{}\n", c.secrets.agent_token)).unwrap();
     let ca = chocoimg::proof::ca_hash(b"ca");

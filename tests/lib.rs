@@ -9,3 +9,4 @@ mod profile;
 mod secrets;
 mod seed;
 mod support;
+mod watch;
