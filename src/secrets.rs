@@ -1,7 +1,7 @@
 //! The cluster's secrets: created once on the laptop, kept in `out/<cluster>/secrets.yaml`
 //! (mode 0600), reused by every later build. They never reach git, logs or the terminal.
-use crate::fsutil;
 use crate::errors::BadInput;
+use crate::fsutil;
 use anyhow::{Context, Result};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};

@@ -6,8 +6,8 @@
 //! Nothing is written until every check has passed. The document itself is `kubeconfig`.
 use crate::cluster::discover::{self, Browse};
 use crate::cluster::kubeconfig::{
-    adopt, another_clusters_entry, cluster_ca, current_context, destination, merge, same_certificates,
-    K3S_KUBECONFIG,
+    adopt, another_clusters_entry, cluster_ca, current_context, destination, merge,
+    same_certificates, K3S_KUBECONFIG,
 };
 use crate::errors::BadInput;
 use crate::fsutil;

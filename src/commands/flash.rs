@@ -1,10 +1,10 @@
 //! `chocoimg flash`: check the target (all at once), confirm, write, verify.
 use crate::cli::{FlashArgs, Global};
 use crate::commands::inputs::load_plan_for;
-use crate::plan::Purpose;
 use crate::errors::BadInput;
 use crate::flash::{self, writer, Allowances, Disk, Image, Target};
 use crate::image::ProgressStyle;
+use crate::plan::Purpose;
 use anyhow::Result;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
