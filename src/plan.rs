@@ -173,10 +173,18 @@ pub fn default_out_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("out"))
 }
 
+/// What a command line adds to the profile; resolved into the plan with it, so the
+/// plan a command checks is the one it uses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    /// `build --airgap`: carry K3s's image tarball even when the profile does not.
+    pub airgap: bool,
+}
+
 /// Loads, checks and resolves a profile. Reads the SSH key and (for Wi-Fi passwords)
 /// the secrets file, writes nothing.
 pub fn load(profile_path: &Path, out_root: &Path) -> Result<Plan, Problems> {
-    load_for(profile_path, out_root, Purpose::Seeds)
+    load_with(profile_path, out_root, Overrides::default(), Purpose::Seeds)
 }
 
 /// What a plan is loaded for. Seeds need every Wi-Fi password; the commands that render
@@ -188,8 +196,13 @@ pub enum Purpose {
     NoSeeds,
 }
 
-/// `load`, for `purpose`.
-pub fn load_for(profile_path: &Path, out_root: &Path, purpose: Purpose) -> Result<Plan, Problems> {
+/// `load`, with what the command line adds, for `purpose`.
+pub fn load_with(
+    profile_path: &Path,
+    out_root: &Path,
+    overrides: Overrides,
+    purpose: Purpose,
+) -> Result<Plan, Problems> {
     let fail = |line: Option<usize>, message: String| {
         let mut p = Problems::new(profile_path);
         p.items.push(profile::Problem {
@@ -215,7 +228,8 @@ pub fn load_for(profile_path: &Path, out_root: &Path, purpose: Purpose) -> Resul
             "this line is not UTF-8 text; save the profile as UTF-8".into(),
         )
     })?;
-    let profile = profile::parse(profile_path, utf8)?;
+    let mut profile = profile::parse(profile_path, utf8)?;
+    profile.k3s.airgap |= overrides.airgap;
     let sha = crate::fsutil::sha256_hex(&text);
     resolve(&profile, profile_path, &sha, out_root, purpose)
 }

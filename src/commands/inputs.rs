@@ -10,14 +10,24 @@ use std::time::Duration;
 
 /// Phase one for every command that needs the cluster: load and check the profile.
 pub fn load_plan(global: &Global) -> Result<Plan> {
-    load_plan_for(global, plan::Purpose::Seeds)
+    load_plan_with(global, plan::Overrides::default())
+}
+
+/// `load_plan`, with what the command's own flags add to the profile.
+pub fn load_plan_with(global: &Global, overrides: plan::Overrides) -> Result<Plan> {
+    load(global, overrides, plan::Purpose::Seeds)
 }
 
 /// `load_plan` for `purpose`: commands that render no seed need no Wi-Fi password.
 pub fn load_plan_for(global: &Global, purpose: plan::Purpose) -> Result<Plan> {
-    Ok(plan::load_for(
+    load(global, plan::Overrides::default(), purpose)
+}
+
+fn load(global: &Global, overrides: plan::Overrides, purpose: plan::Purpose) -> Result<Plan> {
+    Ok(plan::load_with(
         &global.profile_path(),
         &plan::default_out_root(),
+        overrides,
         purpose,
     )?)
 }
