@@ -15,6 +15,7 @@ pub mod flash;
 pub mod fsutil;
 pub mod guard;
 pub mod image;
+pub mod labels;
 pub mod plan;
 pub mod profile;
 pub mod progress;

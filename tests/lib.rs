@@ -8,6 +8,7 @@ mod guard;
 mod house;
 mod image;
 mod profile;
+mod secrets;
 mod seed;
 mod support;
 mod watch;
