@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const LIB: &str = "usr/local/lib/chocoimg";
+pub(crate) const LIB: &str = "usr/local/lib/chocoimg";
 
-fn ok(cmd: &mut Command) -> String {
+pub(crate) fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -99,16 +99,16 @@ fn sudoers_dropin_passes_visudo() {
 
 /// master1 on the LAN: Avahi configured by the rendered avahi-config.sh, the K3s
 /// stand-in serving /cacerts on 6443, and the rendered announce.sh run for real.
-struct Master {
-    host: Host,
-    root: PathBuf,
-    services: PathBuf,
-    cacerts: PathBuf,
-    pki: crate::support::k3s::Pki,
-    _k3s: crate::support::k3s::Standin,
+pub(crate) struct Master {
+    pub(crate) host: Host,
+    pub(crate) root: PathBuf,
+    pub(crate) services: PathBuf,
+    pub(crate) cacerts: PathBuf,
+    pub(crate) pki: crate::support::k3s::Pki,
+    pub(crate) _k3s: crate::support::k3s::Standin,
 }
 
-fn start_master(c: &Cluster, lan: &mut Lan) -> Master {
+pub(crate) fn start_master(c: &Cluster, lan: &mut Lan) -> Master {
     let mut host = lan.add_host("master1");
     let root = c.install_node_files("master1", &host.dir.join("root"));
     let conf = host.dir.join("avahi-daemon.conf");
@@ -159,7 +159,7 @@ fn start_master(c: &Cluster, lan: &mut Lan) -> Master {
     master
 }
 
-fn announce(lan: &Lan, m: &Master) -> String {
+pub(crate) fn announce(lan: &Lan, m: &Master) -> String {
     ok(lan
         .cmd(&m.host, "sh")
         .arg(m.root.join(LIB).join("announce.sh"))
@@ -170,12 +170,19 @@ fn announce(lan: &Lan, m: &Master) -> String {
         .env("CHOCOIMG_AVAHI_SERVICES", &m.services))
 }
 
-fn ca_of(path: &Path) -> String {
+pub(crate) fn ca_of(path: &Path) -> String {
     chocoimg::proof::ca_hash(&std::fs::read(path).unwrap())
 }
 
 /// Publishes a hand-made `_k3s._tcp` announcement from `dir` (an Avahi services folder).
-fn publish_fake(dir: &Path, file: &str, name: &str, cluster: &str, ca: &str, proof: &str) {
+pub(crate) fn publish_fake(
+    dir: &Path,
+    file: &str,
+    name: &str,
+    cluster: &str,
+    ca: &str,
+    proof: &str,
+) {
     std::fs::write(
         dir.join(file),
         format!(
@@ -349,13 +356,13 @@ fn discover_says_what_was_tried_when_nothing_answers() {
 
 /// nodo1 on the LAN: its rendered files under `root`, a `state` folder for the systemctl
 /// stand-in, and Avahi when `avahi` (discovery needs it, a fixed address does not).
-struct Nodo {
-    host: Host,
-    root: PathBuf,
-    state: PathBuf,
+pub(crate) struct Nodo {
+    pub(crate) host: Host,
+    pub(crate) root: PathBuf,
+    pub(crate) state: PathBuf,
 }
 
-fn add_nodo1(c: &Cluster, lan: &mut Lan, avahi: bool) -> Nodo {
+pub(crate) fn add_nodo1(c: &Cluster, lan: &mut Lan, avahi: bool) -> Nodo {
     let mut host = lan.add_host("nodo1");
     let root = c.install_node_files("nodo1", &host.dir.join("root"));
     if avahi {
@@ -374,7 +381,7 @@ fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std::process::
 
 /// nodo1's rendered join.sh, with its paths under `root` and systemctl faked in `state`;
 /// with `hosts`, in a private mount namespace whose /etc/hosts is that file.
-fn join_command(
+pub(crate) fn join_command(
     lan: &Lan,
     nodo: &Host,
     root: &Path,

@@ -4,7 +4,7 @@
 //! kubeconfig's CA; rename `default` to the cluster and point it at master1; merge it
 //! into kubectl's kubeconfig keeping every other entry (0600, backup, atomic write).
 //! Nothing is written until every check has passed.
-use crate::cluster::discover::{self, Browse};
+use crate::cluster::discover::{self, Browse, Verdict};
 use crate::fsutil;
 use crate::plan::{Plan, SshKeySource};
 use crate::secrets::Secrets;
@@ -72,21 +72,28 @@ fn read_kubeconfig(path: &Path) -> Option<Value> {
 pub struct Target {
     pub address: String,
     pub announced_ca: Option<String>,
+    /// The instance that announced it (None with `--server`).
+    pub instance: Option<String>,
+    /// What discovery noticed on the way (several addresses, a name taken by another).
+    pub notes: Vec<String>,
 }
 
-/// Finds master1: `server` when given, else the first verified mDNS answer.
-/// `Err(heard)` when nothing verified answered within `timeout` (`heard`: how many
-/// other announcements did).
+/// Finds master1: `server` when given, else the one verified server mDNS finds
+/// (`discover::choose`). `Err(heard)` when nothing verified answered within `timeout`
+/// (`heard`: every announcement that did); an error when verified servers with different
+/// CAs answered.
 pub fn locate(
     plan: &Plan,
     secrets: &Secrets,
     server: Option<&str>,
     timeout: Duration,
-) -> Result<std::result::Result<Target, usize>> {
+) -> Result<std::result::Result<Target, Vec<discover::Server>>> {
     if let Some(server) = server {
         return Ok(Ok(Target {
             address: address_of(server)?,
             announced_ca: None,
+            instance: None,
+            notes: Vec::new(),
         }));
     }
     let servers = discover::browse(
@@ -97,13 +104,41 @@ pub fn locate(
             stop_at_first_verified: true,
         },
     )?;
-    let found = servers.iter().find_map(|s| {
-        s.usable_address().map(|a| Target {
-            address: a.to_string(),
-            announced_ca: s.ca.clone(),
-        })
-    });
-    Ok(found.ok_or(servers.len()))
+    match discover::choose(&servers, &plan.server().hostname) {
+        discover::Choice::One {
+            address,
+            instance,
+            ca,
+            notes,
+        } => Ok(Ok(Target {
+            address: address.to_string(),
+            announced_ca: Some(ca),
+            instance: Some(instance),
+            notes,
+        })),
+        discover::Choice::Conflict(msg) => bail!("{msg}"),
+        discover::Choice::Nothing => {
+            // master1's own announcement, but no address it gives holds its CA: a check
+            // that failed (exit 1), not "nothing found".
+            let refused: Vec<String> = servers
+                .iter()
+                .filter(|s| s.verdict == Verdict::Verified)
+                .flat_map(|s| {
+                    s.unproven
+                        .iter()
+                        .map(move |(a, why)| format!("{} at {a}: {why}", s.instance))
+                })
+                .collect();
+            if refused.is_empty() {
+                return Ok(Err(servers));
+            }
+            bail!(
+                "{} announced itself with a valid proof, but refusing every address it gave                  (something else may be answering there):\n  {}",
+                plan.server().hostname,
+                refused.join("\n  ")
+            )
+        }
+    }
 }
 
 /// `--server`'s address: an IP as given, a name resolved here (IPv4 first). The kubeconfig
@@ -235,7 +270,7 @@ pub fn fetch(
     })
 }
 
-fn url_host(address: &str) -> String {
+pub(crate) fn url_host(address: &str) -> String {
     if address.contains(':') && !address.starts_with('[') {
         format!("[{address}]")
     } else {
@@ -244,7 +279,7 @@ fn url_host(address: &str) -> String {
 }
 
 /// GET `/cacerts` without trusting anything yet: its hash is what we check.
-fn get_cacerts(address: &str) -> Result<Vec<u8>> {
+pub(crate) fn get_cacerts(address: &str) -> Result<Vec<u8>> {
     let url = format!("https://{}:{API_PORT}/cacerts", url_host(address));
     let client = reqwest::blocking::Client::builder()
         .danger_accept_invalid_certs(true)

@@ -2,8 +2,10 @@
 //! report the cluster's status. `node` is the other half: what the nodes run.
 pub mod discover;
 pub mod kubeconfig;
+pub mod mdns;
 pub mod node;
 pub mod status;
+pub mod txt;
 
 use crate::plan::Plan;
 use crate::secrets::Secrets;

@@ -84,6 +84,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("sudoers", include_str!("../../templates/node/sudoers")),
 ];
 
+/// nodo1's reading of avahi-browse's answers: the TXT rule of `cluster::txt`, in Python
+/// (on every Ubuntu node), so the agent token reaches the HMAC through the environment.
+pub const ANNOUNCEMENT_PY: &str = include_str!("../../templates/node/announcement.py");
+
 /// Single-quotes a value for POSIX sh.
 fn sh_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
@@ -181,6 +185,12 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
                 ),
             });
             files.push(file(format!("{LIB_DIR}/join.sh"), "0755", "join.sh")?);
+            // Not a template: join.sh runs it from its own folder.
+            files.push(NodeFile {
+                path: format!("{LIB_DIR}/announcement.py"),
+                permissions: "0755".into(),
+                content: ANNOUNCEMENT_PY.into(),
+            });
             files.push(file(
                 "/etc/systemd/system/chocoimg-join.service".into(),
                 "0644",
