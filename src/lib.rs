@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod flash;
 pub mod fsutil;
 pub mod image;
 pub mod plan;

@@ -2,6 +2,7 @@
 //! Each area adds its module here.
 mod artifacts;
 mod cluster;
+mod flash;
 mod hostile_lan;
 mod image;
 mod profile;

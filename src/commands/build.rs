@@ -3,7 +3,6 @@
 use crate::artifacts::{self, FetchOptions, LockMode};
 use crate::cli::{BuildArgs, Global};
 use crate::image::{self, manifest::Manifest, BuildRequest, Identity, ImageError, ProgressStyle};
-use crate::plan::{NodePlan, Plan};
 use crate::{seed, BadInput};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -21,7 +20,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     let plan = plan;
     let nodes = super::render::select_nodes(&plan, &args.nodes)?;
     for n in &nodes {
-        let out = image_path(&plan, n);
+        let out = plan.image_path(n);
         if out.exists() && !args.force {
             return Err(BadInput(format!(
                 "{} already exists; pass --force to replace it",
@@ -65,7 +64,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
         .iter()
         .map(|n| seed::render(&plan, &secrets, n))
         .collect::<Result<Vec<_>>>()?;
-    let outputs: Vec<PathBuf> = nodes.iter().map(|n| image_path(&plan, n)).collect();
+    let outputs: Vec<PathBuf> = nodes.iter().map(|n| plan.image_path(n)).collect();
     let request = |i: usize| BuildRequest {
         iso: &fetched.iso,
         output: &outputs[i],
@@ -108,11 +107,6 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
          reinstalled."
     );
     Ok(0)
-}
-
-/// `out/<cluster>/<node>.img`.
-pub fn image_path(plan: &Plan, node: &NodePlan) -> PathBuf {
-    plan.out_dir.join(format!("{}.img", node.hostname))
 }
 
 /// A refused ISO or an existing output is the user's to fix: exit 2.

@@ -587,7 +587,8 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
 }
 
 /// Progress of one long job: an indicatif bar, or a line every 10%.
-struct Meter {
+/// Shows how far a long job is: a bar on a terminal, a line every 10% otherwise.
+pub struct Meter {
     bar: Option<indicatif::ProgressBar>,
     label: String,
     total: u64,
@@ -596,7 +597,7 @@ struct Meter {
 }
 
 impl Meter {
-    fn new(label: &str, total: u64, style: ProgressStyle) -> Meter {
+    pub fn new(label: &str, total: u64, style: ProgressStyle) -> Meter {
         let bar = (style == ProgressStyle::Bars).then(|| {
             let b = indicatif::ProgressBar::new(total);
             b.set_style(
@@ -621,7 +622,7 @@ impl Meter {
         }
     }
 
-    fn inc(&self, n: u64) {
+    pub fn inc(&self, n: u64) {
         let before = self.done.fetch_add(n, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.inc(n);
@@ -633,7 +634,7 @@ impl Meter {
         }
     }
 
-    fn finish(&self) {
+    pub fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         } else if self.style == ProgressStyle::Lines {
