@@ -170,6 +170,12 @@ pub(crate) fn announce(lan: &Lan, m: &Master) -> String {
         .env("CHOCOIMG_AVAHI_SERVICES", &m.services))
 }
 
+/// The K3s config drop-in join.sh wrote under `root`.
+pub(crate) fn read_dropin(root: &Path) -> String {
+    std::fs::read_to_string(root.join("etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml"))
+        .unwrap()
+}
+
 pub(crate) fn ca_of(path: &Path) -> String {
     chocoimg::proof::ca_hash(&std::fs::read(path).unwrap())
 }

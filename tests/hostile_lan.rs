@@ -5,7 +5,7 @@
 //! rogues are python-zeroconf responders (publishing any TXT bytes, without probing) and
 //! K3s TLS stand-ins (no real K3s can run here) in namespaces the tests make.
 use crate::cluster::{
-    add_nodo1, announce, ca_of, join_command, ok, start_master, Master, Nodo, LIB,
+    add_nodo1, announce, ca_of, join_command, read_dropin, start_master, Master, Nodo, LIB,
 };
 use crate::support::k3s::{pki, standin, Cluster, Pki, Standin};
 use crate::support::netns::{wait_for, Host, Lan};
@@ -106,51 +106,6 @@ fn k3s_on(lan: &Lan, host: &Host, cert: &Path, key: &Path, cacerts: &Path) -> St
     )
 }
 
-/// A second server certificate from `pki`'s CA (its key is in the same folder), for `ip`.
-fn another_server_cert(
-    pki: &Pki,
-    dir: &Path,
-    ip: &str,
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let ca_dir = pki.ca.parent().unwrap();
-    let (key, csr, crt, ext) = (
-        dir.join("server.key"),
-        dir.join("server.csr"),
-        dir.join("server.crt"),
-        dir.join("ext.cnf"),
-    );
-    std::fs::write(&ext, format!("[s]\nsubjectAltName=IP:{ip}\n")).unwrap();
-    ok(Command::new("openssl")
-        .args([
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-        ])
-        .arg(&key));
-    ok(Command::new("openssl")
-        .args(["req", "-new", "-subj", "/CN=k3s", "-key"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&csr));
-    ok(Command::new("openssl")
-        .args(["x509", "-req", "-days", "30", "-extensions", "s", "-in"])
-        .arg(&csr)
-        .arg("-CA")
-        .arg(&pki.ca)
-        .arg("-CAkey")
-        .arg(ca_dir.join("ca.key"))
-        .arg("-CAcreateserial")
-        .arg("-extfile")
-        .arg(&ext)
-        .arg("-out")
-        .arg(&crt));
-    (crt, key)
-}
-
 /// nodo1's Avahi answers, as avahi-browse prints them, judged by the rendered
 /// announcement.py: name → (verdict, address, why).
 fn node_verdicts(
@@ -191,6 +146,29 @@ fn node_verdicts(
             )
         })
         .collect()
+}
+
+/// join.sh pointed k3s-agent at `address`.
+fn assert_joined_at(root: &Path, address: &str) {
+    let dropin = read_dropin(root);
+    let want = format!("server: \"https://{address}:6443\"\n");
+    assert!(dropin.contains(&want), "{dropin}");
+}
+
+/// master1's TXT strings, as announce.sh writes them, for the CA hash `ca`.
+fn master1_txt(c: &Cluster, ca: &str) -> Vec<Vec<u8>> {
+    let proof = chocoimg::proof::proof(&c.secrets.agent_token, &c.plan.cluster, ca);
+    [
+        "txtvers=1".to_string(),
+        format!("cluster={}", c.plan.cluster),
+        "role=server".into(),
+        "k3s=v1.28.15+k3s1".into(),
+        format!("ca={ca}"),
+        format!("proof={proof}"),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect()
 }
 
 /// The laptop's judge, with no network: every case of the shared table.
@@ -402,7 +380,7 @@ fn same_ca_at_two_addresses_is_picked_and_said() {
         client_key: m.pki.client_key.clone(),
     };
     let _twin = second_server(&c, &mut lan, "master1-wifi", |h| {
-        let (cert, key) = another_server_cert(&m_pki, &h.dir.join("pki"), &h.ip.to_string());
+        let (cert, key) = m_pki.another_server_cert(&h.dir.join("pki"), &h.ip.to_string());
         (m_pki, cert, key)
     });
     std::thread::sleep(Duration::from_millis(1500));
@@ -426,13 +404,7 @@ fn same_ca_at_two_addresses_is_picked_and_said() {
         log.contains("master1 answers at 10.99.0.1 10.99.0.2 with the same CA; using 10.99.0.1"),
         "{log}"
     );
-    let dropin =
-        std::fs::read_to_string(root.join("etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml"))
-            .unwrap();
-    assert!(
-        dropin.contains("server: \"https://10.99.0.1:6443\""),
-        "{dropin}"
-    );
+    assert_joined_at(&root, "10.99.0.1");
 }
 
 /// Issue 8 item 10, two CAs with valid proofs (a reinstalled master1 beside the old one):
@@ -544,20 +516,7 @@ fn a_rogue_claiming_master1s_name_cannot_hide_or_replace_it() {
         &fake.server_key,
         &m.cacerts,
     );
-    let copied: Vec<Vec<u8>> = [
-        "txtvers=1".to_string(),
-        "cluster=chocotest".into(),
-        "role=server".into(),
-        "k3s=v1.28.15+k3s1".into(),
-        format!("ca={ca}"),
-        format!(
-            "proof={}",
-            chocoimg::proof::proof(&c.secrets.agent_token, "chocotest", &ca)
-        ),
-    ]
-    .into_iter()
-    .map(String::into_bytes)
-    .collect();
+    let copied = master1_txt(&c, &ca);
     publish(
         &lan,
         &rogue,
@@ -623,13 +582,7 @@ fn a_rogue_claiming_master1s_name_cannot_hide_or_replace_it() {
         )),
         "{log}"
     );
-    let dropin =
-        std::fs::read_to_string(root.join("etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml"))
-            .unwrap();
-    assert!(
-        dropin.contains("server: \"https://10.99.0.1:6443\""),
-        "{dropin}"
-    );
+    assert_joined_at(&root, "10.99.0.1");
 }
 
 /// Issue 8 item 12: master1 heard with a valid proof but only an IPv6 address (an
@@ -640,20 +593,7 @@ fn an_ipv6_only_master1_is_named_as_ours_without_ipv4() {
     let mut lan = Lan::new();
     let host = lan.add_host("master1");
     let ca = chocoimg::proof::ca_hash(b"master1's CA");
-    let txt: Vec<Vec<u8>> = [
-        "txtvers=1".to_string(),
-        "cluster=chocotest".into(),
-        "role=server".into(),
-        "k3s=v1.28.15+k3s1".into(),
-        format!("ca={ca}"),
-        format!(
-            "proof={}",
-            chocoimg::proof::proof(&c.secrets.agent_token, "chocotest", &ca)
-        ),
-    ]
-    .into_iter()
-    .map(String::into_bytes)
-    .collect();
+    let txt = master1_txt(&c, &ca);
     publish(
         &lan,
         &host,
