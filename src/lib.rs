@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod image;
 pub mod plan;
 pub mod profile;
+pub mod progress;
 pub mod proof;
 pub mod secrets;
 pub mod seed;

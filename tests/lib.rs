@@ -3,6 +3,7 @@
 mod artifacts;
 mod cluster;
 mod flash;
+mod flash_vm;
 mod hostile_lan;
 mod image;
 mod profile;

@@ -6,7 +6,7 @@
 //! its first MiB only once the rest is on the stick and the image read matches its
 //! SHA-256. Until then the stick cannot boot half an installer. After `fsync`, the stick
 //! is read back (bypassing the page cache) and its SHA-256 compared.
-use crate::image::{Meter, ProgressStyle};
+use crate::progress::{Meter, ProgressStyle};
 use anyhow::{Context, Result};
 use sha2::Digest;
 use std::fs::File;
