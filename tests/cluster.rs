@@ -379,7 +379,7 @@ pub(crate) fn add_nodo1(c: &Cluster, lan: &mut Lan, avahi: bool) -> Nodo {
     Nodo { host, root, state }
 }
 
-fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std::process::Output {
+pub(crate) fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std::process::Output {
     join_command(lan, nodo, root, state, 10, None)
         .output()
         .unwrap()
@@ -1148,12 +1148,22 @@ fn node_units_load_in_systemd_without_ordering_cycles() {
         (
             "master1",
             "k3s",
-            ["chocoimg-announce.service", "chocoimg-announce.timer"],
+            [
+                "chocoimg-announce.service",
+                "chocoimg-announce.timer",
+                "chocoimg-stage.service",
+                "chocoimg-stage.timer",
+            ],
         ),
         (
             "nodo1",
             "k3s-agent",
-            ["chocoimg-join.service", "chocoimg-join.timer"],
+            [
+                "chocoimg-join.service",
+                "chocoimg-join.timer",
+                "chocoimg-stage.service",
+                "chocoimg-stage.timer",
+            ],
         ),
     ] {
         let root = c.install_node_files(node, &c.dir.path().join(format!("{node}-root")));

@@ -9,3 +9,4 @@ mod image;
 mod profile;
 mod seed;
 mod support;
+mod watch;

@@ -6,6 +6,7 @@ pub mod mdns;
 pub mod node;
 pub mod status;
 pub mod txt;
+pub mod watch;
 
 use crate::plan::Plan;
 use crate::secrets::Secrets;
