@@ -677,7 +677,7 @@ fn pki_other(c: &Cluster) -> crate::support::k3s::Pki {
 /// host's /etc is never touched): the profile's admin user exists there, K3s's
 /// kubeconfig is bind-mounted from `k3s_yaml` (root-only), and the rendered sudoers
 /// drop-in is installed, so the real sudo decides. `host_key` is the sshd's host key.
-fn start_sshd(
+pub(crate) fn start_sshd(
     c: &Cluster,
     lan: &Lan,
     host: &Host,
@@ -757,7 +757,7 @@ fn start_sshd(
     log
 }
 
-fn private_file(path: &Path, content: &str) {
+pub(crate) fn private_file(path: &Path, content: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, content).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();

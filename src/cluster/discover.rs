@@ -6,7 +6,7 @@
 use super::kubeconfig::API_PORT;
 use super::mdns::{self, Announcement, Heard, Name, Querier};
 pub use super::txt::{self, Verdict};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -112,25 +112,6 @@ pub fn browse(cluster: &str, agent_token: &str, opts: Browse) -> Result<Vec<Serv
     };
     servers.sort_by_key(|s| (s.usable_address().is_none(), s.elapsed_ms));
     Ok(servers)
-}
-
-/// An mDNS browser on this machine's IPv4 LAN interfaces (`watch`'s): the nodes announce
-/// A records only, IPv6 link-local answers are no use to a K3s agent or to kubectl, and
-/// no node lives on loopback.
-pub fn ipv4_daemon() -> Result<mdns_sd::ServiceDaemon> {
-    let daemon = mdns_sd::ServiceDaemon::new().context("starting the mDNS browser")?;
-    daemon
-        .disable_interface(vec![mdns_sd::IfKind::IPv6, mdns_sd::IfKind::LoopbackV4])
-        .context("limiting mDNS to IPv4")?;
-    Ok(daemon)
-}
-
-/// An answer's TXT record as key → value (what `watch`'s judge reads).
-pub fn txt_record(svc: &mdns_sd::ResolvedService) -> BTreeMap<String, String> {
-    svc.get_properties()
-        .iter()
-        .map(|p| (p.key().to_string(), p.val_str().to_string()))
-        .collect()
 }
 
 /// Judges every announcement, proving the addresses of verified ones (each address and
