@@ -1235,7 +1235,7 @@ fn node_units_load_in_systemd_without_ordering_cycles() {
 fn the_proof_keeps_the_agent_token_off_every_command_line() {
     require_tool("strace");
     let c = Cluster::new("chocotest", "chocotest", None);
-    let lib = chocoimg::cluster::node::render("lib.sh", minijinja::context! {}).unwrap();
+    let lib = chocoimg::seed::node::render("lib.sh", minijinja::context! {}).unwrap();
     let token_file = c.dir.path().join("agent-token");
     std::fs::write(&token_file, format!("{}\n", c.secrets.agent_token)).unwrap();
     let ca = chocoimg::proof::ca_hash(b"ca");

@@ -449,8 +449,9 @@ fn watch_sees_each_node_come_up_ignores_forgeries_and_stops_at_a_failure() {
     assert_eq!(end["node"], "master1");
 }
 
-/// stage.sh on its own: an agent that finds no master1 for the set time reports it, and
-/// the failure stays (with its first time) until the join happens.
+/// stage.sh on its own: a failed K3s install is reported; an agent that finds no master1
+/// for the set time reports it, and the failure stays (with its first time) until the
+/// join happens.
 #[test]
 fn an_agent_without_a_server_reports_failed_after_the_wait() {
     let c = Cluster::new("chocotest", "chocotest", None);
@@ -463,6 +464,11 @@ fn an_agent_without_a_server_reports_failed_after_the_wait() {
         services,
         nodo.state.clone(),
     );
+    // K3s's install script left no unit: the install failed.
+    agent.stage(&lan, &["installing-k3s"]);
+    assert!(agent
+        .stage(&lan, &["installed"])
+        .contains("stage failed: K3s install failed: no k3s-agent.service"));
     agent.install_k3s("k3s-agent.service");
     assert!(agent
         .stage(&lan, &["installed"])

@@ -3,7 +3,7 @@
 //! it serves. An address is used only once it serves the announced CA at `/cacerts` AND
 //! completes TLS on 6443 with that CA as the only root: anyone on the LAN can copy an
 //! announcement and `/cacerts`, only master1 holds the CA's key.
-use super::kubeconfig::API_PORT;
+use super::fetch::API_PORT;
 use super::mdns::{self, Announcement, Heard, Name, Querier};
 pub use super::txt::{self, Verdict};
 use anyhow::Result;
@@ -213,8 +213,8 @@ impl AddressProofs {
 /// certificate may not name an address DHCP gave master1 since K3s started; holding the
 /// CA's key is the proof (nodo1's announcement.py checks the same way).
 pub fn prove_address(address: &str, ca_hex: &str) -> Result<(), Unproven> {
-    let cacerts = super::kubeconfig::get_cacerts(address)
-        .map_err(|e| Unproven::NoAnswer(format!("{e:#}")))?;
+    let cacerts =
+        super::fetch::get_cacerts(address).map_err(|e| Unproven::NoAnswer(format!("{e:#}")))?;
     let served = crate::proof::ca_hash(&cacerts);
     if served != ca_hex {
         return Err(Unproven::OtherCa(served));
@@ -231,7 +231,7 @@ pub fn prove_address(address: &str, ca_hex: &str) -> Result<(), Unproven> {
     }
     let url = format!(
         "https://{}:{API_PORT}/ping",
-        super::kubeconfig::url_host(address)
+        super::fetch::url_host(address)
     );
     client
         .build()
