@@ -750,7 +750,14 @@ fn image_cli_build_end_to_end_on_the_replica() {
     let img = dir.join("master1.img");
     assert!(img.is_file(), "{stdout}");
     assert!(!dir.join("nodo1.img").exists(), "only the selected node");
-    for word in ["dd if=", "Rufus", "Etcher", "secrets", "master1.img.sha256"] {
+    for word in [
+        "chocoimg flash --node master1",
+        "dd if=",
+        "Rufus",
+        "Etcher",
+        "secrets",
+        "master1.img.sha256",
+    ] {
         assert!(stdout.contains(word), "{word:?} missing from:\n{stdout}");
     }
     use std::os::unix::fs::PermissionsExt;

@@ -137,6 +137,15 @@ fn print_flashing(built: &image::Built, manifest: &std::path::Path) {
     println!("  record  {}", manifest.display());
     println!("  boots   \"{}\"", built.boot_title);
     println!("  flash it to a USB stick (everything on the stick is erased):");
+    println!(
+        "    chocoimg flash --node {}   (finds the stick, refuses other disks, verifies)",
+        built
+            .image
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+    );
+    println!("  or with another tool:");
     println!("    Linux    sudo dd if={img} of=/dev/sdX bs=4M conv=fsync status=progress");
     println!("    macOS    sudo dd if={img} of=/dev/rdiskN bs=4m");
     println!("    Windows  balenaEtcher, or Rufus in DD image mode");

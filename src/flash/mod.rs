@@ -167,11 +167,22 @@ pub enum Refusal {
     HoldsRoot,
     Mounted(Vec<Mount>),
     Fixed,
-    TooLarge { size: u64 },
-    TooSmall { size: u64, image: u64 },
-    Partition { whole: Option<PathBuf> },
-    NotBlockDevice { regular_file: bool },
+    TooLarge {
+        size: u64,
+    },
+    TooSmall {
+        size: u64,
+        image: u64,
+    },
+    Partition {
+        whole: Option<PathBuf>,
+    },
+    NotBlockDevice {
+        regular_file: bool,
+    },
     Busy,
+    /// `--to-file` given the image itself.
+    IsTheImage,
 }
 
 impl fmt::Display for Refusal {
@@ -236,6 +247,10 @@ impl fmt::Display for Refusal {
                 f,
                 "it is not a disk (not a block device); give the stick's device \
                  (`chocoimg flash --list`)"
+            ),
+            Refusal::IsTheImage => write!(
+                f,
+                "it is the image itself; give another file (or the stick's device)"
             ),
             Refusal::Busy => write!(
                 f,
@@ -381,7 +396,10 @@ pub enum Described {
 /// every reason it is refused. Writes nothing.
 pub fn check(path: &Path, image: &Image, allow: Allowances) -> Result<Target> {
     let described = describe(path)?;
-    let reasons = refusals(&described, image.size, allow);
+    let mut reasons = refusals(&described, image.size, allow);
+    if matches!(described, Described::RegularFile { .. }) && same_file(path, &image.path) {
+        reasons = vec![Refusal::IsTheImage];
+    }
     if !reasons.is_empty() {
         return Err(Refused {
             target: path.to_path_buf(),
@@ -401,6 +419,15 @@ pub fn check(path: &Path, image: &Image, allow: Allowances) -> Result<Target> {
             size: 0,
         },
     })
+}
+
+/// Whether two paths name one file (device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// The rules, over what was found (no system calls: unit-tested).
