@@ -3,7 +3,7 @@
 //! it serves. An address is used only once it serves the announced CA at `/cacerts` AND
 //! completes TLS on 6443 with that CA as the only root: anyone on the LAN can copy an
 //! announcement and `/cacerts`, only master1 holds the CA's key.
-use super::fetch::API_PORT;
+use super::k3s_api::{prove_address, Unproven};
 use super::mdns::{self, Announcement, Heard, Name, Querier};
 pub use super::txt::{self, Verdict};
 use anyhow::Result;
@@ -204,74 +204,6 @@ impl AddressProofs {
         });
         for (k, r) in todo.into_iter().zip(results) {
             self.done.insert(k, r);
-        }
-    }
-}
-
-/// Checks that `address` serves the CA whose hash is `ca_hex` at `/cacerts`, and
-/// completes TLS on 6443 with that CA as the only root. The name is not checked: K3s's
-/// certificate may not name an address DHCP gave master1 since K3s started; holding the
-/// CA's key is the proof (nodo1's announcement.py checks the same way).
-pub fn prove_address(address: &str, ca_hex: &str) -> Result<(), Unproven> {
-    let cacerts =
-        super::fetch::get_cacerts(address).map_err(|e| Unproven::NoAnswer(format!("{e:#}")))?;
-    let served = crate::proof::ca_hash(&cacerts);
-    if served != ca_hex {
-        return Err(Unproven::OtherCa(served));
-    }
-    let no_chain = |e: String| Unproven::NoChain(e);
-    let roots = reqwest::Certificate::from_pem_bundle(&cacerts)
-        .map_err(|_| no_chain("its /cacerts is not PEM certificates".into()))?;
-    let mut client = reqwest::blocking::Client::builder()
-        .tls_built_in_root_certs(false)
-        .danger_accept_invalid_hostnames(true)
-        .timeout(Duration::from_secs(5));
-    for root in roots {
-        client = client.add_root_certificate(root);
-    }
-    let url = format!(
-        "https://{}:{API_PORT}/ping",
-        super::fetch::url_host(address)
-    );
-    client
-        .build()
-        .map_err(|e| no_chain(format!("building the HTTPS client: {e}")))?
-        .get(&url)
-        .send()
-        .map_err(|e| {
-            no_chain(
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| e.to_string()),
-            )
-        })?;
-    Ok(())
-}
-
-/// Why an address did not prove it holds the announced CA.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unproven {
-    /// Nothing (or no K3s) answers at `/cacerts`.
-    NoAnswer(String),
-    /// `/cacerts` is another CA (its hash).
-    OtherCa(String),
-    /// The TLS handshake does not chain to the CA: a copied `/cacerts`.
-    NoChain(String),
-}
-
-impl Unproven {
-    /// The reason, naming the instance that announced `ca`.
-    pub fn describe(&self, instance: &str, ca: &str) -> String {
-        match self {
-            Unproven::NoAnswer(e) => e.clone(),
-            Unproven::OtherCa(served) => format!(
-                "the CA it serves at /cacerts (sha256 {served}) is not the one {instance} \
-                 announced ({ca})"
-            ),
-            Unproven::NoChain(e) => format!(
-                "its TLS on {API_PORT} does not chain to the CA {instance} announced \
-                 (a copied announcement?): {e}"
-            ),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! into kubectl's kubeconfig keeping every other entry (0600, backup, atomic write).
 //! Nothing is written until every check has passed. The document itself is `kubeconfig`.
 use crate::cluster::discover::{self, Browse, Choice, Verdict};
+use crate::cluster::k3s_api::{get_cacerts, url_host, API_PORT};
 use crate::cluster::kubeconfig::{
     adopt, chain_has_current_context, cluster_ca, destination, merge, same_certificates,
     K3S_KUBECONFIG,
@@ -18,8 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// K3s's API port.
-pub const API_PORT: u16 = 6443;
 /// Where master1 is, and the CA hash it announced (none with `--server`).
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -222,35 +221,6 @@ pub fn fetch(
         backup,
         current_context: set_current,
     })
-}
-
-pub(crate) fn url_host(address: &str) -> String {
-    if address.contains(':') && !address.starts_with('[') {
-        format!("[{address}]")
-    } else {
-        address.to_string()
-    }
-}
-
-/// GET `/cacerts` without trusting anything yet: its hash is what we check.
-pub(crate) fn get_cacerts(address: &str) -> Result<Vec<u8>> {
-    let url = format!("https://{}:{API_PORT}/cacerts", url_host(address));
-    let client = reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building the HTTPS client")?;
-    let resp = client
-        .get(&url)
-        .send()
-        .with_context(|| format!("fetching {url} (is K3s running on that machine?)"))?;
-    if !resp.status().is_success() {
-        bail!("{url} answered {}", resp.status());
-    }
-    Ok(resp
-        .bytes()
-        .with_context(|| format!("reading {url}"))?
-        .to_vec())
 }
 
 /// The operator's private key: the profile's public key path without `.pub`, or the

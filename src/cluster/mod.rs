@@ -3,6 +3,7 @@
 //! (`seed::node`): nothing here lands on a node.
 pub mod discover;
 pub mod fetch;
+pub mod k3s_api;
 pub mod kubeconfig;
 pub mod mdns;
 pub mod status;
