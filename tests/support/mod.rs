@@ -32,6 +32,7 @@ pub fn require_tool(tool: &str) {
     );
 }
 pub mod replica;
+pub mod txt_cases;
 
 /// Runs `cmd`, panicking with its output unless it succeeds.
 pub fn run_ok(cmd: &mut Command) {
