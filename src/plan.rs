@@ -172,9 +172,26 @@ pub fn default_out_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("out"))
 }
 
+/// What a command line adds to the profile; resolved into the plan with it, so the
+/// plan a command checks is the one it uses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    /// `build --airgap`: carry K3s's image tarball even when the profile does not.
+    pub airgap: bool,
+}
+
 /// Loads, checks and resolves a profile. Reads the SSH key and (for Wi-Fi passwords)
 /// the secrets file, writes nothing.
 pub fn load(profile_path: &Path, out_root: &Path) -> Result<Plan, Problems> {
+    load_with(profile_path, out_root, Overrides::default())
+}
+
+/// `load`, with what the command line adds.
+pub fn load_with(
+    profile_path: &Path,
+    out_root: &Path,
+    overrides: Overrides,
+) -> Result<Plan, Problems> {
     let text = std::fs::read(profile_path).map_err(|e| {
         let mut p = Problems::new(profile_path);
         p.push(
@@ -183,7 +200,8 @@ pub fn load(profile_path: &Path, out_root: &Path) -> Result<Plan, Problems> {
         );
         p
     })?;
-    let profile = profile::parse(profile_path, &String::from_utf8_lossy(&text))?;
+    let mut profile = profile::parse(profile_path, &String::from_utf8_lossy(&text))?;
+    profile.k3s.airgap |= overrides.airgap;
     let sha = crate::fsutil::sha256_hex(&text);
     resolve(&profile, profile_path, &sha, out_root)
 }

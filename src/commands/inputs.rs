@@ -10,9 +10,15 @@ use std::time::Duration;
 
 /// Phase one for every command that needs the cluster: load and check the profile.
 pub fn load_plan(global: &Global) -> Result<Plan> {
-    Ok(plan::load(
+    load_plan_with(global, plan::Overrides::default())
+}
+
+/// `load_plan`, with what the command's own flags add to the profile.
+pub fn load_plan_with(global: &Global, overrides: plan::Overrides) -> Result<Plan> {
+    Ok(plan::load_with(
         &global.profile_path(),
         &plan::default_out_root(),
+        overrides,
     )?)
 }
 
