@@ -9,6 +9,16 @@ fn stdout_of(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `shell args...` with HOME in `home` (no user config read); its stdout.
+fn shell(shell: &str, args: &[&str], home: &std::path::Path) -> String {
+    let out = Command::new(shell)
+        .args(args)
+        .env("HOME", home)
+        .output()
+        .unwrap();
+    ok(out, shell)
+}
+
 fn ok(out: Output, what: &str) -> String {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -19,26 +29,26 @@ fn ok(out: Output, what: &str) -> String {
     text
 }
 
+/// `chocoimg completions <shell>` written to `dir/<file>`, once the shell is installed.
+fn completion_script(shell: &str, dir: &std::path::Path, file: &str) -> std::path::PathBuf {
+    require_tool(shell);
+    let script = dir.join(file);
+    std::fs::write(&script, stdout_of(&["completions", shell])).unwrap();
+    script
+}
+
 /// bash loads the script and completes `chocoimg bu` to `build` and `build --a` to `--all`
 /// and `--airgap`.
 #[test]
 fn bash_completes_commands_and_flags() {
-    require_tool("bash");
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("chocoimg.bash");
-    std::fs::write(&script, stdout_of(&["completions", "bash"])).unwrap();
+    let script = completion_script("bash", dir.path(), "chocoimg.bash");
     let complete = |words: &str| {
         let probe = format!(
             "source {}\nCOMP_WORDS=({words})\nCOMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))\nCOMP_LINE=\"${{COMP_WORDS[*]}}\"\nCOMP_POINT=${{#COMP_LINE}}\n_chocoimg chocoimg \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"",
             script.display()
         );
-        ok(
-            Command::new("bash")
-                .args(["--norc", "--noprofile", "-c", &probe])
-                .output()
-                .unwrap(),
-            "bash completion",
-        )
+        shell("bash", &["--norc", "--noprofile", "-c", &probe], dir.path())
     };
     let cmds = complete("chocoimg bu");
     assert_eq!(cmds.lines().collect::<Vec<_>>(), ["build"], "{cmds}");
@@ -64,36 +74,20 @@ fn zsh_loads_the_completion() {
         dir.path().display(),
         dir.path().display()
     );
-    let out = ok(
-        Command::new("zsh")
-            .args(["-f", "-c", &probe])
-            .env("HOME", dir.path())
-            .output()
-            .unwrap(),
-        "zsh compinit",
-    );
+    let out = shell("zsh", &["-f", "-c", &probe], dir.path());
     assert_eq!(out.trim(), "_chocoimg");
 }
 
 /// fish completes `chocoimg fetch` to `fetch-kubeconfig` and knows `status --json`.
 #[test]
 fn fish_completes_commands_and_flags() {
-    require_tool("fish");
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("chocoimg.fish");
-    std::fs::write(&script, stdout_of(&["completions", "fish"])).unwrap();
+    let script = completion_script("fish", dir.path(), "chocoimg.fish");
     let probe = format!(
         "source {}; complete -C'chocoimg fetch'; complete -C'chocoimg status --js'",
         script.display()
     );
-    let out = ok(
-        Command::new("fish")
-            .args(["--no-config", "-c", &probe])
-            .env("HOME", dir.path())
-            .output()
-            .unwrap(),
-        "fish completion",
-    );
+    let out = shell("fish", &["--no-config", "-c", &probe], dir.path());
     let first: Vec<&str> = out.lines().map(|l| l.split('\t').next().unwrap()).collect();
     assert_eq!(first, ["fetch-kubeconfig", "--json"], "{out}");
 }
