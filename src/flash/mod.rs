@@ -486,7 +486,18 @@ pub fn unmount(disk: &Disk) -> Result<Disk> {
         }
         .into());
     }
-    Ok(after)
+    // The kernel may let go of an unmounted filesystem's device a moment after `umount`
+    // returns (and a desktop's automounter may glance at it): wait for it, briefly.
+    let mut tries = 0;
+    loop {
+        match writer::probe_exclusive(&after.path) {
+            Err(e) if e.downcast_ref::<Refused>().is_some() && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other.map(|()| after),
+        }
+    }
 }
 
 /// Runs a system tool, naming it in the error when it fails.
