@@ -160,6 +160,11 @@ fn open_target(req: &WriteRequest) -> Result<Opened> {
             reasons: vec![super::Refusal::Busy],
         }
         .into()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(super::Refused {
+            target: req.target.to_path_buf(),
+            reasons: vec![super::Refusal::NoPermission],
+        }
+        .into()),
         Err(e) => Err(e).with_context(|| format!("opening {} for writing", req.target.display())),
     }
 }
