@@ -199,6 +199,22 @@ pub fn probe_exclusive(target: &Path) -> Result<()> {
     open_target(&req).map(drop)
 }
 
+/// [`probe_exclusive`] right after an unmount: the kernel may let go of an unmounted
+/// filesystem's device a moment after `umount` returns (and a desktop's automounter
+/// may glance at it), so a busy answer is retried for up to five seconds.
+pub fn wait_exclusive(target: &Path) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match probe_exclusive(target) {
+            Err(e) if e.downcast_ref::<super::Refused>().is_some() && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Writes the first `len` bytes of `buf` at `offset`. Direct I/O writes whole blocks:
 /// a last partial block is completed with what the device already holds there, so
 /// nothing past the image changes.
