@@ -72,12 +72,12 @@ mkdir -p "$work/home/.ssh"
 cp tests/data/operator_id_ed25519.pub "$work/home/.ssh/id_ed25519.pub"
 for _ in $(seq 50); do curl -sf "$base/k3s/$version/sha256sum-amd64.txt" >/dev/null && break; sleep 0.1; done
 
-# Runs "$@" under /usr/bin/time after a sync; prints "seconds max_rss_kib".
+# Runs "$@" under /usr/bin/time after a sync; prints "seconds max_rss_kib cpu_seconds".
 measure() {
   sync
-  /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null 2>"$work/stderr" ||
+  /usr/bin/time -f '%e %M %U %S' -o "$work/time" "$@" >/dev/null 2>"$work/stderr" ||
     { cat "$work/stderr" >&2; return 1; }
-  cat "$work/time"
+  awk '{printf "%s %s %.2f\n", $1, $2, $3 + $4}' "$work/time"
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # The command a user runs, in the filesystem mounted at $1.
@@ -111,17 +111,19 @@ for fs in $filesystems; do
   build "$mnt" >/dev/null 2>&1 # secrets, K3s into the cache, lock: what a second build finds
 
   : >"$work/cp" ; : >"$work/build" ; : >"$work/xo" ; : >"$work/rss" ; : >"$work/ratio" ; : >"$work/xratio"
+  : >"$work/cpu" ; : >"$work/cpcpu"
   for _ in $(seq "$runs"); do
     # shellcheck disable=SC2016 # expanded by the inner sh
-    read -r c _ < <(measure sh -c 'cp "$1" "$2" && sync "$2"' sh "$mnt/input.iso" "$mnt/copy.img")
+    read -r c _ ccpu < <(measure sh -c 'cp "$1" "$2" && sync "$2"' sh "$mnt/input.iso" "$mnt/copy.img")
     rm -f "$mnt/copy.img"
-    read -r b rss < <(measure env HOME="$work/home" CHOCOIMG_OUT="$mnt/out" "$bin" \
+    read -r b rss bcpu < <(measure env HOME="$work/home" CHOCOIMG_OUT="$mnt/out" "$bin" \
       -p "$work/profile.yaml" build --node master1 --iso "$mnt/input.iso" --force)
     # shellcheck disable=SC2016 # expanded by the inner sh
     read -r x _ < <(measure sh -c 'xorriso -indev "$1" -outdev "$2" -map "$3" /boot/grub/grub.cfg \
       -boot_image any replay -commit -end && sync "$2"' sh \
       "$mnt/input.iso" "$mnt/remaster.iso" "$work/grub.cfg")
     rm -f "$mnt/remaster.iso"
+    echo "$ccpu" >>"$work/cpcpu"; echo "$bcpu" >>"$work/cpu"
     echo "$c" >>"$work/cp"; echo "$b" >>"$work/build"; echo "$x" >>"$work/xo"; echo "$rss" >>"$work/rss"
     awk -v a="$b" -v b="$c" 'BEGIN {printf "%.3f\n", a/b}' >>"$work/ratio"
     awk -v a="$b" -v b="$x" 'BEGIN {printf "%.3f\n", a/b}' >>"$work/xratio"
@@ -132,17 +134,19 @@ for fs in $filesystems; do
     -p "$work/profile.yaml" build --node master1 --iso "$mnt/input.iso" --force >/dev/null 2>&1
   calls=$(awk '$NF == "total" {print $(NF-2)}' "$work/strace")
   shared=$(filefrag -v "$mnt/out/chocolandiadc-mvp/master1.img" 2>/dev/null | grep -c shared || true)
-  res[$fs]="$(median <"$work/cp") $(median <"$work/build") $(median <"$work/xo") $(median <"$work/ratio") $(median <"$work/xratio") $(sort -n "$work/rss" | tail -n1) $calls $shared $(sort -n "$work/build" | head -n1) $(sort -n "$work/build" | tail -n1)"
+  res[$fs]="$(median <"$work/cp") $(median <"$work/build") $(median <"$work/xo") $(median <"$work/ratio") $(median <"$work/xratio") $(sort -n "$work/rss" | tail -n1) $calls $shared $(sort -n "$work/build" | head -n1) $(sort -n "$work/build" | tail -n1) $(median <"$work/cpcpu") $(median <"$work/cpu")"
   umount "$mnt"
   rm -f "$img"
 done
 
 echo "input: replica ISO of $((size >> 20)) MiB + 64 MiB K3s stand-in, $runs paired runs, medians"
-printf '%-6s %9s %9s %9s %11s %11s %9s %9s %8s %14s\n' fs "cp+sync" build xorriso "build/cp" "build/xo" "RSS MiB" syscalls shared "build min-max"
+printf '%-6s %9s %9s %9s %11s %11s %9s %9s %8s %14s %9s %9s\n' fs "cp+sync" build xorriso \
+  "build/cp" "build/xo" "RSS MiB" syscalls shared "build min-max" "cp CPU" "build CPU"
 for fs in $filesystems; do
-  read -r c b x r xr rss calls shared bmin bmax <<<"${res[$fs]}"
-  printf '%-6s %8ss %8ss %8ss %10sx %10sx %9s %9s %8s %6s-%ss\n' "$fs" "$c" "$b" "$x" "$r" "$xr" \
-    "$((rss / 1024))" "$calls" "$shared" "$bmin" "$bmax"
+  read -r c b x r xr rss calls shared bmin bmax ccpu bcpu <<<"${res[$fs]}"
+  printf '%-6s %8ss %8ss %8ss %10sx %10sx %9s %9s %8s %6s-%ss %8ss %8ss\n' "$fs" "$c" "$b" "$x" \
+    "$r" "$xr" "$((rss / 1024))" "$calls" "$shared" "$bmin" "$bmax" "$ccpu" "$bcpu"
 done
 echo "(build/cp and build/xo: medians of the per-pair ratios; shared: extents filefrag"
-echo " reports shared with another file, i.e. cloned from the input)"
+echo " reports shared with another file, i.e. cloned from the input; CPU: user+sys"
+echo " seconds, less sensitive than wall time to what else runs on the machine)"
