@@ -1,9 +1,10 @@
 //! `chocoimg flash`: check the target (all at once), confirm, write, verify.
 use crate::cli::{FlashArgs, Global};
-use crate::commands::inputs::load_plan;
+use crate::commands::inputs::load_plan_for;
 use crate::errors::BadInput;
 use crate::flash::{self, writer, Allowances, Disk, Image, Target};
 use crate::image::ProgressStyle;
+use crate::plan::Purpose;
 use anyhow::Result;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -41,7 +42,9 @@ pub fn run(global: &Global, args: &FlashArgs) -> Result<i32> {
     confirm(&target, &image, args.yes, interactive)?;
     let target = match target {
         Target::Disk(d) if !d.mounts.is_empty() => {
-            Target::Disk(flash::unmount(&d).map_err(as_bad_input)?)
+            let d = flash::unmount(&d).map_err(as_bad_input)?;
+            writer::wait_exclusive(&d.path).map_err(as_bad_input)?;
+            Target::Disk(d)
         }
         t => t,
     };
@@ -112,7 +115,7 @@ fn image_and_device(global: &Global, args: &FlashArgs) -> Result<(PathBuf, Optio
                 ))
                 .into());
             }
-            let plan = load_plan(global)?;
+            let plan = load_plan_for(global, Purpose::NoSeeds)?;
             let node = plan.node(name)?;
             let img = plan.image_path(node);
             let sums = PathBuf::from(format!("{}.sha256", img.display()));

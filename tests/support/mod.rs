@@ -31,3 +31,4 @@ pub fn require_tool(tool: &str) {
     );
 }
 pub mod replica;
+pub mod txt_cases;
