@@ -97,6 +97,28 @@ fn sudoers_dropin_passes_visudo() {
     ok(Command::new("visudo").arg("-cf").arg(&p));
 }
 
+/// master1's tmpfiles.d rule, run by the real systemd-tmpfiles as at boot: the last boot's
+/// announcement is removed (and only it), so Avahi cannot publish it before K3s answers.
+#[test]
+fn announcement_is_removed_at_boot_by_tmpfiles() {
+    require_tool("systemd-tmpfiles");
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let root = c.install_node_files("master1", &c.dir.path().join("root"));
+    let services = root.join("etc/avahi/services");
+    std::fs::create_dir_all(&services).unwrap();
+    let stale = root.join(chocoimg::cluster::node::SERVICE_FILE_PATH.trim_start_matches('/'));
+    std::fs::write(&stale, "<service-group/>").unwrap();
+    std::fs::write(services.join("other.service"), "<service-group/>").unwrap();
+    let rule = chocoimg::cluster::node::ANNOUNCE_TMPFILES_PATH;
+    ok(Command::new("systemd-tmpfiles")
+        .arg(format!("--root={}", root.display()))
+        .args(["--create", "--remove", "--boot"])
+        .arg(rule));
+    assert!(!stale.exists(), "the stale announcement survived boot");
+    assert!(services.join("other.service").exists());
+    assert!(c.node_setup("nodo1").file(rule).is_none());
+}
+
 /// master1 on the LAN: Avahi configured by the rendered avahi-config.sh, the K3s
 /// stand-in serving /cacerts on 6443, and the rendered announce.sh run for real.
 struct Master {

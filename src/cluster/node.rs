@@ -22,6 +22,9 @@ pub const JOIN_DROPIN_PATH: &str = "/etc/rancher/k3s/config.yaml.d/50-chocoimg-j
 pub const NODE_PASSWORD_PATH: &str = "/etc/rancher/node/password";
 /// Where master1's announcement is written (Avahi reloads it on change).
 pub const SERVICE_FILE_PATH: &str = "/etc/avahi/services/chocoimg-k3s.service";
+/// The tmpfiles.d rule that removes the announcement at boot, before Avahi starts: the
+/// last boot's file must not be published before K3s answers again.
+pub const ANNOUNCE_TMPFILES_PATH: &str = "/etc/tmpfiles.d/chocoimg-announce.conf";
 
 /// A file the installed system gets on first boot (cloud-init `write_files`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +85,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/node/avahi-daemon-dropin.conf"),
     ),
     ("sudoers", include_str!("../../templates/node/sudoers")),
+    (
+        "chocoimg-announce.tmpfiles",
+        include_str!("../../templates/node/chocoimg-announce.tmpfiles"),
+    ),
 ];
 
 /// Single-quotes a value for POSIX sh.
@@ -118,6 +125,7 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
         user => plan.ssh.user,
         lib_dir => LIB_DIR,
         join_dropin => JOIN_DROPIN_PATH,
+        service_file => SERVICE_FILE_PATH,
     };
     let file = |path: String, permissions: &str, template: &str| -> Result<NodeFile> {
         Ok(NodeFile {
@@ -159,6 +167,11 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
                 "/etc/systemd/system/chocoimg-announce.timer".into(),
                 "0644",
                 "chocoimg-announce.timer",
+            )?);
+            files.push(file(
+                ANNOUNCE_TMPFILES_PATH.into(),
+                "0644",
+                "chocoimg-announce.tmpfiles",
             )?);
             files.push(file(
                 "/etc/sudoers.d/chocoimg-kubeconfig".into(),
