@@ -159,7 +159,11 @@ fn make_cidata(seed: &NodeSeed, payload: &Path, dir: &Path) -> PathBuf {
     let stage = dir.join("cidata");
     std::fs::create_dir_all(stage.join("rehearsal/late-commands")).unwrap();
     let installed = serde_yaml_ng::to_string(&seed.installed).unwrap();
-    std::fs::write(stage.join("user-data"), format!("#cloud-config\n{installed}")).unwrap();
+    std::fs::write(
+        stage.join("user-data"),
+        format!("#cloud-config\n{installed}"),
+    )
+    .unwrap();
     std::fs::write(
         stage.join("network-config"),
         serde_yaml_ng::to_string(&seed.network).unwrap(),
@@ -373,7 +377,9 @@ impl Guest {
         let sent = (|| -> std::io::Result<()> {
             let mut s = std::os::unix::net::UnixStream::connect(&qmp)?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"system_powerdown\"}\n")?;
+            s.write_all(
+                b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"system_powerdown\"}\n",
+            )?;
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf)?;
             std::thread::sleep(Duration::from_millis(500));
@@ -567,7 +573,9 @@ fn job_finished(journal: &[Entry], unit: &str, result: Option<&str>) -> Option<u
 fn job_began(journal: &[Entry], unit: &str) -> Option<u64> {
     journal
         .iter()
-        .find(|e| e.from_manager && e.unit == unit && e.job_type == "start" && e.job_result.is_empty())
+        .find(|e| {
+            e.from_manager && e.unit == unit && e.job_type == "start" && e.job_result.is_empty()
+        })
         .map(|e| e.usec)
 }
 
@@ -588,7 +596,9 @@ enum Progress {
 
 fn progress(server: &Option<Report>, agent: &Option<Report>) -> Progress {
     for r in [server, agent].into_iter().flatten() {
-        if r.unit("rehearsal-installer.service").get("Result").map(String::as_str)
+        if r.unit("rehearsal-installer.service")
+            .get("Result")
+            .map(String::as_str)
             == Some("exit-code")
         {
             return Progress::Failed("the late-commands failed".into());
@@ -603,12 +613,14 @@ fn progress(server: &Option<Report>, agent: &Option<Report>) -> Progress {
     let server_ready = server.as_ref().is_some_and(|s| {
         s.active("k3s.service")
             && !s.lines("service-file").is_empty()
-            && s.unit("chocoimg-announce.service").get("Result").map(String::as_str)
+            && s.unit("chocoimg-announce.service")
+                .get("Result")
+                .map(String::as_str)
                 == Some("success")
     });
-    let agent_ready = agent.as_ref().is_some_and(|a| {
-        a.active("k3s-agent.service") && a.standin("server=").is_some()
-    });
+    let agent_ready = agent
+        .as_ref()
+        .is_some_and(|a| a.active("k3s-agent.service") && a.standin("server=").is_some());
     if server_ready && agent_ready {
         Progress::Ready
     } else {
@@ -660,7 +672,11 @@ fn boot(guests: &mut [Guest], lan: &Lan, base: &Path, n: u32) -> (Report, Report
         let agent = last_report(&guests[1].report_path(n));
         for g in guests.iter_mut() {
             if let Some(status) = g.qemu.as_mut().unwrap().try_wait().unwrap() {
-                break_with(&server, &agent, &format!("{}'s QEMU exited ({status})", g.name));
+                break_with(
+                    &server,
+                    &agent,
+                    &format!("{}'s QEMU exited ({status})", g.name),
+                );
             }
         }
         match progress(&server, &agent) {
@@ -722,15 +738,29 @@ struct Cluster {
 
 /// What the first boot must have done on both machines.
 fn check_first_boot(cluster: &Cluster, server: &Report, agent: &Report) {
-    let all = format!("{}\n{}", show(SERVER, &Some(server.clone())), show(AGENT, &Some(agent.clone())));
+    let all = format!(
+        "{}\n{}",
+        show(SERVER, &Some(server.clone())),
+        show(AGENT, &Some(agent.clone()))
+    );
     for (name, r) in [(SERVER, server), (AGENT, agent)] {
         assert_eq!(
-            r.unit("rehearsal-installer.service").get("Result").map(String::as_str),
+            r.unit("rehearsal-installer.service")
+                .get("Result")
+                .map(String::as_str),
             Some("success"),
             "{name}: the late-commands\n{all}"
         );
-        assert_eq!(r.state("hostname").as_deref(), Some(name), "{name}: cloud-init's hostname\n{all}");
-        assert_eq!(r.state("cloud-init").as_deref(), Some("done"), "{name}: cloud-init status\n{all}");
+        assert_eq!(
+            r.state("hostname").as_deref(),
+            Some(name),
+            "{name}: cloud-init's hostname\n{all}"
+        );
+        assert_eq!(
+            r.state("cloud-init").as_deref(),
+            Some("done"),
+            "{name}: cloud-init status\n{all}"
+        );
         let addr = r.address().unwrap_or_default();
         assert!(
             addr.starts_with("10.99.4.1") && addr != BRIDGE_ADDRESS,
@@ -743,14 +773,18 @@ fn check_first_boot(cluster: &Cluster, server: &Report, agent: &Report) {
         .unwrap_or_else(|| panic!("master1 has no K3s CA\n{all}"));
 
     // master1's TXT record, as nodo1 received it over mDNS.
-    let (browsed_addr, txt) =
-        browsed_server(agent).unwrap_or_else(|| panic!("nodo1 does not see master1's _k3s._tcp\n{all}"));
+    let (browsed_addr, txt) = browsed_server(agent)
+        .unwrap_or_else(|| panic!("nodo1 does not see master1's _k3s._tcp\n{all}"));
     assert_eq!(browsed_addr, server_addr, "announced address\n{all}");
     let want = |k: &str| txt.get(k).map(String::as_str).unwrap_or("");
     assert_eq!(want("cluster"), cluster.name, "TXT cluster\n{all}");
     assert_eq!(want("role"), "server", "TXT role\n{all}");
     assert_eq!(want("k3s"), cluster.k3s_version, "TXT k3s\n{all}");
-    assert_eq!(want("ca"), ca, "TXT ca is the SHA-256 of what /cacerts serves\n{all}");
+    assert_eq!(
+        want("ca"),
+        ca,
+        "TXT ca is the SHA-256 of what /cacerts serves\n{all}"
+    );
     assert_eq!(
         want("proof"),
         chocoimg::proof::proof(&cluster.agent_token, &cluster.name, &ca),
@@ -772,13 +806,24 @@ fn check_first_boot(cluster: &Cluster, server: &Report, agent: &Report) {
         Some(format!("https://{server_addr}:6443").as_str()),
         "the agent joined another server\n{all}"
     );
-    assert_eq!(agent.standin("ca=").as_deref(), Some(ca.as_str()), "CA hash the agent verified\n{all}");
-    assert!(agent.active("k3s-agent.service"), "k3s-agent not active\n{all}");
+    assert_eq!(
+        agent.standin("ca=").as_deref(),
+        Some(ca.as_str()),
+        "CA hash the agent verified\n{all}"
+    );
+    assert!(
+        agent.active("k3s-agent.service"),
+        "k3s-agent not active\n{all}"
+    );
 }
 
 /// What the second boot must show: the units' real ordering, nothing stale announced.
 fn check_second_boot(server: &Report, agent: &Report) {
-    let all = format!("{}\n{}", show(SERVER, &Some(server.clone())), show(AGENT, &Some(agent.clone())));
+    let all = format!(
+        "{}\n{}",
+        show(SERVER, &Some(server.clone())),
+        show(AGENT, &Some(agent.clone()))
+    );
     let sj = server.journal();
     let k3s_ready = job_finished(&sj, "k3s.service", Some("done"))
         .unwrap_or_else(|| panic!("master1: k3s.service never became ready on boot 2\n{all}"));
@@ -798,7 +843,10 @@ fn check_second_boot(server: &Report, agent: &Report) {
                 && e.message.contains("successfully established")
         })
         .collect();
-    assert!(!published.is_empty(), "master1: Avahi never published the announcement on boot 2\n{all}");
+    assert!(
+        !published.is_empty(),
+        "master1: Avahi never published the announcement on boot 2\n{all}"
+    );
     for e in &published {
         assert!(
             e.usec > k3s_ready,
@@ -821,7 +869,10 @@ fn check_second_boot(server: &Report, agent: &Report) {
         job_finished(&aj, "chocoimg-join.service", Some("done")).is_some(),
         "nodo1: the join never succeeded on boot 2\n{all}"
     );
-    assert!(agent.active("k3s-agent.service"), "nodo1: k3s-agent not active on boot 2\n{all}");
+    assert!(
+        agent.active("k3s-agent.service"),
+        "nodo1: k3s-agent not active on boot 2\n{all}"
+    );
 }
 
 #[test]
@@ -842,10 +893,24 @@ fn two_nodes_boot_announce_and_join_twice() {
     }
     let started = Instant::now();
     let base = base_image();
-    eprintln!("rehearsal: base image {} ({} s)", base.display(), started.elapsed().as_secs());
+    eprintln!(
+        "rehearsal: base image {} ({} s)",
+        base.display(),
+        started.elapsed().as_secs()
+    );
 
-    let dir = tempfile::Builder::new().prefix("chocoimg-rehearsal-").tempdir().unwrap();
-    let work = dir.path().to_path_buf();
+    let dir = tempfile::Builder::new()
+        .prefix("chocoimg-rehearsal-")
+        .tempdir()
+        .unwrap();
+    // Kept on request, failed or not: serial logs, seeds (secrets of a throw-away cluster).
+    let (work, _cleanup) = if std::env::var_os("CHOCOIMG_REHEARSAL_KEEP").is_some() {
+        let kept = dir.keep();
+        eprintln!("rehearsal: keeping {}", kept.display());
+        (kept, None)
+    } else {
+        (dir.path().to_path_buf(), Some(dir))
+    };
     let ws = Workspace::with_default_profile();
     let seeds_dir = work.join("seeds");
     ws.ok(&["render", "--all", "--out", seeds_dir.to_str().unwrap()]);
@@ -887,7 +952,10 @@ fn two_nodes_boot_announce_and_join_twice() {
         });
     }
     let lan = Lan::new(&work, &["tap0", "tap1"]);
-    eprintln!("rehearsal: seeds, disks and LAN ready in {}", work.display());
+    eprintln!(
+        "rehearsal: seeds, disks and LAN ready in {}",
+        work.display()
+    );
 
     let (s1, a1) = boot(&mut guests, &lan, &base, 1);
     check_first_boot(&cluster, &s1, &a1);
@@ -898,9 +966,4 @@ fn two_nodes_boot_announce_and_join_twice() {
         "rehearsal: boot 2 checked: K3s ready before the announcement, join before k3s-agent ({} s in all)",
         started.elapsed().as_secs()
     );
-    drop(guests);
-    drop(lan);
-    if std::env::var_os("CHOCOIMG_REHEARSAL_KEEP").is_some() {
-        eprintln!("rehearsal: kept {}", dir.keep().display());
-    }
 }
