@@ -113,7 +113,7 @@ fn announcement_is_removed_at_boot_by_tmpfiles() {
     ok(Command::new("systemd-tmpfiles")
         .arg(format!("--root={}", root.display()))
         .args(["--create", "--remove", "--boot"])
-        .arg(rule));
+        .arg(root.join(rule.trim_start_matches('/'))));
     assert!(!stale.exists(), "the stale announcement survived boot");
     assert!(services.join("other.service").exists());
     assert!(c.node_setup("nodo1").file(rule).is_none());
