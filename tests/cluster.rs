@@ -2,24 +2,12 @@
 //! network namespaces; the laptop commands run as the real binary inside them.
 use crate::support::k3s::{fake_systemctl, pki, standin, Cluster};
 use crate::support::netns::{Host, Lan};
-use crate::support::{chocoimg, require_tool};
+use crate::support::{chocoimg, ok, require_tool};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 const LIB: &str = "usr/local/lib/chocoimg";
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn rendered_node_scripts_pass_shellcheck() {

@@ -26,6 +26,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::ok;
 use support::workspace::Workspace;
 
 const SERVER: &str = "master1";
@@ -40,24 +41,10 @@ fn guest_dir() -> PathBuf {
     support::repo().join("tests/rehearsal/guest")
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The cached base image's folder (rootfs.ext4, vmlinuz, initrd.img), built if missing.
 fn base_image() -> PathBuf {
     let script = support::repo().join("tests/rehearsal/base-image.sh");
-    let out = run(Command::new("bash").arg(&script).stderr(Stdio::inherit()));
+    let out = ok(Command::new("bash").arg(&script).stderr(Stdio::inherit()));
     PathBuf::from(out.trim())
 }
 
@@ -147,7 +134,7 @@ fn write_payload(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::copy(guest_dir().join("k3s"), dir.join("k3s")).unwrap();
     std::fs::copy(guest_dir().join("k3s-install.sh"), dir.join("install.sh")).unwrap();
-    let sums = run(Command::new("sha256sum")
+    let sums = ok(Command::new("sha256sum")
         .args(["k3s", "install.sh"])
         .current_dir(dir));
     std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
@@ -178,7 +165,7 @@ fn make_cidata(seed: &NodeSeed, payload: &Path, dir: &Path) -> PathBuf {
         .unwrap();
     }
     let img = dir.join("cidata.img");
-    run(Command::new("mkfs.vfat")
+    ok(Command::new("mkfs.vfat")
         .args(["-n", "CIDATA", "-C"])
         .arg(&img)
         .arg("32768"));
@@ -188,7 +175,7 @@ fn make_cidata(seed: &NodeSeed, payload: &Path, dir: &Path) -> PathBuf {
         mcopy.arg(stage.join(name));
     }
     mcopy.arg(payload).arg("::");
-    run(&mut mcopy);
+    ok(&mut mcopy);
     img
 }
 
@@ -196,7 +183,7 @@ fn make_cidata(seed: &NodeSeed, payload: &Path, dir: &Path) -> PathBuf {
 /// into a copy with debugfs (no mount, no loop device).
 fn make_rootfs(base: &Path, dir: &Path) -> PathBuf {
     let img = dir.join("rootfs.ext4");
-    run(Command::new("cp")
+    ok(Command::new("cp")
         .arg("--sparse=always")
         .arg(base.join("rootfs.ext4"))
         .arg(&img));
@@ -243,9 +230,9 @@ impl Lan {
     fn new(dir: &Path, taps: &[&str]) -> Lan {
         let ns = format!("chr{}", std::process::id());
         let ip = |args: &[&str]| {
-            run(Command::new("ip").args(["-n", &ns]).args(args));
+            ok(Command::new("ip").args(["-n", &ns]).args(args));
         };
-        run(Command::new("ip").args(["netns", "add", &ns]));
+        ok(Command::new("ip").args(["netns", "add", &ns]));
         let mut lan = Lan {
             ns: ns.clone(),
             children: Vec::new(),
@@ -937,7 +924,7 @@ fn two_nodes_boot_announce_and_join_twice() {
         std::fs::create_dir_all(&gdir).unwrap();
         let cidata = make_cidata(&seeds[node], &payload, &gdir);
         let overlay = gdir.join("disk.qcow2");
-        run(Command::new("qemu-img")
+        ok(Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
             .arg(&rootfs)
             .arg(&overlay));
