@@ -9,7 +9,7 @@ pkgs=(avahi-daemon avahi-utils dbus iproute2 openssh-server openssh-client
   qemu-system-x86 ovmf grub-efi-amd64-bin grub-pc-bin grub-common mtools dosfstools xorriso
   busybox-static cpio gdisk fdisk kmod cloud-init shellcheck util-linux
   python3-zeroconf python3-jsonschema openssl ca-certificates zstd sudo time curl passwd
-  systemd strace debootstrap qemu-utils e2fsprogs)
+  systemd strace btrfs-progs xfsprogs e2fsprogs debootstrap qemu-utils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

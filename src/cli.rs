@@ -74,6 +74,19 @@ pub enum Command {
     /// Each node is Ready, NotReady or Unknown (from its Ready condition; a profile node
     /// the API does not know is Unknown). Exit 0 ready, 3 degraded, 4 unavailable.
     Status(StatusArgs),
+    /// Write a node's image to a USB stick, then read the stick back to verify it.
+    ///
+    /// `chocoimg flash --node master1` asks which stick (or give it: `... /dev/sdb`);
+    /// `chocoimg flash IMAGE DEVICE` writes any image file. `--list` shows the sticks.
+    /// Refused, with nothing written (exit 2): the disk holding `/`, a disk with anything
+    /// mounted (unless --unmount), an internal disk (unless --allow-fixed-disk), one
+    /// over 256 GB (unless --allow-large), one smaller than the image, a partition, a
+    /// file (unless --to-file). It shows the stick's model, size, serial and what will
+    /// be lost, and asks you to type its name (--yes skips that). The stick's first MiB
+    /// is zeroed first and written last, so a stick interrupted half-way (Ctrl-C, pulled
+    /// out) cannot boot half an installer. Then it reads the stick back and checks its
+    /// SHA-256 against `<node>.img.sha256` ("verified"); on macOS it ejects the stick.
+    Flash(FlashArgs),
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +191,39 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct FlashArgs {
+    /// The node whose image to write: out/<cluster>/<node>.img, checked against its .sha256
+    #[arg(long, value_name = "NAME", conflicts_with = "list")]
+    pub node: Option<String>,
+    /// With --node: [DEVICE]; without: IMAGE [DEVICE]. DEVICE is the whole stick
+    /// (/dev/sdb, /dev/disk4); without it, choose from the list on a terminal
+    #[arg(value_name = "IMAGE|DEVICE", num_args = 0..=2)]
+    pub paths: Vec<PathBuf>,
+    /// List the USB sticks and removable disks plugged in (vendor, model, size, serial,
+    /// what is mounted), and write nothing
+    #[arg(long)]
+    pub list: bool,
+    /// With --list: print JSON
+    #[arg(long, requires = "list")]
+    pub json: bool,
+    /// Do not ask to type the device name (for scripts; every refusal still applies)
+    #[arg(long, conflicts_with = "list")]
+    pub yes: bool,
+    /// Unmount the stick's mounted partitions first (Linux umount, macOS diskutil unmountDisk)
+    #[arg(long, conflicts_with = "list")]
+    pub unmount: bool,
+    /// Allow a disk that is neither removable nor USB (an internal or virtual disk)
+    #[arg(long, conflicts_with = "list")]
+    pub allow_fixed_disk: bool,
+    /// Allow a disk over 256 GB (a USB stick rarely is; a backup drive often is)
+    #[arg(long, conflicts_with = "list")]
+    pub allow_large: bool,
+    /// Allow DEVICE to be a regular file (created if missing), e.g. a VM's disk
+    #[arg(long, conflicts_with = "list")]
+    pub to_file: bool,
+}
+
 /// Runs one command; the result is the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let g = &cli.global;
@@ -189,6 +235,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Discover(a) => commands::discover::run(g, a),
         Command::FetchKubeconfig(a) => commands::fetch_kubeconfig::run(g, a),
         Command::Status(a) => commands::status::run(g, a),
+        Command::Flash(a) => commands::flash::run(g, a),
     }
 }
 

@@ -58,3 +58,34 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
     Ok(hex::encode(hasher.finalize()))
 }
+
+/// Folders a step created, removed again (deepest first, only while empty) unless the
+/// step succeeded and calls `keep`: a refused input leaves no trace.
+#[derive(Debug, Default)]
+pub struct CreatedDirs {
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl CreatedDirs {
+    /// `create_dir_all`, remembering which folders did not exist.
+    pub fn create(&mut self, dir: &Path) -> Result<()> {
+        let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        self.dirs
+            .extend(missing.into_iter().rev().map(Path::to_path_buf));
+        Ok(())
+    }
+
+    /// The step succeeded: the folders stay.
+    pub fn keep(&mut self) {
+        self.dirs.clear();
+    }
+}
+
+impl Drop for CreatedDirs {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}

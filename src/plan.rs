@@ -153,6 +153,11 @@ impl Plan {
     pub fn secrets_path(&self) -> PathBuf {
         self.out_dir.join("secrets.yaml")
     }
+
+    /// `out/<cluster>/<node>.img`: what `build` writes and `flash` reads.
+    pub fn image_path(&self, node: &NodePlan) -> PathBuf {
+        self.out_dir.join(format!("{}.img", node.hostname))
+    }
 }
 
 /// The default output root: `$CHOCOIMG_OUT`, else `out` in the current folder.

@@ -1166,7 +1166,8 @@ fn image_gpt_append_to_tables_of_other_sizes() {
             .args(["-o", "-S", entries, "-n", "1:2048:+1M", "-c", "1:ISO"])
             .arg(&disk));
         let mut f = open_rw(&disk);
-        let a = gpt::plan_append(&mut f, 4 << 20, 1 << 20, "CIDATA").unwrap();
+        let a =
+            gpt::plan_append(&mut f, 4 << 20, 1 << 20, "CIDATA", gpt::guid_from(b"test")).unwrap();
         assert_eq!((a.number, a.start), (2, 4 << 20), "{entries} entries");
         for p in &a.head {
             f.seek(SeekFrom::Start(p.at)).unwrap();

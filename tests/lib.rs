@@ -2,6 +2,8 @@
 //! Each area adds its module here.
 mod artifacts;
 mod cluster;
+mod flash;
+mod flash_vm;
 mod image;
 mod profile;
 mod seed;

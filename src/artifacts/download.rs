@@ -2,7 +2,7 @@
 //! with a Range request after an interruption, hashed as it streams, and moved under
 //! `sha256/<hex>` only once its hash is known (the caller decides if it is the right one).
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget};
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
 use sha2::Digest;
@@ -32,24 +32,36 @@ impl Cache {
         self.root.join("sha256").join(sha256)
     }
 
-    /// The cached file with this hash, re-hashed to be sure; a corrupt entry is removed.
+    /// The cached file with this hash. It is hashed again only when its size or
+    /// modification time changed since it was last verified (recorded beside it in
+    /// `<hex>.verified`); a corrupt entry is removed.
     pub fn get(&self, sha256: &str) -> Result<Option<PathBuf>> {
         let path = self.path_for(sha256);
-        if !path.is_file() {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return Ok(None);
+        };
+        if !meta.is_file() {
             return Ok(None);
         }
+        let record = record_path(&path);
+        if std::fs::read_to_string(&record).ok() == Some(stamp(&meta)) {
+            return Ok(Some(path));
+        }
         if crate::fsutil::sha256_file(&path)? == sha256 {
+            write_record(&path)?;
             return Ok(Some(path));
         }
         eprintln!(
             "cache: {} does not match its name any more; removing it and downloading again",
             path.display()
         );
+        remove_if_exists(&record)?;
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         Ok(None)
     }
 
-    /// Moves a verified download into the cache under its hash.
+    /// Moves a verified download into the cache under its hash, and records it as
+    /// verified.
     pub fn insert(&self, file: &Path, sha256: &str) -> Result<PathBuf> {
         let dest = self.path_for(sha256);
         let dir = crate::fsutil::parent_dir(&dest);
@@ -57,6 +69,7 @@ impl Cache {
         crate::fsutil::set_mode(file, 0o644)?;
         std::fs::rename(file, &dest)
             .with_context(|| format!("moving {} to {}", file.display(), dest.display()))?;
+        write_record(&dest)?;
         Ok(dest)
     }
 
@@ -65,6 +78,28 @@ impl Cache {
         let key = &crate::fsutil::sha256_hex(url.as_bytes())[..32];
         self.root.join("partial").join(format!("{key}.part"))
     }
+}
+
+/// `sha256/<hex>.verified`: the size and modification time the entry had when its hash
+/// was last checked.
+fn record_path(entry: &Path) -> PathBuf {
+    entry.with_extension("verified")
+}
+
+/// Size and modification time (ns), as a record holds them.
+fn stamp(meta: &std::fs::Metadata) -> String {
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{} {mtime}\n", meta.len())
+}
+
+fn write_record(entry: &Path) -> Result<()> {
+    let meta = std::fs::metadata(entry).with_context(|| format!("reading {}", entry.display()))?;
+    crate::fsutil::write_atomic(&record_path(entry), stamp(&meta).as_bytes(), 0o644)
 }
 
 /// What to download and how to talk about it.
@@ -238,7 +273,7 @@ pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Down
             let size = total.map(|t| HumanBytes(t).to_string());
             if progress_bars {
                 let pb = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
-                pb.set_style(bar_style());
+                pb.set_style(crate::progress::bar_style());
                 pb.set_message(src.label.to_string());
                 bar = Some(pb);
             } else {
@@ -365,13 +400,6 @@ fn say(bar: &Option<ProgressBar>, line: String) {
     }
 }
 
-/// A bar with bytes, rate and time left.
-fn bar_style() -> ProgressStyle {
-    ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-        .expect("a valid progress template")
-        .progress_chars("=> ")
-}
-
 /// `bytes FIRST-LAST/TOTAL` (TOTAL may be `*`) -> (FIRST, Some(TOTAL)).
 fn parse_content_range(value: Option<&reqwest::header::HeaderValue>) -> Option<(u64, Option<u64>)> {
     let text = value?.to_str().ok()?;
@@ -407,11 +435,6 @@ mod tests {
         let v = HeaderValue::from_static("items 1-2/3");
         assert_eq!(parse_content_range(Some(&v)), None);
         assert_eq!(parse_content_range(None), None);
-    }
-
-    #[test]
-    fn the_progress_template_is_valid() {
-        let _ = bar_style();
     }
 
     #[test]

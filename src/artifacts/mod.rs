@@ -45,6 +45,9 @@ pub struct FetchOptions {
     pub airgap: bool,
     /// Draw progress bars (a terminal); otherwise print plain lines.
     pub progress_bars: bool,
+    /// Leave a local `--iso` unhashed: the caller hashes it on its own pass over the
+    /// file (the image build does, while it copies it) and refuses it there.
+    pub defer_iso_hash: bool,
 }
 
 /// Everything a build needs, verified.
@@ -53,6 +56,9 @@ pub struct Fetched {
     /// The verified Ubuntu ISO (in the cache, or the `--iso` path).
     pub iso: PathBuf,
     pub iso_sha256: String,
+    /// False for a local `--iso` whose hash is left to the caller (`defer_iso_hash`):
+    /// it must be checked against `iso_sha256` before it is used.
+    pub iso_verified: bool,
     /// The K3s files for the stick, named as they go on CIDATA (`k3s/k3s`,
     /// `k3s/install.sh`, optionally `k3s/k3s-airgap-images-amd64.tar.zst`).
     pub payload: Vec<PayloadFile>,
@@ -149,7 +155,7 @@ pub fn fetch_unsaved(
         _ => {}
     }
     let local_iso = match &opts.iso {
-        Some(path) => Some(check_local_iso(plan, path)?),
+        Some(path) => Some(check_local_iso(plan, path, !opts.defer_iso_hash)?),
         None => None,
     };
 
@@ -222,6 +228,7 @@ pub fn fetch_unsaved(
     let fetched = Fetched {
         iso,
         iso_sha256: ub.iso_sha256.clone(),
+        iso_verified: opts.iso.is_none() || !opts.defer_iso_hash,
         payload,
     };
     let pending = PendingLock {
@@ -424,8 +431,15 @@ fn obtain(
     cache.insert(&got.partial, &got.sha256)
 }
 
-/// `--iso PATH`: hashed as it streams, used in place when it is the pinned ISO.
-fn check_local_iso(plan: &Plan, path: &Path) -> Result<PathBuf> {
+/// `--iso PATH` checked against the profile's pin: for a caller that deferred the hash
+/// (`defer_iso_hash`) and must still refuse a wrong ISO before anything else.
+pub fn verify_local_iso(plan: &Plan, path: &Path) -> Result<PathBuf> {
+    check_local_iso(plan, path, true)
+}
+
+/// `--iso PATH`: used in place when it is the pinned ISO; hashed here unless `hash` is
+/// false (the caller hashes it on its own pass and refuses it with `wrong_local_iso`).
+fn check_local_iso(plan: &Plan, path: &Path, hash: bool) -> Result<PathBuf> {
     let ub = &plan.ubuntu;
     if !path.is_file() {
         return Err(crate::BadInput(format!(
@@ -435,21 +449,29 @@ fn check_local_iso(plan: &Plan, path: &Path) -> Result<PathBuf> {
         ))
         .into());
     }
-    eprintln!("checking {} (SHA-256)", path.display());
-    let sha = crate::fsutil::sha256_file(path)
-        .with_context(|| format!("hashing --iso {}", path.display()))?;
-    if sha != ub.iso_sha256 {
-        return Err(crate::BadInput(format!(
-            "--iso {} is not the pinned Ubuntu {} ISO: its SHA-256 is {sha}, the profile pins {} (ubuntu.iso_sha256). \
-             The right one is at {}; or drop --iso to let chocoimg download it",
-            path.display(),
-            ub.release,
-            ub.iso_sha256,
-            ub.iso_url
-        ))
-        .into());
+    if hash {
+        eprintln!("checking {} (SHA-256)", path.display());
+        let sha = crate::fsutil::sha256_file(path)
+            .with_context(|| format!("hashing --iso {}", path.display()))?;
+        if sha != ub.iso_sha256 {
+            return Err(wrong_local_iso(plan, path, &sha));
+        }
     }
     Ok(path.to_path_buf())
+}
+
+/// The refusal of an `--iso` whose SHA-256 is `found`, not the profile's pin.
+pub fn wrong_local_iso(plan: &Plan, path: &Path, found: &str) -> anyhow::Error {
+    let ub = &plan.ubuntu;
+    crate::BadInput(format!(
+        "--iso {} is not the pinned Ubuntu {} ISO: its SHA-256 is {found}, the profile pins {} (ubuntu.iso_sha256). \
+         The right one is at {}; or drop --iso to let chocoimg download it",
+        path.display(),
+        ub.release,
+        ub.iso_sha256,
+        ub.iso_url
+    ))
+    .into()
 }
 
 /// A hash that differs from the lock file's record.

@@ -2,8 +2,7 @@
 //! verified artifacts); phase two writes one image per node, then its manifest.
 use crate::artifacts::{self, FetchOptions, LockMode};
 use crate::cli::{BuildArgs, Global};
-use crate::image::{self, manifest::Manifest, BuildRequest, Identity, ImageError, ProgressStyle};
-use crate::plan::{NodePlan, Plan};
+use crate::image::{self, manifest::Manifest, Identity, ImageError, ProgressStyle, Target};
 use crate::{seed, BadInput};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -20,15 +19,10 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     plan.k3s.airgap |= args.airgap;
     let plan = plan;
     let nodes = super::render::select_nodes(&plan, &args.nodes)?;
-    for n in &nodes {
-        let out = image_path(&plan, n);
-        if out.exists() && !args.force {
-            return Err(BadInput(format!(
-                "{} already exists; pass --force to replace it",
-                out.display()
-            ))
-            .into());
-        }
+    let outputs: Vec<PathBuf> = nodes.iter().map(|n| plan.image_path(n)).collect();
+    // Before any download; `image::plan` asks again for the library's other callers.
+    for out in &outputs {
+        image::refuse_existing(out, args.force).map_err(|e| as_bad_input(e.into()))?;
     }
     let progress = ProgressStyle::for_stderr();
     let lock_mode = if args.update_lock {
@@ -36,62 +30,69 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     } else {
         LockMode::Enforce
     };
-    let (fetched, lock) = artifacts::fetch_unsaved(
+    let fetch = artifacts::fetch_unsaved(
         &plan,
         &FetchOptions {
             iso: args.iso.clone(),
             airgap: plan.k3s.airgap,
             progress_bars: progress == ProgressStyle::Bars,
+            // Hashed on the image's own pass over it, below.
+            defer_iso_hash: true,
         },
         lock_mode,
-    )?;
-    let identities: Vec<Identity> = nodes
+    );
+    let (fetched, lock) = match (fetch, &args.iso) {
+        (Ok(done), _) => done,
+        // A wrong --iso is the user's to fix whatever else failed: it is reported first.
+        (Err(e), Some(iso)) => {
+            artifacts::verify_local_iso(&plan, iso)?;
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
+    let identities: Vec<Identity> = nodes.iter().map(|n| Identity::new(&plan, n)).collect();
+    let targets: Vec<Target> = outputs
         .iter()
-        .map(|node| Identity {
-            cluster: plan.cluster.clone(),
-            node: node.hostname.clone(),
-            role: node.role.to_string(),
-            k3s_version: plan.k3s.version.clone(),
-            ubuntu_release: plan.ubuntu.release.clone(),
-            chocoimg_version: env!("CARGO_PKG_VERSION").to_string(),
+        .zip(&identities)
+        .map(|(output, identity)| Target {
+            output,
+            identity,
+            payload: &fetched.payload,
         })
         .collect();
-    for id in &identities {
-        image::check_iso(&fetched.iso, id).map_err(as_bad_input)?;
-    }
-    // Secrets only once the inputs are known good: a refused ISO creates nothing.
-    let secrets = super::render::prepare_secrets(&plan)?;
-    let seeds = nodes
-        .iter()
-        .map(|n| seed::render(&plan, &secrets, n))
-        .collect::<Result<Vec<_>>>()?;
-    let outputs: Vec<PathBuf> = nodes.iter().map(|n| image_path(&plan, n)).collect();
-    let request = |i: usize| BuildRequest {
-        iso: &fetched.iso,
-        output: &outputs[i],
-        identity: &identities[i],
-        seed: &seeds[i].files,
-        payload: &fetched.payload,
-        force: args.force,
-        progress,
-        cancel: &CANCEL,
-    };
-    // Every node's image is planned (and the ISO refused, if it must be) before any
-    // is written.
-    for i in 0..nodes.len() {
-        image::check(&request(i)).map_err(as_bad_input)?;
-    }
-    // Only artifacts that make an image are recorded beside the profile.
-    lock.save()?;
+    // Every node's image is planned (and the ISO refused, if it must be) before
+    // anything is written.
+    let planned = image::plan(&fetched.iso, &targets, args.force).map_err(as_bad_input)?;
 
     HANDLER.get_or_init(|| {
         // Only one handler per process can be set; without it Ctrl-C kills at once and
         // a `.part` file may stay behind, but never anything under the final name.
         let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::SeqCst));
     });
-    for (i, node) in nodes.iter().enumerate() {
-        let built = image::build(&request(i)).map_err(as_bad_input)?;
-        let manifest = Manifest::new(&plan, node, &seeds[i], &fetched, &built);
+    // One pass over the ISO for every image; a local --iso is checked against the pin
+    // on the way, and refused with nothing left behind.
+    let pin = (!fetched.iso_verified).then_some(fetched.iso_sha256.as_str());
+    let images = planned.write_iso(pin, progress, &CANCEL).map_err(|e| {
+        match e.downcast_ref::<ImageError>() {
+            Some(ImageError::IsoMismatch { iso, found, .. }) => {
+                artifacts::wrong_local_iso(&plan, iso, found)
+            }
+            _ => as_bad_input(e),
+        }
+    })?;
+    // Only artifacts that make an image are recorded beside the profile.
+    lock.save()?;
+    // Secrets only once the inputs are known good: a refused ISO creates nothing.
+    let secrets = super::render::prepare_secrets(&plan)?;
+    let seeds = nodes
+        .iter()
+        .map(|n| seed::render(&plan, &secrets, n))
+        .collect::<Result<Vec<_>>>()?;
+    for ((node, image), seed) in nodes.iter().zip(images).zip(&seeds) {
+        let built = image
+            .finish(&seed.files, progress, &CANCEL)
+            .map_err(as_bad_input)?;
+        let manifest = Manifest::new(&plan, node, seed, &fetched, &built);
         let manifest_path = plan
             .out_dir
             .join(format!("{}.manifest.json", node.hostname));
@@ -108,11 +109,6 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
          reinstalled."
     );
     Ok(0)
-}
-
-/// `out/<cluster>/<node>.img`.
-pub fn image_path(plan: &Plan, node: &NodePlan) -> PathBuf {
-    plan.out_dir.join(format!("{}.img", node.hostname))
 }
 
 /// A refused ISO or an existing output is the user's to fix: exit 2.

@@ -2,6 +2,7 @@
 pub mod build;
 pub mod discover;
 pub mod fetch_kubeconfig;
+pub mod flash;
 pub mod inspect;
 pub mod render;
 pub mod status;

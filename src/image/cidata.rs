@@ -41,15 +41,23 @@ impl Entry {
     }
 }
 
-/// A volume size (whole MiB) that holds `entries` with room to spare: every file
-/// rounded up to a 64 KiB cluster, the FATs and directories, plus 1/16 and 4 MiB slack.
-pub fn volume_size(entries: &[Entry]) -> u64 {
+/// Room kept on CIDATA for the seed, which is rendered only once the ISO has passed its
+/// checks (the seed needs the cluster's secrets; a refused ISO must not create them),
+/// while the volume's size is fixed before (it is in the partition tables). A seed is
+/// tens of KiB.
+pub const SEED_ROOM: u64 = 1 << 20;
+
+/// A volume size (whole MiB) that holds `entries` and `reserved` more bytes with room
+/// to spare: every file rounded up to a 64 KiB cluster, the FATs and directories, plus
+/// 1/16 and 4 MiB slack.
+pub fn volume_size(entries: &[Entry], reserved: u64) -> u64 {
     const CLUSTER: u64 = 64 << 10;
     const MIB: u64 = 1 << 20;
-    let data: u64 = entries
-        .iter()
-        .map(|e| e.len().div_ceil(CLUSTER) * CLUSTER + CLUSTER)
-        .sum();
+    let data: u64 = reserved
+        + entries
+            .iter()
+            .map(|e| e.len().div_ceil(CLUSTER) * CLUSTER + CLUSTER)
+            .sum::<u64>();
     let total = data + data / 16 + 4 * MIB;
     total.div_ceil(MIB).max(8) * MIB
 }
@@ -128,9 +136,197 @@ impl Seek for Window<'_> {
     }
 }
 
-/// Formats `size` bytes at `start` of `file` as FAT labelled CIDATA and writes
-/// `entries` into it. `on_bytes` hears how many payload bytes were written since its
-/// last call; an error from it (e.g. the build was interrupted) stops the writing.
+/// The volume as it is being written: 1 MiB blocks held in memory and written out
+/// whole, so that fatfs, which works a sector at a time, costs a few large writes instead
+/// of a system call per sector. At most `KEEP` blocks stay in memory (the least recently
+/// used is written out first), so memory stays flat whatever the payload's size. The
+/// region starts out zero (the image file was just grown over it), so a block that was
+/// never written out needs no read.
+struct Cached<'f> {
+    file: &'f File,
+    start: u64,
+    len: u64,
+    pos: u64,
+    blocks: Vec<CachedBlock>,
+    /// Blocks written out at least once: their bytes are in the file now.
+    written: std::collections::HashSet<u64>,
+    clock: u64,
+}
+
+struct CachedBlock {
+    index: u64,
+    data: Vec<u8>,
+    dirty: bool,
+    used: u64,
+}
+
+const CACHE_BLOCK: u64 = 1 << 20;
+const KEEP: usize = 8;
+
+impl<'f> Cached<'f> {
+    fn new(file: &'f File, start: u64, len: u64) -> Self {
+        assert!(len % CACHE_BLOCK == 0, "CIDATA is sized in whole MiB");
+        Cached {
+            file,
+            start,
+            len,
+            pos: 0,
+            blocks: Vec::new(),
+            written: Default::default(),
+            clock: 0,
+        }
+    }
+
+    /// The cached block `index`, loaded (or zero) on first use.
+    fn block(&mut self, index: u64) -> io::Result<&mut CachedBlock> {
+        self.clock += 1;
+        let found = self.blocks.iter().position(|b| b.index == index);
+        let at = match found {
+            Some(at) => at,
+            None => {
+                if self.blocks.len() >= KEEP {
+                    let lru = (0..self.blocks.len())
+                        .min_by_key(|i| self.blocks[*i].used)
+                        .expect("the cache is not empty");
+                    let old = self.blocks.swap_remove(lru);
+                    self.write_out(&old)?;
+                }
+                let mut data = vec![0u8; CACHE_BLOCK as usize];
+                if self.written.contains(&index) {
+                    let mut f = self.file;
+                    f.seek(SeekFrom::Start(self.start + index * CACHE_BLOCK))?;
+                    f.read_exact(&mut data)?;
+                }
+                self.blocks.push(CachedBlock {
+                    index,
+                    data,
+                    dirty: false,
+                    used: 0,
+                });
+                self.blocks.len() - 1
+            }
+        };
+        let b = &mut self.blocks[at];
+        b.used = self.clock;
+        Ok(b)
+    }
+
+    fn write_out(&mut self, b: &CachedBlock) -> io::Result<()> {
+        if b.dirty {
+            let mut f = self.file;
+            f.seek(SeekFrom::Start(self.start + b.index * CACHE_BLOCK))?;
+            f.write_all(&b.data)?;
+            self.written.insert(b.index);
+        }
+        Ok(())
+    }
+
+    /// Writes out every block still held, in order.
+    fn flush_all(&mut self) -> io::Result<()> {
+        let mut blocks = std::mem::take(&mut self.blocks);
+        blocks.sort_by_key(|b| b.index);
+        for b in &blocks {
+            self.write_out(b)?;
+        }
+        Ok(())
+    }
+}
+
+impl Read for Cached<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (index, off) = (self.pos / CACHE_BLOCK, (self.pos % CACHE_BLOCK) as usize);
+        let n = buf
+            .len()
+            .min(self.len.saturating_sub(self.pos) as usize)
+            .min(CACHE_BLOCK as usize - off);
+        if n == 0 {
+            return Ok(0);
+        }
+        let b = self.block(index)?;
+        buf[..n].copy_from_slice(&b.data[off..off + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for Cached<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (index, off) = (self.pos / CACHE_BLOCK, (self.pos % CACHE_BLOCK) as usize);
+        let n = buf
+            .len()
+            .min(self.len.saturating_sub(self.pos) as usize)
+            .min(CACHE_BLOCK as usize - off);
+        if n == 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write past the end of the CIDATA partition",
+            ));
+        }
+        let b = self.block(index)?;
+        b.data[off..off + n].copy_from_slice(&buf[..n]);
+        b.dirty = true;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Cached<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match new {
+            Some(n) => {
+                self.pos = n;
+                Ok(n)
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the CIDATA partition",
+            )),
+        }
+    }
+}
+
+/// FAT timestamps: the FAT epoch (1980-01-01 00:00), always. The same inputs then make
+/// the same image, byte for byte; the build's time is in its manifest.
+#[derive(Debug)]
+struct FatEpoch;
+
+impl fatfs::TimeProvider for FatEpoch {
+    fn get_current_date(&self) -> fatfs::Date {
+        fatfs::Date {
+            year: 1980,
+            month: 1,
+            day: 1,
+        }
+    }
+
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fatfs::DateTime {
+            date: self.get_current_date(),
+            time: fatfs::Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
+    }
+}
+
+static FAT_EPOCH: FatEpoch = FatEpoch;
+
+/// Formats `size` bytes at `start` of `file` (zero: the image was just grown over it)
+/// as FAT labelled CIDATA and writes `entries` into it. `on_bytes` hears how many
+/// payload bytes were written since its last call; an error from it (e.g. the build was
+/// interrupted) stops the writing.
 pub fn write(
     file: &File,
     start: u64,
@@ -138,17 +334,31 @@ pub fn write(
     entries: &[Entry],
     on_bytes: &mut dyn FnMut(u64) -> io::Result<()>,
 ) -> io::Result<()> {
+    let mut disk = Cached::new(file, start, size);
+    // The serial number follows from what the volume holds: same inputs, same image.
+    let volume_id = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for e in entries {
+            h.update(e.name.as_bytes());
+            match &e.source {
+                Source::Bytes(b) => h.update(b),
+                Source::File { len, .. } => h.update(len.to_le_bytes()),
+            }
+        }
+        u32::from_le_bytes(h.finalize()[..4].try_into().expect("4 bytes"))
+    };
     let mut label = [b' '; 11];
     label[..LABEL.len()].copy_from_slice(LABEL.as_bytes());
     fatfs::format_volume(
-        Window::new(file, start, size),
+        &mut disk,
         fatfs::FormatVolumeOptions::new()
             .volume_label(label)
-            .volume_id(rand::random())
+            .volume_id(volume_id)
             .bytes_per_sector(512)
             .total_sectors((size / 512) as u32),
     )?;
-    let fs = fatfs::FileSystem::new(Window::new(file, start, size), fatfs::FsOptions::new())?;
+    let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new().time_provider(&FAT_EPOCH))?;
     {
         let root = fs.root_dir();
         let mut buf = vec![0u8; 1 << 20];
@@ -202,16 +412,16 @@ pub fn write(
     dirs.sort_unstable();
     dirs.dedup();
     for d in dirs {
-        fix_dot_entries(&mut Window::new(file, start, size), d)?;
+        fix_dot_entries(&mut disk, d)?;
     }
-    Ok(())
+    disk.flush_all()
 }
 
 /// fatfs 0.3 writes a long-name entry before a new directory's `.` and `..`, which
 /// fsck.vfat rejects ("Expected a valid '.' entry in this slot"). Puts `.` and `..`
 /// in the first two slots, as FAT wants, and marks the two long-name entries deleted.
 /// Only for folders at the root with a plain 8.3 name (`k3s`). Also sets `..` to 0.
-fn fix_dot_entries(disk: &mut Window, dir: &str) -> io::Result<()> {
+fn fix_dot_entries<D: Read + Write + Seek>(disk: &mut D, dir: &str) -> io::Result<()> {
     let bad = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
     let upper = dir.to_ascii_uppercase();
     if dir.contains('/') || upper.is_empty() || upper.len() > 8 || upper.contains('.') {
@@ -321,7 +531,7 @@ mod tests {
                 source: Source::Bytes(b"abc  k3s\n".to_vec()),
             },
         ];
-        let size = volume_size(&entries);
+        let size = volume_size(&entries, 0);
         assert_eq!(size % (1 << 20), 0);
         tmp.set_len(4096 + size + 4096).unwrap();
         write(&tmp, 4096, size, &entries, &mut |_| Ok(())).unwrap();

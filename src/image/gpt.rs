@@ -137,13 +137,15 @@ pub struct Appended {
     pub tail: Vec<Patch>,
 }
 
-/// Plans a partition of `size` bytes (a multiple of 1 MiB) named `name` after the
-/// `iso_len` bytes of the ISO. Reads the tables from `file`; writes nothing.
+/// Plans a partition of `size` bytes (a multiple of 1 MiB) named `name`, with the
+/// unique GUID `guid`, after the `iso_len` bytes of the ISO. Reads the tables from
+/// `file`; writes nothing.
 pub fn plan_append(
     file: &mut File,
     iso_len: u64,
     size: u64,
     name: &str,
+    guid: [u8; 16],
 ) -> Result<Appended, GptError> {
     assert!(
         size % ALIGN == 0 && size > 0,
@@ -183,7 +185,7 @@ pub fn plan_append(
     let e = &mut entries[free * gpt.entry_size..(free + 1) * gpt.entry_size];
     e.fill(0);
     e[0..16].copy_from_slice(&BASIC_DATA);
-    e[16..32].copy_from_slice(&random_guid());
+    e[16..32].copy_from_slice(&guid);
     e[32..40].copy_from_slice(&first_lba.to_le_bytes());
     e[40..48].copy_from_slice(&last_lba.to_le_bytes());
     for (i, unit) in name.encode_utf16().take(36).enumerate() {
@@ -277,9 +279,13 @@ fn chs(lba: u64) -> [u8; 3] {
     ]
 }
 
-/// A random (version 4) GUID in on-disk byte order.
-fn random_guid() -> [u8; 16] {
-    let mut g: [u8; 16] = rand::random();
+/// A GUID (version 4 layout, on-disk byte order) drawn from the SHA-256 of `seed`
+/// rather than at random: the same node's image gets the same partition GUID, so the
+/// same inputs make the same image.
+pub fn guid_from(seed: &[u8]) -> [u8; 16] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(seed);
+    let mut g: [u8; 16] = digest[..16].try_into().expect("16 bytes");
     g[7] = (g[7] & 0x0F) | 0x40;
     g[8] = (g[8] & 0x3F) | 0x80;
     g
@@ -325,7 +331,8 @@ mod tests {
 
     #[test]
     fn guid_is_version_4() {
-        let g = random_guid();
+        let g = guid_from(b"master1");
+        assert_ne!(g, guid_from(b"nodo1"));
         assert_eq!(g[7] >> 4, 4);
         assert_eq!(g[8] >> 6, 0b10);
     }

@@ -8,14 +8,11 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Manifest {
-    pub chocoimg_version: String,
+    /// What the image says about itself (also on its CIDATA as chocoimg.json).
+    #[serde(flatten)]
+    pub identity: super::Identity,
     /// UTC, RFC 3339.
     pub built_at: String,
-    pub cluster: String,
-    pub node: String,
-    pub role: String,
-    pub k3s_version: String,
-    pub ubuntu_release: String,
     pub image: Input,
     pub profile: Input,
     pub iso: Input,
@@ -48,13 +45,8 @@ impl Manifest {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         Manifest {
-            chocoimg_version: env!("CARGO_PKG_VERSION").to_string(),
+            identity: super::Identity::new(plan, node),
             built_at: now,
-            cluster: plan.cluster.clone(),
-            node: node.hostname.clone(),
-            role: node.role.to_string(),
-            k3s_version: plan.k3s.version.clone(),
-            ubuntu_release: plan.ubuntu.release.clone(),
             image: Input {
                 path: built.image.clone(),
                 sha256: built.sha256.clone(),

@@ -1,21 +1,33 @@
 //! The USB image: the Ubuntu ISO copied, its GRUB menu patched in place, and a CIDATA
 //! partition appended (image.md).
 //!
-//! Every change to the ISO's own bytes (grub.cfg, its directory records, md5sum.txt,
-//! MBR, primary GPT, old backup GPT header) is planned first, read-only, and then
-//! applied while the ISO streams into a temporary file next to the output, hashed on
-//! the way; one pass over 2 GB, memory flat. The CIDATA volume and the backup GPT go
-//! after it; the temporary file is renamed into place only when all is done.
+//! Three steps, so a command can do its own work between them:
+//! 1. `plan`: every change to the ISO's own bytes (grub.cfg, its directory records,
+//!    md5sum.txt, MBR, primary GPT, old backup GPT header) for every node, read-only;
+//!    refuses an ISO that cannot be used and an existing output.
+//! 2. `Planned::write_iso`: one pass over the ISO for all the images (pass.rs), into
+//!    temporary files next to the outputs (copy-on-write clones where the filesystem
+//!    can), checking the ISO's pin on the way. A refused ISO leaves nothing behind.
+//! 3. `Unfinished::finish`: the CIDATA volume (seed, payload, identity) and the backup
+//!    GPT after the ISO, the hash completed, the file synced and renamed into place.
 pub mod cidata;
 pub mod gpt;
 pub mod grub;
+mod inspect;
 pub mod iso9660;
 pub mod manifest;
+mod pass;
+
+pub use crate::progress::ProgressStyle;
+pub use inspect::{inspect, Inspection};
 
 use crate::artifacts::PayloadFile;
+use crate::plan::{NodePlan, Plan};
+use crate::progress::Meter;
 use crate::seed::SeedFile;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -31,8 +43,6 @@ pub const MD5SUM_TXT: &str = "/md5sum.txt";
 pub const GRUB_EFI_CFG: &str = "/boot/grub/x86_64-efi/grub.cfg";
 /// What `/.disk/info` starts with on every 22.04.x live-server ISO.
 pub const EXPECTED_RELEASE: &str = "Ubuntu-Server 22.04";
-
-const CHUNK: usize = 1 << 20;
 
 /// One in-place write, at an absolute byte offset of the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +61,20 @@ pub struct Identity {
     pub k3s_version: String,
     pub ubuntu_release: String,
     pub chocoimg_version: String,
+}
+
+impl Identity {
+    /// What `node`'s image says about itself.
+    pub fn new(plan: &Plan, node: &NodePlan) -> Identity {
+        Identity {
+            cluster: plan.cluster.clone(),
+            node: node.hostname.clone(),
+            role: node.role.to_string(),
+            k3s_version: plan.k3s.version.clone(),
+            ubuntu_release: plan.ubuntu.release.clone(),
+            chocoimg_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
 }
 
 /// Why an ISO or an output cannot be used. A caller can match these; every message
@@ -85,6 +109,15 @@ pub enum ImageError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "{iso} is not the pinned ISO: its SHA-256 is {found}, the profile pins {expected} \
+         (ubuntu.iso_sha256)"
+    )]
+    IsoMismatch {
+        iso: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("{0} already exists; pass --force to replace it")]
     OutputExists(PathBuf),
     #[error("interrupted; nothing was written under the final name")]
@@ -98,24 +131,21 @@ impl ImageError {
     }
 }
 
-/// How long work is shown: bars on a terminal, plain lines otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProgressStyle {
-    Bars,
-    Lines,
-    Quiet,
+/// Refuses to replace an existing image unless `force`: the one place that says so.
+pub fn refuse_existing(output: &Path, force: bool) -> Result<(), ImageError> {
+    if output.exists() && !force {
+        return Err(ImageError::OutputExists(output.to_path_buf()));
+    }
+    Ok(())
 }
 
-impl ProgressStyle {
-    /// Bars when stderr is a terminal, else lines.
-    pub fn for_stderr() -> Self {
-        use std::io::IsTerminal;
-        if std::io::stderr().is_terminal() {
-            ProgressStyle::Bars
-        } else {
-            ProgressStyle::Lines
-        }
-    }
+/// One node's image as far as it is known before its seed: where it goes, what it says
+/// about itself, the payload it carries.
+pub struct Target<'a> {
+    /// `out/<cluster>/<node>.img`.
+    pub output: &'a Path,
+    pub identity: &'a Identity,
+    pub payload: &'a [PayloadFile],
 }
 
 /// Everything `build` needs for one node's image.
@@ -148,199 +178,156 @@ pub struct Built {
     pub kernel_line: String,
     /// How many directory records of grub.cfg were updated.
     pub grub_records: usize,
+    /// The ISO's bytes were cloned (reflink/clonefile: shared, copy-on-write extents),
+    /// not copied.
+    pub cloned: bool,
 }
 
-/// The changes planned on the ISO, before anything is written.
-struct Plan {
-    iso_len: u64,
+/// One image's changes to the ISO, planned before anything is written.
+struct Changes {
+    output: PathBuf,
     patches: Vec<Patch>,
     menu: grub::BootMenu,
     grub_records: usize,
     appended: gpt::Appended,
+    /// CIDATA's files but the seed (payload, its SHA256SUMS, the identity).
     entries: Vec<cidata::Entry>,
 }
 
-/// Phase one of `build` alone: reads the ISO and plans every change, refusing what
-/// `build` would refuse (not a 22.04 live-server ISO, no room in grub.cfg, an existing
-/// output without `force`). Writes nothing.
-pub fn check(req: &BuildRequest) -> Result<()> {
-    if req.output.exists() && !req.force {
-        return Err(ImageError::OutputExists(req.output.to_path_buf()).into());
-    }
-    plan(req).map(|_| ())
+/// The images of one build, planned: what `write_iso` writes.
+pub struct Planned {
+    iso: PathBuf,
+    iso_len: u64,
+    force: bool,
+    images: Vec<Changes>,
 }
 
-/// The ISO alone, before any seed or secret exists: refuses what `build` would refuse
-/// about it (not a 22.04 live-server ISO, its menus, its partition tables). Writes nothing.
-pub fn check_iso(iso: &Path, identity: &Identity) -> Result<()> {
-    plan_iso(iso, identity, Vec::new()).map(|_| ())
-}
-
-/// Builds `req.output` from the ISO, the seed and the payload. Writes nothing under
-/// the final names unless everything succeeded.
-pub fn build(req: &BuildRequest) -> Result<Built> {
-    if req.output.exists() && !req.force {
-        return Err(ImageError::OutputExists(req.output.to_path_buf()).into());
+/// Reads the ISO and plans every change for every target, refusing what would be
+/// refused later (not a 22.04 live-server ISO, no room in grub.cfg, an existing output
+/// without `force`). Writes nothing.
+pub fn plan(iso: &Path, targets: &[Target], force: bool) -> Result<Planned> {
+    for t in targets {
+        refuse_existing(t.output, force)?;
     }
-    let plan = plan(req)?;
-    let dir = crate::fsutil::parent_dir(req.output);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let file_name = req
-        .output
-        .file_name()
-        .context("the output path has no file name")?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{file_name}."))
-        .suffix(".part")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-
-    let total = plan.iso_len + plan.entries.iter().map(|e| e.len()).sum::<u64>();
-    let meter = Meter::new(&format!("building {file_name}"), total, req.progress);
-    let sha256 = write_image(req, &plan, tmp.path(), tmp.as_file(), &meter)?;
-    meter.finish();
-
-    if req.cancel.load(Ordering::SeqCst) {
-        return Err(ImageError::Interrupted.into());
-    }
-    let sha256_file = PathBuf::from(format!("{}.sha256", req.output.display()));
-    if req.force {
-        tmp.persist(req.output)
-            .with_context(|| format!("renaming into place {}", req.output.display()))?;
-    } else {
-        tmp.persist_noclobber(req.output)
-            .map_err(|e| match e.error.kind() {
-                std::io::ErrorKind::AlreadyExists => {
-                    anyhow::Error::new(ImageError::OutputExists(req.output.to_path_buf()))
-                }
-                _ => anyhow::Error::new(e.error)
-                    .context(format!("renaming into place {}", req.output.display())),
-            })?;
-    }
-    let line = format!("{sha256}  {file_name}\n");
-    if let Err(e) = crate::fsutil::write_atomic(&sha256_file, line.as_bytes(), 0o644) {
-        let _ = std::fs::remove_file(req.output);
-        return Err(e);
-    }
-    Ok(Built {
-        image: req.output.to_path_buf(),
-        sha256,
-        sha256_file,
-        size: plan.appended.image_len,
-        cidata_partition: plan.appended.number,
-        boot_title: plan.menu.title,
-        kernel_line: plan.menu.kernel_line,
-        grub_records: plan.grub_records,
-    })
-}
-
-/// Phase one: reads the ISO and plans every change; refuses an ISO that is not a
-/// 22.04 live-server or whose grub.cfg has no room. Writes nothing.
-fn plan(req: &BuildRequest) -> Result<Plan> {
-    plan_iso(req.iso, req.identity, cidata_entries(req)?)
-}
-
-/// `plan` for CIDATA holding `entries`.
-fn plan_iso(iso_path: &Path, identity: &Identity, entries: Vec<cidata::Entry>) -> Result<Plan> {
     let layout = |e: Box<dyn std::error::Error + Send + Sync>| ImageError::Layout {
-        iso: iso_path.to_path_buf(),
+        iso: iso.to_path_buf(),
         source: e,
     };
-    let mut file =
-        File::open(iso_path).with_context(|| format!("opening {}", iso_path.display()))?;
+    let mut file = File::open(iso).with_context(|| format!("opening {}", iso.display()))?;
     let iso_len = file.metadata()?.len();
-    let mut iso = iso9660::Iso::open(&mut file).map_err(|e| layout(e.into()))?;
-
-    let info = match iso.read_file(DISK_INFO, 4096) {
-        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
-        Err(iso9660::IsoError::NotFound { .. }) => "(no /.disk/info)".to_string(),
-        Err(e) => return Err(layout(e.into()).into()),
-    };
-    if !info.starts_with(EXPECTED_RELEASE) || !info.contains("LTS") {
-        return Err(ImageError::NotUbuntu2204 {
-            iso: iso_path.to_path_buf(),
-            found: info.lines().next().unwrap_or("").to_string(),
-        }
-        .into());
-    }
-
-    let original = iso
-        .read_file(GRUB_CFG, 1 << 20)
-        .map_err(|e| layout(e.into()))?;
-    let menu = grub::render(&String::from_utf8_lossy(&original), identity)?;
-    let mut patches = match iso.plan_replace(GRUB_CFG, menu.text.as_bytes()) {
-        Ok(p) => p,
-        Err(iso9660::IsoError::NoRoom { needed, room, .. }) => {
-            return Err(ImageError::GrubNoRoom {
-                iso: iso_path.to_path_buf(),
-                needed,
-                room,
+    let found = IsoFiles::read(&mut file, iso)?;
+    let mut images = Vec::with_capacity(targets.len());
+    for t in targets {
+        let menu = grub::render(&String::from_utf8_lossy(&found.grub_cfg), t.identity)?;
+        let mut reader = iso9660::Iso::open(&mut file).map_err(|e| layout(e.into()))?;
+        let mut patches = match reader.plan_replace(GRUB_CFG, menu.text.as_bytes()) {
+            Ok(p) => p,
+            Err(iso9660::IsoError::NoRoom { needed, room, .. }) => {
+                return Err(ImageError::GrubNoRoom {
+                    iso: iso.to_path_buf(),
+                    needed,
+                    room,
+                }
+                .into())
             }
-            .into())
+            Err(e) => return Err(layout(e.into()).into()),
+        };
+        let grub_records = (patches.len() - 1) / 2;
+        if let Some(fixed) = found
+            .md5sum
+            .as_deref()
+            .and_then(|list| fix_md5_line(list, GRUB_CFG, menu.text.as_bytes()))
+        {
+            patches.extend(
+                reader
+                    .plan_replace(MD5SUM_TXT, &fixed)
+                    .map_err(|e| layout(e.into()))?,
+            );
         }
-        Err(e) => return Err(layout(e.into()).into()),
-    };
-    let grub_records = (patches.len() - 1) / 2;
-    match iso.read_file(GRUB_EFI_CFG, 1 << 20) {
-        Ok(cfg) if !grub::goes_on_to_main_menu(&String::from_utf8_lossy(&cfg)) => {
-            return Err(ImageError::EfiMenuElsewhere {
-                iso: iso_path.to_path_buf(),
-            }
-            .into())
+        let entries = cidata_entries(t)?;
+        let size = cidata::volume_size(&entries, cidata::SEED_ROOM);
+        let guid = gpt::guid_from(&serde_json::to_vec(t.identity)?);
+        let appended = gpt::plan_append(&mut file, iso_len, size, cidata::LABEL, guid)
+            .map_err(|e| layout(e.into()))?;
+        patches.extend(appended.head.iter().cloned());
+        patches.sort_by_key(|p| p.at);
+        for pair in patches.windows(2) {
+            assert!(
+                pair[0].at + pair[0].bytes.len() as u64 <= pair[1].at,
+                "planned ISO patches overlap"
+            );
         }
-        Ok(_) | Err(iso9660::IsoError::NotFound { .. }) => {}
-        Err(e) => return Err(layout(e.into()).into()),
+        images.push(Changes {
+            output: t.output.to_path_buf(),
+            patches,
+            menu,
+            grub_records,
+            appended,
+            entries,
+        });
     }
-
-    match iso.read_file(MD5SUM_TXT, 4 << 20) {
-        Ok(list) => {
-            if let Some(fixed) = fix_md5_line(&list, GRUB_CFG, menu.text.as_bytes()) {
-                patches.extend(
-                    iso.plan_replace(MD5SUM_TXT, &fixed)
-                        .map_err(|e| layout(e.into()))?,
-                );
-            }
-        }
-        Err(iso9660::IsoError::NotFound { .. }) => {}
-        Err(e) => return Err(layout(e.into()).into()),
-    }
-
-    let size = cidata::volume_size(&entries);
-    let appended =
-        gpt::plan_append(&mut file, iso_len, size, cidata::LABEL).map_err(|e| layout(e.into()))?;
-    patches.extend(appended.head.iter().cloned());
-    patches.sort_by_key(|p| p.at);
-    for pair in patches.windows(2) {
-        assert!(
-            pair[0].at + pair[0].bytes.len() as u64 <= pair[1].at,
-            "planned ISO patches overlap"
-        );
-    }
-    Ok(Plan {
+    Ok(Planned {
+        iso: iso.to_path_buf(),
         iso_len,
-        patches,
-        menu,
-        grub_records,
-        appended,
-        entries,
+        force,
+        images,
     })
 }
 
-/// The files on CIDATA: seed at the root, payload under its names, a SHA256SUMS per
-/// payload folder, and the identity.
-fn cidata_entries(req: &BuildRequest) -> Result<Vec<cidata::Entry>> {
-    let mut entries: Vec<cidata::Entry> = req
-        .seed
-        .iter()
-        .map(|f| cidata::Entry {
-            name: f.name.clone(),
-            source: cidata::Source::Bytes(f.contents.clone()),
-        })
-        .collect();
+/// The ISO's files the plan reads, checked: a 22.04 live-server ISO whose UEFI menu
+/// hands over to the one patched.
+struct IsoFiles {
+    grub_cfg: Vec<u8>,
+    md5sum: Option<Vec<u8>>,
+}
+
+impl IsoFiles {
+    fn read(file: &mut File, iso_path: &Path) -> Result<IsoFiles> {
+        let layout = |e: Box<dyn std::error::Error + Send + Sync>| ImageError::Layout {
+            iso: iso_path.to_path_buf(),
+            source: e,
+        };
+        let mut iso = iso9660::Iso::open(file).map_err(|e| layout(e.into()))?;
+        let info = match iso.read_file(DISK_INFO, 4096) {
+            Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+            Err(iso9660::IsoError::NotFound { .. }) => "(no /.disk/info)".to_string(),
+            Err(e) => return Err(layout(e.into()).into()),
+        };
+        if !info.starts_with(EXPECTED_RELEASE) || !info.contains("LTS") {
+            return Err(ImageError::NotUbuntu2204 {
+                iso: iso_path.to_path_buf(),
+                found: info.lines().next().unwrap_or("").to_string(),
+            }
+            .into());
+        }
+        let grub_cfg = iso
+            .read_file(GRUB_CFG, 1 << 20)
+            .map_err(|e| layout(e.into()))?;
+        match iso.read_file(GRUB_EFI_CFG, 1 << 20) {
+            Ok(cfg) if !grub::goes_on_to_main_menu(&String::from_utf8_lossy(&cfg)) => {
+                return Err(ImageError::EfiMenuElsewhere {
+                    iso: iso_path.to_path_buf(),
+                }
+                .into())
+            }
+            Ok(_) | Err(iso9660::IsoError::NotFound { .. }) => {}
+            Err(e) => return Err(layout(e.into()).into()),
+        }
+        let md5sum = match iso.read_file(MD5SUM_TXT, 4 << 20) {
+            Ok(list) => Some(list),
+            Err(iso9660::IsoError::NotFound { .. }) => None,
+            Err(e) => return Err(layout(e.into()).into()),
+        };
+        Ok(IsoFiles { grub_cfg, md5sum })
+    }
+}
+
+/// The files on CIDATA but the seed: payload under its names, a SHA256SUMS per payload
+/// folder, and the identity.
+fn cidata_entries(t: &Target) -> Result<Vec<cidata::Entry>> {
+    let mut entries = Vec::new();
     let mut sums: std::collections::BTreeMap<String, String> = Default::default();
-    for p in req.payload {
+    for p in t.payload {
         let len = std::fs::metadata(&p.source)
             .with_context(|| format!("reading {}", p.source.display()))?
             .len();
@@ -365,7 +352,7 @@ fn cidata_entries(req: &BuildRequest) -> Result<Vec<cidata::Entry>> {
             source: cidata::Source::Bytes(text.into_bytes()),
         });
     }
-    let mut identity = serde_json::to_vec_pretty(req.identity)?;
+    let mut identity = serde_json::to_vec_pretty(t.identity)?;
     identity.push(b'\n');
     entries.push(cidata::Entry {
         name: cidata::IDENTITY_FILE.into(),
@@ -374,130 +361,266 @@ fn cidata_entries(req: &BuildRequest) -> Result<Vec<cidata::Entry>> {
     Ok(entries)
 }
 
-/// Phase two. The kernel copies the ISO (copy_file_range or reflink, through
-/// `std::fs::copy`) while another thread reads it too, applies the planned patches to
-/// its chunks and hashes them: the image's SHA-256 costs no second pass. Then the
-/// patches go into the copy, CIDATA and the backup GPT after it; the hash goes on over
-/// those bytes (read back) while the file is synced. Returns the hex SHA-256.
-fn write_image(
-    req: &BuildRequest,
-    plan: &Plan,
-    out_path: &Path,
-    out: &File,
-    meter: &Meter,
-) -> Result<String> {
-    use sha2::Digest;
-    let iso_name = req.iso.display();
-    let out_name = req.output.display();
-    let head_hash = |h: &mut sha2::Sha256| -> Result<()> {
-        let mut src = File::open(req.iso).with_context(|| format!("opening {iso_name}"))?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut at = 0u64;
-        while at < plan.iso_len {
-            if req.cancel.load(Ordering::SeqCst) {
-                return Err(ImageError::Interrupted.into());
-            }
-            let n = CHUNK.min((plan.iso_len - at) as usize);
-            src.read_exact(&mut buf[..n])
-                .with_context(|| format!("reading {iso_name}"))?;
-            apply(&plan.patches, at, &mut buf[..n]);
-            h.update(&buf[..n]);
-            meter.inc(n as u64);
-            at += n as u64;
-        }
-        Ok(())
-    };
-    let mut hasher = sha2::Sha256::new();
-    std::thread::scope(|s| -> Result<()> {
-        let hashing = s.spawn(|| head_hash(&mut hasher));
-        let copied = std::fs::copy(req.iso, out_path)
-            .with_context(|| format!("copying {iso_name} to {}", out_path.display()))
-            // Start writing the copy back while the hashing catches up.
-            .and_then(|n| {
-                out.sync_data()
-                    .with_context(|| format!("writing {}", out_path.display()))?;
-                Ok(n)
-            });
-        let hashed = hashing.join().expect("the hashing thread does not panic");
-        let copied = copied?;
-        hashed?;
-        if copied != plan.iso_len {
-            anyhow::bail!("{iso_name} changed while it was copied");
-        }
-        Ok(())
-    })?;
-    // std::fs::copy gave the copy the ISO's mode; the image will hold secrets.
-    crate::fsutil::set_mode(out_path, 0o600)?;
-
-    let mut dst = out;
-    for p in &plan.patches {
-        dst.seek(SeekFrom::Start(p.at))?;
-        dst.write_all(&p.bytes)
-            .with_context(|| format!("writing {out_name}"))?;
-    }
-    let a = &plan.appended;
-    out.set_len(a.image_len)
-        .with_context(|| format!("growing {out_name}"))?;
-    cidata::write(out, a.start, a.size, &plan.entries, &mut |n| {
-        meter.inc(n);
-        if req.cancel.load(Ordering::SeqCst) {
-            return Err(std::io::Error::other(ImageError::Interrupted));
-        }
-        Ok(())
-    })
-    .map_err(|e| match e.into_inner() {
-        Some(inner) if inner.is::<ImageError>() => {
-            anyhow::Error::new(*inner.downcast::<ImageError>().expect("checked"))
-        }
-        Some(inner) => anyhow::anyhow!(inner).context(format!("writing CIDATA in {out_name}")),
-        None => anyhow::anyhow!("writing CIDATA in {out_name}"),
-    })?;
-    for p in &a.tail {
-        dst.seek(SeekFrom::Start(p.at))?;
-        dst.write_all(&p.bytes)
-            .with_context(|| format!("writing the backup GPT in {out_name}"))?;
-    }
-
-    // Hash what follows the ISO (padding, CIDATA, backup GPT) while the file syncs.
-    std::thread::scope(|s| -> Result<()> {
-        let syncing = s.spawn(|| out.sync_all());
-        let mut reader = File::open(out_path).with_context(|| format!("opening {out_name}"))?;
-        reader.seek(SeekFrom::Start(plan.iso_len))?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut left = a.image_len - plan.iso_len;
-        while left > 0 {
-            let n = CHUNK.min(left as usize);
-            reader
-                .read_exact(&mut buf[..n])
-                .with_context(|| format!("reading back {out_name}"))?;
-            hasher.update(&buf[..n]);
-            left -= n as u64;
-        }
-        syncing
-            .join()
-            .expect("the sync thread does not panic")
-            .with_context(|| format!("writing {out_name}"))?;
-        Ok(())
-    })?;
-    if req.cancel.load(Ordering::SeqCst) {
-        return Err(ImageError::Interrupted.into());
-    }
-    Ok(hex::encode(hasher.finalize()))
+/// An image whose ISO part is written: the CIDATA volume is what is left.
+pub struct Unfinished {
+    changes: Changes,
+    iso_len: u64,
+    force: bool,
+    tmp: tempfile::NamedTempFile,
+    cloned: bool,
+    hasher: sha2::Sha256,
 }
 
-/// Copies the parts of `patches` that fall inside the chunk at `at`.
-fn apply(patches: &[Patch], at: u64, buf: &mut [u8]) {
-    let end = at + buf.len() as u64;
-    for p in patches {
-        let p_end = p.at + p.bytes.len() as u64;
-        if p_end <= at || p.at >= end {
-            continue;
+impl Planned {
+    /// The one pass over the ISO: every image's ISO part, into a temporary file next to
+    /// its output. With `pin`, the ISO's SHA-256 is checked on the way and a mismatch
+    /// leaves nothing behind, not even the folders this made.
+    pub fn write_iso(
+        self,
+        pin: Option<&str>,
+        progress: ProgressStyle,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Unfinished>> {
+        let mut made_dirs = crate::fsutil::CreatedDirs::default();
+        let mut tmps = Vec::with_capacity(self.images.len());
+        let src =
+            File::open(&self.iso).with_context(|| format!("opening {}", self.iso.display()))?;
+        for c in &self.images {
+            let dir = crate::fsutil::parent_dir(&c.output);
+            made_dirs.create(dir)?;
+            tmps.push(temporary_image(&c.output, &src)?);
         }
-        let from = p.at.max(at);
-        let to = p_end.min(end);
-        buf[(from - at) as usize..(to - at) as usize]
-            .copy_from_slice(&p.bytes[(from - p.at) as usize..(to - p.at) as usize]);
+        let names: Vec<String> = self.images.iter().map(|c| file_name(&c.output)).collect();
+        let meter = Meter::new(
+            &format!("building {}", names.join(", ")),
+            self.iso_len,
+            progress,
+        );
+        let outputs: Vec<pass::Output> = self
+            .images
+            .iter()
+            .zip(&tmps)
+            .map(|(c, (tmp, cloned))| pass::Output {
+                file: tmp.as_file(),
+                cloned: *cloned,
+                patches: &c.patches,
+            })
+            .collect();
+        let copied = pass::copy(
+            &self.iso,
+            self.iso_len,
+            pin.is_some(),
+            &outputs,
+            &|n| meter.inc(n),
+            cancel,
+        )?;
+        drop(outputs);
+        if let (Some(expected), Some(found)) = (pin, &copied.iso_sha256) {
+            if found != expected {
+                return Err(ImageError::IsoMismatch {
+                    iso: self.iso.clone(),
+                    found: found.clone(),
+                    expected: expected.to_string(),
+                }
+                .into());
+            }
+        }
+        meter.finish();
+        made_dirs.keep();
+        Ok(self
+            .images
+            .into_iter()
+            .zip(tmps)
+            .zip(copied.heads)
+            .map(|((changes, (tmp, cloned)), hasher)| Unfinished {
+                changes,
+                iso_len: self.iso_len,
+                force: self.force,
+                tmp,
+                cloned,
+                hasher,
+            })
+            .collect())
     }
+}
+
+/// A temporary file next to `output`: a copy-on-write clone of the ISO where the
+/// filesystem makes one (btrfs, XFS, APFS), else empty. Mode 0600 either way: the
+/// image will hold secrets.
+fn temporary_image(output: &Path, iso: &File) -> Result<(tempfile::NamedTempFile, bool)> {
+    let dir = crate::fsutil::parent_dir(output);
+    let prefix = format!(".{}.", file_name(output));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".part");
+    let cloned = builder.make_in(dir, |path| {
+        reflink_copy::reflink_file_to_path(iso, path)?;
+        crate::fsutil::set_mode(path, 0o600).map_err(std::io::Error::other)?;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+    });
+    match cloned {
+        Ok(tmp) => Ok((tmp, true)),
+        // No copy-on-write here (ext4, tmpfs, another filesystem than the ISO's): the
+        // pass writes every byte.
+        Err(_) => {
+            let tmp = builder
+                .tempfile_in(dir)
+                .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+            Ok((tmp, false))
+        }
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl Unfinished {
+    /// The output this becomes.
+    pub fn output(&self) -> &Path {
+        &self.changes.output
+    }
+
+    /// Writes CIDATA (with `seed` at its root) and the backup GPT, completes the hash,
+    /// syncs, and renames the image into place with its `.sha256` beside it.
+    pub fn finish(
+        self,
+        seed: &[SeedFile],
+        progress: ProgressStyle,
+        cancel: &AtomicBool,
+    ) -> Result<Built> {
+        let Unfinished {
+            changes: c,
+            iso_len,
+            force,
+            tmp,
+            cloned,
+            mut hasher,
+        } = self;
+        let out_name = c.output.display();
+        let a = &c.appended;
+        let mut entries: Vec<cidata::Entry> = seed
+            .iter()
+            .map(|f| cidata::Entry {
+                name: f.name.clone(),
+                source: cidata::Source::Bytes(f.contents.clone()),
+            })
+            .collect();
+        entries.extend(c.entries.iter().cloned());
+        let needed = cidata::volume_size(&entries, 0);
+        if needed > a.size {
+            anyhow::bail!(
+                "the seed of {out_name} needs {needed} bytes on CIDATA, more than the {} planned",
+                a.size
+            );
+        }
+        let out = tmp.as_file();
+        out.set_len(a.image_len)
+            .with_context(|| format!("growing {out_name}"))?;
+        let payload: u64 = c.entries.iter().map(|e| e.len()).sum();
+        let meter = Meter::new(
+            &format!("writing CIDATA of {}", file_name(&c.output)),
+            payload,
+            progress,
+        );
+        cidata::write(out, a.start, a.size, &entries, &mut |n| {
+            meter.inc(n);
+            if cancel.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other(ImageError::Interrupted));
+            }
+            Ok(())
+        })
+        .map_err(|e| match e.into_inner() {
+            Some(inner) if inner.is::<ImageError>() => {
+                anyhow::Error::new(*inner.downcast::<ImageError>().expect("checked"))
+            }
+            Some(inner) => anyhow::anyhow!(inner).context(format!("writing CIDATA in {out_name}")),
+            None => anyhow::anyhow!("writing CIDATA in {out_name}"),
+        })?;
+        let mut dst = out;
+        for p in &a.tail {
+            dst.seek(SeekFrom::Start(p.at))?;
+            dst.write_all(&p.bytes)
+                .with_context(|| format!("writing the backup GPT in {out_name}"))?;
+        }
+        meter.finish();
+
+        // Hash what follows the ISO (padding, CIDATA, backup GPT) while the file syncs.
+        std::thread::scope(|s| -> Result<()> {
+            let syncing = s.spawn(|| out.sync_all());
+            let mut reader =
+                File::open(tmp.path()).with_context(|| format!("opening {out_name}"))?;
+            reader.seek(SeekFrom::Start(iso_len))?;
+            let mut buf = vec![0u8; 4 << 20];
+            let mut left = a.image_len - iso_len;
+            while left > 0 {
+                let n = buf.len().min(left as usize);
+                reader
+                    .read_exact(&mut buf[..n])
+                    .with_context(|| format!("reading back {out_name}"))?;
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            syncing
+                .join()
+                .expect("the sync thread does not panic")
+                .with_context(|| format!("writing {out_name}"))?;
+            Ok(())
+        })?;
+        if cancel.load(Ordering::SeqCst) {
+            return Err(ImageError::Interrupted.into());
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        if force {
+            tmp.persist(&c.output)
+                .with_context(|| format!("renaming into place {out_name}"))?;
+        } else {
+            tmp.persist_noclobber(&c.output)
+                .map_err(|e| match e.error.kind() {
+                    std::io::ErrorKind::AlreadyExists => {
+                        anyhow::Error::new(ImageError::OutputExists(c.output.clone()))
+                    }
+                    _ => anyhow::Error::new(e.error)
+                        .context(format!("renaming into place {out_name}")),
+                })?;
+        }
+        let sha256_file = PathBuf::from(format!("{}.sha256", c.output.display()));
+        let line = format!("{sha256}  {}\n", file_name(&c.output));
+        if let Err(e) = crate::fsutil::write_atomic(&sha256_file, line.as_bytes(), 0o644) {
+            let _ = std::fs::remove_file(&c.output);
+            return Err(e);
+        }
+        Ok(Built {
+            image: c.output.clone(),
+            sha256,
+            sha256_file,
+            size: a.image_len,
+            cidata_partition: a.number,
+            boot_title: c.menu.title,
+            kernel_line: c.menu.kernel_line,
+            grub_records: c.grub_records,
+            cloned,
+        })
+    }
+}
+
+/// Builds `req.output` from the ISO, the seed and the payload: `plan`, `write_iso` and
+/// `finish` for one image whose seed is known up front. Writes nothing under the final
+/// names unless everything succeeded.
+pub fn build(req: &BuildRequest) -> Result<Built> {
+    let target = Target {
+        output: req.output,
+        identity: req.identity,
+        payload: req.payload,
+    };
+    let planned = plan(req.iso, &[target], req.force)?;
+    let mut images = planned.write_iso(None, req.progress, req.cancel)?;
+    let image = images.pop().expect("one target, one image");
+    image.finish(req.seed, req.progress, req.cancel)
 }
 
 /// md5sum.txt with the line for `path` carrying the MD5 of `contents` (same length:
@@ -522,143 +645,9 @@ pub fn fix_md5_line(list: &[u8], path: &str, contents: &[u8]) -> Option<Vec<u8>>
     found.then_some(out)
 }
 
-/// What an image holds, as `chocoimg inspect` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Inspection {
-    #[serde(flatten)]
-    pub identity: Identity,
-    /// `/.disk/info` of the ISO inside.
-    pub iso_release: String,
-    pub boot_title: String,
-    pub kernel_line: String,
-    pub cidata_partition: usize,
-}
-
-/// Reads an image (or a stick's device): identity from CIDATA, menu from the ISO.
-pub fn inspect(path: &Path) -> Result<Inspection> {
-    let not_ours = |what: String| {
-        crate::BadInput(format!(
-            "{} is not a chocoimg image: {what}",
-            path.display()
-        ))
-    };
-    let mut file = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => crate::BadInput(format!(
-            "{}: no such file; pass an image made by `chocoimg build` \
-             (out/<cluster>/<node>.img) or a stick's device (e.g. /dev/sdb)",
-            path.display()
-        ))
-        .into(),
-        std::io::ErrorKind::PermissionDenied => crate::BadInput(format!(
-            "{}: permission denied; a stick's device is readable by root only \
-             (sudo chocoimg inspect {})",
-            path.display(),
-            path.display()
-        ))
-        .into(),
-        _ => anyhow::Error::new(e).context(format!("opening {}", path.display())),
-    })?;
-    let part = gpt::find_partition(&mut file, cidata::LABEL)
-        .map_err(|e| not_ours(e.to_string()))?
-        .ok_or_else(|| not_ours("no GPT partition named CIDATA".into()))?;
-    let start = part.first_lba * gpt::SECTOR;
-    let size = (part.last_lba + 1 - part.first_lba) * gpt::SECTOR;
-    let json = cidata::read_file(&file, start, size, cidata::IDENTITY_FILE, 1 << 16)
-        .map_err(|e| not_ours(format!("reading /{} on CIDATA: {e}", cidata::IDENTITY_FILE)))?;
-    let identity: Identity = serde_json::from_slice(&json)
-        .map_err(|e| not_ours(format!("/{} on CIDATA: {e}", cidata::IDENTITY_FILE)))?;
-    let mut iso = iso9660::Iso::open(&mut file).map_err(|e| not_ours(e.to_string()))?;
-    let info = iso
-        .read_file(DISK_INFO, 4096)
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-        .unwrap_or_default();
-    let cfg = iso
-        .read_file(GRUB_CFG, 1 << 20)
-        .map_err(|e| not_ours(e.to_string()))?;
-    let entry = grub::first_entry(&String::from_utf8_lossy(&cfg))
-        .ok_or_else(|| not_ours("its grub.cfg has no boot entry".into()))?;
-    Ok(Inspection {
-        identity,
-        iso_release: info,
-        boot_title: entry.title,
-        kernel_line: entry.linux,
-        cidata_partition: part.number,
-    })
-}
-
-/// Progress of one long job: an indicatif bar, or a line every 10%.
-struct Meter {
-    bar: Option<indicatif::ProgressBar>,
-    label: String,
-    total: u64,
-    done: std::sync::atomic::AtomicU64,
-    style: ProgressStyle,
-}
-
-impl Meter {
-    fn new(label: &str, total: u64, style: ProgressStyle) -> Meter {
-        let bar = (style == ProgressStyle::Bars).then(|| {
-            let b = indicatif::ProgressBar::new(total);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            b.set_message(label.to_string());
-            b
-        });
-        if style == ProgressStyle::Lines {
-            eprintln!("{label}: {} MiB", total >> 20);
-        }
-        Meter {
-            bar,
-            label: label.to_string(),
-            total: total.max(1),
-            done: Default::default(),
-            style,
-        }
-    }
-
-    fn inc(&self, n: u64) {
-        let before = self.done.fetch_add(n, Ordering::Relaxed);
-        if let Some(b) = &self.bar {
-            b.inc(n);
-        } else if self.style == ProgressStyle::Lines {
-            let (a, b) = (before * 10 / self.total, (before + n) * 10 / self.total);
-            if b > a && b < 10 {
-                eprintln!("{}: {}%", self.label, b * 10);
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        } else if self.style == ProgressStyle::Lines {
-            eprintln!("{}: done", self.label);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patches_apply_across_chunk_edges() {
-        let patches = vec![Patch {
-            at: 6,
-            bytes: vec![1, 2, 3, 4],
-        }];
-        let mut a = vec![0u8; 8];
-        apply(&patches, 0, &mut a);
-        assert_eq!(a, [0, 0, 0, 0, 0, 0, 1, 2]);
-        let mut b = vec![0u8; 8];
-        apply(&patches, 8, &mut b);
-        assert_eq!(b, [3, 4, 0, 0, 0, 0, 0, 0]);
-    }
 
     #[test]
     fn md5_line_is_fixed_in_place() {

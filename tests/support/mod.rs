@@ -6,6 +6,7 @@ use std::process::Command;
 
 pub mod http;
 pub mod k3s;
+pub mod loopdev;
 pub mod netns;
 pub mod workspace;
 

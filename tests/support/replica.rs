@@ -109,6 +109,17 @@ pub fn kernel() -> PathBuf {
 
 /// Writes the busybox initramfs (gzip'd newc cpio) for `kernel_dir`'s modules.
 pub fn write_initramfs(kernel_dir: &Path, out: &Path) {
+    write_initramfs_with(kernel_dir, out, INIT, &[]);
+}
+
+/// A busybox initramfs with `init` as /init, `kernel_dir`'s modules, and `extra` files
+/// (path inside, contents; made executable, their folders made too).
+pub fn write_initramfs_with(
+    kernel_dir: &Path,
+    out: &Path,
+    init: &str,
+    extra: &[(String, Vec<u8>)],
+) {
     use cpio::newc::{Builder, ModeFileType};
     let busybox = Path::new("/bin/busybox");
     assert!(
@@ -132,9 +143,25 @@ pub fn write_initramfs(kernel_dir: &Path, out: &Path) {
             .finish()
             .unwrap()
     };
-    for d in [
+    let mut dirs: Vec<String> = [
         "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "mnt", "modules",
-    ] {
+    ]
+    .map(String::from)
+    .to_vec();
+    for (path, _) in extra {
+        let mut p = Path::new(path).parent();
+        let mut up = Vec::new();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            up.push(d.to_string_lossy().into_owned());
+            p = d.parent();
+        }
+        for d in up.into_iter().rev() {
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+    }
+    for d in &dirs {
         w = dir(w, d);
     }
     let mut ino = 100u32;
@@ -149,7 +176,10 @@ pub fn write_initramfs(kernel_dir: &Path, out: &Path) {
         f.write_all(data).unwrap();
         f.finish().unwrap()
     };
-    w = file(w, "init", INIT.as_bytes(), 0o755);
+    w = file(w, "init", init.as_bytes(), 0o755);
+    for (path, data) in extra {
+        w = file(w, path, data, 0o755);
+    }
     let bb = std::fs::read(busybox).unwrap();
     assert!(
         !has_interpreter(&bb),

@@ -1,0 +1,74 @@
+//! Loop devices made by a test over a file it made: the only block devices of this
+//! machine a test may write (testing.md). Detached when dropped, even after a failure.
+use super::require_tool;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct LoopDevice {
+    /// /dev/loopN
+    pub dev: PathBuf,
+    /// The file behind it, in the test's temp dir.
+    pub backing: PathBuf,
+}
+
+impl LoopDevice {
+    /// A loop device over `backing` (which must exist); `partitions` asks the kernel to
+    /// scan its partition table (/dev/loopNpM).
+    pub fn attach(backing: &Path, partitions: bool) -> LoopDevice {
+        require_tool("losetup");
+        let mut cmd = Command::new("losetup");
+        cmd.args(["--find", "--show"]);
+        if partitions {
+            cmd.arg("--partscan");
+        }
+        let out = cmd.arg(backing).output().expect("running losetup");
+        assert!(
+            out.status.success(),
+            "losetup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        // The one thing a flash test must never get wrong: the device is a loop device
+        // this test just made over its own file.
+        assert!(
+            dev.to_string_lossy().starts_with("/dev/loop"),
+            "losetup returned {dev:?}"
+        );
+        let back = std::fs::read_to_string(format!(
+            "/sys/block/{}/loop/backing_file",
+            dev.file_name().unwrap().to_string_lossy()
+        ))
+        .unwrap();
+        assert_eq!(
+            Path::new(back.trim()),
+            std::fs::canonicalize(backing).unwrap()
+        );
+        LoopDevice {
+            dev,
+            backing: backing.to_path_buf(),
+        }
+    }
+
+    /// A new file of `size` bytes filled with 0xAA, and a loop device over it.
+    pub fn new(dir: &Path, name: &str, size: usize) -> LoopDevice {
+        let backing = dir.join(name);
+        std::fs::write(&backing, vec![0xaa; size]).unwrap();
+        LoopDevice::attach(&backing, false)
+    }
+
+    /// The device's partition `n` (/dev/loopNpM), once udev-less devtmpfs made it.
+    pub fn partition(&self, n: u32) -> PathBuf {
+        PathBuf::from(format!("{}p{n}", self.dev.display()))
+    }
+
+    /// What the device holds, read through its backing file.
+    pub fn contents(&self) -> Vec<u8> {
+        std::fs::read(&self.backing).unwrap()
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
