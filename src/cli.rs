@@ -74,6 +74,19 @@ pub enum Command {
     /// Each node is Ready, NotReady or Unknown (from its Ready condition; a profile node
     /// the API does not know is Unknown). Exit 0 ready, 3 degraded, 4 unavailable.
     Status(StatusArgs),
+    /// Watch every node come up: a live table of the stages the nodes announce.
+    ///
+    /// Each installed node announces its bring-up stage over mDNS (`_chocoimg-node._tcp`)
+    /// with the time it entered it and a proof only holders of the cluster's agent token
+    /// can make: first-boot, installing-k3s, then on the server starting-k3s and
+    /// k3s-running, on agents waiting-for-server, joining and joined; or failed with a
+    /// reason (K3s's install or unit failed, no master1 found for 15 minutes). Forged,
+    /// replayed (older) and other clusters' announcements are shown as such and change
+    /// nothing. One row per profile node: not seen yet / stage / address / since (the
+    /// node's clock, UTC). On a terminal the table is redrawn in place; otherwise one
+    /// line per change. Exit 0 once every node is up (k3s-running, joined: Ready in K3s),
+    /// 1 as soon as a node reports failed (naming it and the reason), 4 on --timeout.
+    Watch(WatchArgs),
     /// Write a node's image to a USB stick, then read the stick back to verify it.
     ///
     /// `chocoimg flash --node master1` asks which stick (or give it: `... /dev/sdb`);
@@ -179,6 +192,33 @@ pub struct FetchKubeconfigArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Give up after this many seconds (exit 4) [default: wait until every node is up
+    /// or one failed]
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+    /// Print one JSON object per line for each change, then one for the end
+    #[arg(long)]
+    pub json: bool,
+    /// Once every node is up, fetch and merge the kubeconfig as `fetch-kubeconfig` does
+    #[arg(long)]
+    pub fetch_kubeconfig: bool,
+}
+
+impl FetchKubeconfigArgs {
+    /// `fetch-kubeconfig` with no flags (its own defaults, from one place: clap).
+    pub fn defaults() -> FetchKubeconfigArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: FetchKubeconfigArgs,
+        }
+        Only::parse_from(["fetch-kubeconfig"]).args
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Kubeconfig to use [default: the file of $KUBECONFIG (else ~/.kube/config) that defines the context]
     #[arg(long, value_name = "FILE")]
@@ -235,6 +275,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Discover(a) => commands::discover::run(g, a),
         Command::FetchKubeconfig(a) => commands::fetch_kubeconfig::run(g, a),
         Command::Status(a) => commands::status::run(g, a),
+        Command::Watch(a) => commands::watch::run(g, a),
         Command::Flash(a) => commands::flash::run(g, a),
     }
 }

@@ -5,6 +5,7 @@
 //! `cli` knows about the command line.
 
 pub mod artifacts;
+pub mod bringup;
 pub mod cli;
 pub mod cluster;
 pub mod commands;

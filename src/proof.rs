@@ -21,21 +21,68 @@ pub fn proof_message(cluster: &str, ca_hex: &str) -> String {
 /// Hex HMAC-SHA256 keyed with the agent token's ASCII bytes (as `openssl dgst -mac HMAC
 /// -macopt key:<token>` does).
 pub fn proof(agent_token: &str, cluster: &str, ca_hex: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(agent_token.as_bytes())
-        .expect("HMAC takes a key of any length");
-    mac.update(proof_message(cluster, ca_hex).as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    hex::encode(
+        mac(agent_token, &proof_message(cluster, ca_hex))
+            .finalize()
+            .into_bytes(),
+    )
 }
 
 /// Checks a published proof in constant time.
 pub fn verify(agent_token: &str, cluster: &str, ca_hex: &str, published: &str) -> bool {
+    check(agent_token, &proof_message(cluster, ca_hex), published)
+}
+
+/// What a node's bring-up stage announcement claims, and its proof signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageClaim<'a> {
+    pub cluster: &'a str,
+    pub node: &'a str,
+    pub stage: &'a str,
+    /// When the node entered the stage, Unix seconds.
+    pub since: u64,
+    /// Empty unless the stage is `failed`.
+    pub reason: &'a str,
+}
+
+impl StageClaim<'_> {
+    /// The signed message: binding the node, stage, reason and time means a captured
+    /// announcement cannot be moved to another node or stage, and an older one replayed
+    /// is told by its time. Its own prefix keeps it apart from the server proof's.
+    pub fn message(&self) -> String {
+        let StageClaim {
+            cluster,
+            node,
+            stage,
+            since,
+            reason,
+        } = self;
+        format!("{PROOF_VERSION}/stage|{cluster}|{node}|{stage}|{since}|{reason}")
+    }
+
+    /// Hex HMAC-SHA256 of the message, keyed with the agent token (every node has it).
+    pub fn proof(&self, agent_token: &str) -> String {
+        hex::encode(mac(agent_token, &self.message()).finalize().into_bytes())
+    }
+
+    /// Checks a published stage proof in constant time.
+    pub fn verify(&self, agent_token: &str, published: &str) -> bool {
+        check(agent_token, &self.message(), published)
+    }
+}
+
+fn mac(key: &str, message: &str) -> Hmac<Sha256> {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(message.as_bytes());
+    mac
+}
+
+fn check(key: &str, message: &str, published: &str) -> bool {
     let Ok(bytes) = hex::decode(published.trim()) else {
         return false;
     };
-    let mut mac = Hmac::<Sha256>::new_from_slice(agent_token.as_bytes())
-        .expect("HMAC takes a key of any length");
-    mac.update(proof_message(cluster, ca_hex).as_bytes());
-    mac.verify_slice(&bytes).is_ok()
+    mac(key, message).verify_slice(&bytes).is_ok()
 }
 
 /// An agent's K3s node password (`/etc/rancher/node/password`), the same at every
@@ -44,10 +91,8 @@ pub fn verify(agent_token: &str, cluster: &str, ca_hex: &str, published: &str) -
 /// `<node>.node-password.k3s` secret is deleted by hand. Keyed with the server token,
 /// which agents never get, so no agent can compute another's.
 pub fn node_password(server_token: &str, cluster: &str, node: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(server_token.as_bytes())
-        .expect("HMAC takes a key of any length");
-    mac.update(format!("{PROOF_VERSION}/node-password|{cluster}|{node}").as_bytes());
-    hex::encode(&mac.finalize().into_bytes()[..16])
+    let message = format!("{PROOF_VERSION}/node-password|{cluster}|{node}");
+    hex::encode(&mac(server_token, &message).finalize().into_bytes()[..16])
 }
 
 /// The secure agent join token: the agent refuses a server whose CA hash differs.
@@ -80,5 +125,47 @@ mod tests {
         assert!(!verify("k2", "c", "ab", &p));
         assert!(!verify("k", "other", "ab", &p));
         assert!(!verify("k", "c", "ab", "zz"));
+    }
+
+    #[test]
+    fn stage_proofs_bind_node_stage_reason_and_time() {
+        // printf '%s' 'chocoimg/v1/stage|c|nodo1|joined|1700000000|' |
+        //   openssl dgst -sha256 -mac HMAC -macopt key:k
+        let claim = StageClaim {
+            cluster: "c",
+            node: "nodo1",
+            stage: "joined",
+            since: 1_700_000_000,
+            reason: "",
+        };
+        let p = claim.proof("k");
+        assert_eq!(
+            p,
+            "8e1d5fc9e5b1ad46a918dc0f49026d64da74f0338c6358cde5071dce0f7afdd8"
+        );
+        assert!(claim.verify("k", &p));
+        assert!(!claim.verify("k2", &p));
+        for other in [
+            StageClaim {
+                node: "master1",
+                ..claim
+            },
+            StageClaim {
+                stage: "joining",
+                ..claim
+            },
+            StageClaim {
+                since: 1_700_000_001,
+                ..claim
+            },
+            StageClaim {
+                reason: "x",
+                ..claim
+            },
+        ] {
+            assert!(!other.verify("k", &p), "{other:?}");
+        }
+        // Never the server proof's message: another prefix.
+        assert_ne!(p, proof("k", "c", "nodo1"));
     }
 }

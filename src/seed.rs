@@ -102,7 +102,7 @@ pub fn render(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Seed> {
                 content: f.content,
             })
             .collect(),
-        runcmd: first_boot(plan, node, discovery.first_boot),
+        runcmd: first_boot(plan, node, discovery.before_k3s, discovery.first_boot),
     };
 
     let mut env = minijinja::Environment::new();
@@ -202,8 +202,14 @@ pub fn k3s_config(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Str
     ))
 }
 
-/// First-boot commands: install K3s from the pre-placed binary, then discovery's steps.
-fn first_boot(plan: &Plan, node: &NodePlan, discovery: Vec<String>) -> Vec<Value> {
+/// First-boot commands: discovery's first steps, K3s's install from the pre-placed
+/// binary, then discovery's other steps.
+fn first_boot(
+    plan: &Plan,
+    node: &NodePlan,
+    before_k3s: Vec<String>,
+    discovery: Vec<String>,
+) -> Vec<Value> {
     let mut install = vec![
         "env".to_string(),
         "INSTALL_K3S_SKIP_DOWNLOAD=true".into(),
@@ -218,9 +224,10 @@ fn first_boot(plan: &Plan, node: &NodePlan, discovery: Vec<String>) -> Vec<Value
         }
     }
     install.extend(["sh".into(), INSTALL_SCRIPT.into()]);
-    let mut cmds = vec![Value::Sequence(
+    let mut cmds: Vec<Value> = before_k3s.into_iter().map(Value::from).collect();
+    cmds.push(Value::Sequence(
         install.into_iter().map(Value::from).collect(),
-    )];
+    ));
     cmds.extend(discovery.into_iter().map(Value::from));
     cmds
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const LIB: &str = "usr/local/lib/chocoimg";
+pub(crate) const LIB: &str = "usr/local/lib/chocoimg";
 
 #[test]
 fn rendered_node_scripts_pass_shellcheck() {
@@ -109,16 +109,16 @@ fn announcement_is_removed_at_boot_by_tmpfiles() {
 
 /// master1 on the LAN: Avahi configured by the rendered avahi-config.sh, the K3s
 /// stand-in serving /cacerts on 6443, and the rendered announce.sh run for real.
-struct Master {
-    host: Host,
-    root: PathBuf,
-    services: PathBuf,
+pub(crate) struct Master {
+    pub(crate) host: Host,
+    pub(crate) root: PathBuf,
+    pub(crate) services: PathBuf,
     cacerts: PathBuf,
     pki: crate::support::k3s::Pki,
     _k3s: crate::support::k3s::Standin,
 }
 
-fn start_master(c: &Cluster, lan: &mut Lan) -> Master {
+pub(crate) fn start_master(c: &Cluster, lan: &mut Lan) -> Master {
     let mut host = lan.add_host("master1");
     let root = c.install_node_files("master1", &host.dir.join("root"));
     let conf = host.dir.join("avahi-daemon.conf");
@@ -359,13 +359,13 @@ fn discover_says_what_was_tried_when_nothing_answers() {
 
 /// nodo1 on the LAN: its rendered files under `root`, a `state` folder for the systemctl
 /// stand-in, and Avahi when `avahi` (discovery needs it, a fixed address does not).
-struct Nodo {
-    host: Host,
-    root: PathBuf,
-    state: PathBuf,
+pub(crate) struct Nodo {
+    pub(crate) host: Host,
+    pub(crate) root: PathBuf,
+    pub(crate) state: PathBuf,
 }
 
-fn add_nodo1(c: &Cluster, lan: &mut Lan, avahi: bool) -> Nodo {
+pub(crate) fn add_nodo1(c: &Cluster, lan: &mut Lan, avahi: bool) -> Nodo {
     let mut host = lan.add_host("nodo1");
     let root = c.install_node_files("nodo1", &host.dir.join("root"));
     if avahi {
@@ -376,7 +376,7 @@ fn add_nodo1(c: &Cluster, lan: &mut Lan, avahi: bool) -> Nodo {
     Nodo { host, root, state }
 }
 
-fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std::process::Output {
+pub(crate) fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std::process::Output {
     join_command(lan, nodo, root, state, 10, None)
         .output()
         .unwrap()
@@ -1145,12 +1145,22 @@ fn node_units_load_in_systemd_without_ordering_cycles() {
         (
             "master1",
             "k3s",
-            ["chocoimg-announce.service", "chocoimg-announce.timer"],
+            [
+                "chocoimg-announce.service",
+                "chocoimg-announce.timer",
+                "chocoimg-stage.service",
+                "chocoimg-stage.timer",
+            ],
         ),
         (
             "nodo1",
             "k3s-agent",
-            ["chocoimg-join.service", "chocoimg-join.timer"],
+            [
+                "chocoimg-join.service",
+                "chocoimg-join.timer",
+                "chocoimg-stage.service",
+                "chocoimg-stage.timer",
+            ],
         ),
     ] {
         let root = c.install_node_files(node, &c.dir.path().join(format!("{node}-root")));

@@ -8,3 +8,4 @@ mod image;
 mod profile;
 mod seed;
 mod support;
+mod watch;

@@ -356,6 +356,37 @@ fn first_boot_in_real_cloud_init_writes_config_user_and_host_key() {
             node == "nodo1",
             "only the agent waits for the join"
         );
+        // First boot announced the node's stage, proven, past K3s's install (no systemd
+        // or K3s here: the server is still starting, the agent waits for master1).
+        let announcement =
+            std::fs::read_to_string(result.join("etc/avahi/services/chocoimg-node.service"))
+                .unwrap_or_else(|_| panic!("{node}: no stage announced:\n{log}"));
+        let txt: std::collections::BTreeMap<String, String> = announcement
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("<txt-record>")?
+                    .strip_suffix("</txt-record>")
+            })
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let want = if node == "master1" {
+            "starting-k3s"
+        } else {
+            "waiting-for-server"
+        };
+        assert_eq!(txt["stage"], want, "{node}: {announcement}\n{log}");
+        assert_eq!(txt["node"], node);
+        assert_eq!(
+            chocoimg::cluster::watch::judge(
+                &txt,
+                CLUSTER,
+                secrets["agent_token"].as_str().unwrap()
+            ),
+            chocoimg::cluster::discover::Verdict::Verified,
+            "{node}: {announcement}"
+        );
     }
 }
 

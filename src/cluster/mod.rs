@@ -4,6 +4,7 @@ pub mod discover;
 pub mod kubeconfig;
 pub mod node;
 pub mod status;
+pub mod watch;
 
 use crate::plan::Plan;
 use crate::secrets::Secrets;

@@ -5,7 +5,10 @@
 //! the LAN interface over IPv4. master1: `announce.sh` (service + timer) publishes
 //! `_k3s._tcp` with the proof once K3s answers; a sudoers drop-in lets the admin user
 //! read the admin kubeconfig for `fetch-kubeconfig`. nodo1: `join.sh` (service + timer)
-//! finds master1, writes the agent's server and token, and starts k3s-agent.
+//! finds master1, writes the agent's server and token, and starts k3s-agent. Every node:
+//! `stage.sh` (first boot's steps, then a timer) announces its bring-up stage
+//! (`crate::bringup`) for `chocoimg watch`.
+use crate::bringup::{Stage, MAX_REASON};
 use crate::plan::{NodePlan, Plan};
 use crate::profile::Role;
 use crate::secrets::Secrets;
@@ -22,6 +25,8 @@ pub const JOIN_DROPIN_PATH: &str = "/etc/rancher/k3s/config.yaml.d/50-chocoimg-j
 pub const NODE_PASSWORD_PATH: &str = "/etc/rancher/node/password";
 /// Where master1's announcement is written (Avahi reloads it on change).
 pub const SERVICE_FILE_PATH: &str = "/etc/avahi/services/chocoimg-k3s.service";
+/// Where every node's stage announcement is written.
+pub const STAGE_SERVICE_FILE_PATH: &str = "/etc/avahi/services/chocoimg-node.service";
 /// The tmpfiles.d rule that removes the announcement at boot, before Avahi starts: the
 /// last boot's file must not be published before K3s answers again.
 pub const ANNOUNCE_TMPFILES_PATH: &str = "/etc/tmpfiles.d/chocoimg-announce.conf";
@@ -39,6 +44,8 @@ pub struct NodeFile {
 #[derive(Debug, Clone, Default)]
 pub struct NodeSetup {
     pub files: Vec<NodeFile>,
+    /// Shell commands run once on first boot, before K3s is installed (in order).
+    pub before_k3s: Vec<String>,
     /// Shell commands run once on first boot, after K3s is installed (in order).
     pub first_boot: Vec<String>,
 }
@@ -60,6 +67,15 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/node/announce.sh"),
     ),
     ("join.sh", include_str!("../../templates/node/join.sh")),
+    ("stage.sh", include_str!("../../templates/node/stage.sh")),
+    (
+        "chocoimg-stage.service",
+        include_str!("../../templates/node/chocoimg-stage.service"),
+    ),
+    (
+        "chocoimg-stage.timer",
+        include_str!("../../templates/node/chocoimg-stage.timer"),
+    ),
     (
         "chocoimg-announce.service",
         include_str!("../../templates/node/chocoimg-announce.service"),
@@ -118,8 +134,13 @@ pub fn render(name: &str, ctx: minijinja::Value) -> Result<String> {
 
 /// The discovery pieces for `node`, by role.
 pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetup> {
+    let stages: Vec<&str> = Stage::ALL.iter().map(|s| s.as_str()).collect();
     let ctx = minijinja::context! {
         cluster => plan.cluster,
+        node => node.hostname,
+        role => node.role.to_string(),
+        stages => stages,
+        max_reason => MAX_REASON,
         k3s_version => plan.k3s.version,
         server_address => node.server_address.clone().unwrap_or_default(),
         user => plan.ssh.user,
@@ -150,6 +171,17 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
             "0644",
             "avahi-daemon-dropin.conf",
         )?,
+        file(format!("{LIB_DIR}/stage.sh"), "0755", "stage.sh")?,
+        file(
+            "/etc/systemd/system/chocoimg-stage.service".into(),
+            "0644",
+            "chocoimg-stage.service",
+        )?,
+        file(
+            "/etc/systemd/system/chocoimg-stage.timer".into(),
+            "0644",
+            "chocoimg-stage.timer",
+        )?,
     ];
     let units: &[&str] = match node.role {
         Role::Server => {
@@ -178,7 +210,11 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
                 "0440",
                 "sudoers",
             )?);
-            &["chocoimg-announce.service", "chocoimg-announce.timer"]
+            &[
+                "chocoimg-announce.service",
+                "chocoimg-announce.timer",
+                "chocoimg-stage.timer",
+            ]
         }
         Role::Agent => {
             files.push(NodeFile {
@@ -209,19 +245,35 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
                 "0644",
                 "k3s-agent-dropin.conf",
             )?);
-            &["chocoimg-join.service", "chocoimg-join.timer"]
+            &[
+                "chocoimg-join.service",
+                "chocoimg-join.timer",
+                "chocoimg-stage.timer",
+            ]
         }
     };
     let units = units.join(" ");
-    let first_boot = vec![
+    let stage = |arg: &str| format!("{LIB_DIR}/stage.sh {arg}");
+    let before_k3s = vec![
         "systemctl daemon-reload".to_string(),
-        // Avahi came up before cloud-init wrote its drop-in: restart it with our config.
+        // Avahi came up before cloud-init wrote its drop-in: restart it with our config,
+        // before the first stage is announced.
         "systemctl restart avahi-daemon.service".to_string(),
+        stage(Stage::FirstBoot.as_str()),
+        stage(Stage::InstallingK3s.as_str()),
+    ];
+    let first_boot = vec![
+        // The install's outcome: starting, waiting for master1, or failed.
+        stage("installed"),
         format!("systemctl enable {units}"),
         // Not blocking cloud-init: the services wait (bounded) for K3s or for master1.
         format!("systemctl start --no-block {units}"),
     ];
-    Ok(NodeSetup { files, first_boot })
+    Ok(NodeSetup {
+        files,
+        before_k3s,
+        first_boot,
+    })
 }
 
 #[cfg(test)]

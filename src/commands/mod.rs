@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod render;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
 use crate::cli::Global;
 use crate::plan::{self, Plan};

@@ -36,32 +36,10 @@ if ! is_sha256 "$proof"; then
     exit 1
 fi
 
-cat >"$tmp/service" <<XML
-<?xml version="1.0" standalone='no'?>
-<!DOCTYPE service-group SYSTEM "avahi-service.dtd">
-<!-- Written by chocoimg-announce. Public values only: never put a secret here. -->
-<service-group>
-  <name replace-wildcards="yes">%h</name>
-  <service protocol="ipv4">
-    <type>_k3s._tcp</type>
-    <port>6443</port>
-    <txt-record>txtvers=1</txt-record>
-    <txt-record>cluster=$CLUSTER</txt-record>
-    <txt-record>role=server</txt-record>
-    <txt-record>k3s=$K3S_VERSION</txt-record>
-    <txt-record>ca=$ca</txt-record>
-    <txt-record>proof=$proof</txt-record>
-  </service>
-</service-group>
-XML
-
-# Avahi re-announces on every change of the file: touch it only when the CA changed.
-if cmp -s "$tmp/service" "$SERVICE_FILE"; then
+avahi_service _k3s._tcp 6443 txtvers=1 "cluster=$CLUSTER" role=server \
+    "k3s=$K3S_VERSION" "ca=$ca" "proof=$proof" >"$tmp/service"
+if ! replace_service_file "$tmp/service" "$SERVICE_FILE"; then
     log "already announcing cluster $CLUSTER (ca $ca)"
     exit 0
 fi
-mkdir -p "$SERVICES_DIR"
-cp "$tmp/service" "$SERVICES_DIR/.chocoimg-k3s.tmp"
-chmod 0644 "$SERVICES_DIR/.chocoimg-k3s.tmp"
-mv "$SERVICES_DIR/.chocoimg-k3s.tmp" "$SERVICE_FILE"
 log "announcing cluster $CLUSTER over mDNS: _k3s._tcp port 6443, K3s $K3S_VERSION, ca $ca"

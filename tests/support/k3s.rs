@@ -252,17 +252,18 @@ impl Drop for Standin {
     }
 }
 
-/// A `systemctl` stand-in for the join script (no systemd in a namespace): records each
+/// A `systemctl` stand-in for the node scripts (no systemd in a namespace): records each
 /// call in `systemctl.log` and answers `is-active` from the file `active` (present =
-/// active). With the file `starting`, k3s-agent is stuck starting (as K3s is while its
-/// server is unreachable): `start` changes nothing, `restart` gets it running.
+/// active), `show` from them (ActiveState: `failed` present = failed) and `nrestarts`.
+/// With the file `starting`, k3s-agent is stuck starting (as K3s is while its server is
+/// unreachable): `start` changes nothing, `restart` gets it running.
 pub fn fake_systemctl(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("systemctl");
     std::fs::write(
         &path,
         format!(
-            "#!/bin/sh\necho \"$*\" >> {d}/systemctl.log\ncase $1 in\nis-active) [ -e {d}/active ] ;;\nstart) [ -e {d}/starting ] || touch {d}/active ;;\nrestart) rm -f {d}/starting; touch {d}/active ;;\nesac\n",
+            "#!/bin/sh\necho \"$*\" >> {d}/systemctl.log\ncase $1 in\nis-active) [ -e {d}/active ] ;;\nshow) case $* in *ActiveState*) if [ -e {d}/failed ]; then echo failed; elif [ -e {d}/active ]; then echo active; else echo inactive; fi ;; *) cat {d}/nrestarts 2>/dev/null || echo 0 ;; esac ;;\nstart) [ -e {d}/starting ] || touch {d}/active ;;\nrestart) rm -f {d}/starting; touch {d}/active ;;\nesac\n",
             d = dir.display()
         ),
     )
