@@ -85,26 +85,35 @@ fn sudoers_dropin_passes_visudo() {
     ok(Command::new("visudo").arg("-cf").arg(&p));
 }
 
-/// master1's tmpfiles.d rule, run by the real systemd-tmpfiles as at boot: the last boot's
-/// announcement is removed (and only it), so Avahi cannot publish it before K3s answers.
+/// The nodes' tmpfiles.d rule, run by the real systemd-tmpfiles as at boot: the last
+/// boot's announcements are removed (K3s's on master1, the stage on both), and nothing
+/// else, so Avahi cannot publish them as current before the scripts looked at this boot.
 #[test]
-fn announcement_is_removed_at_boot_by_tmpfiles() {
+fn last_boots_announcements_are_removed_at_boot_by_tmpfiles() {
+    use chocoimg::cluster::node::{BOOT_TMPFILES_PATH, SERVICE_FILE_PATH, STAGE_SERVICE_FILE_PATH};
     require_tool("systemd-tmpfiles");
     let c = Cluster::new("chocotest", "chocotest", None);
-    let root = c.install_node_files("master1", &c.dir.path().join("root"));
-    let services = root.join("etc/avahi/services");
-    std::fs::create_dir_all(&services).unwrap();
-    let stale = root.join(chocoimg::cluster::node::SERVICE_FILE_PATH.trim_start_matches('/'));
-    std::fs::write(&stale, "<service-group/>").unwrap();
-    std::fs::write(services.join("other.service"), "<service-group/>").unwrap();
-    let rule = chocoimg::cluster::node::ANNOUNCE_TMPFILES_PATH;
-    ok(Command::new("systemd-tmpfiles")
-        .arg(format!("--root={}", root.display()))
-        .args(["--create", "--remove", "--boot"])
-        .arg(root.join(rule.trim_start_matches('/'))));
-    assert!(!stale.exists(), "the stale announcement survived boot");
-    assert!(services.join("other.service").exists());
-    assert!(c.node_setup("nodo1").file(rule).is_none());
+    for (node, removed) in [
+        ("master1", vec![SERVICE_FILE_PATH, STAGE_SERVICE_FILE_PATH]),
+        ("nodo1", vec![STAGE_SERVICE_FILE_PATH]),
+    ] {
+        let root = c.install_node_files(node, &c.dir.path().join(node));
+        let under = |p: &str| root.join(p.trim_start_matches('/'));
+        let services = under("/etc/avahi/services");
+        std::fs::create_dir_all(&services).unwrap();
+        for p in [SERVICE_FILE_PATH, STAGE_SERVICE_FILE_PATH] {
+            std::fs::write(under(p), "<service-group/>").unwrap();
+        }
+        std::fs::write(services.join("other.service"), "<service-group/>").unwrap();
+        ok(Command::new("systemd-tmpfiles")
+            .arg(format!("--root={}", root.display()))
+            .args(["--create", "--remove", "--boot"])
+            .arg(under(BOOT_TMPFILES_PATH)));
+        for p in [SERVICE_FILE_PATH, STAGE_SERVICE_FILE_PATH] {
+            assert_eq!(under(p).exists(), !removed.contains(&p), "{node}: {p}");
+        }
+        assert!(services.join("other.service").exists(), "{node}");
+    }
 }
 
 /// master1 on the LAN: Avahi configured by the rendered avahi-config.sh, the K3s

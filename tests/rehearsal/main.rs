@@ -19,6 +19,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+use chocoimg::bringup::Stage;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
 use std::collections::BTreeMap;
@@ -112,9 +113,9 @@ fn apply_mutation(seeds: &mut BTreeMap<&str, NodeSeed>) {
             " k3s.service",
             "",
         ),
-        // The last boot's announcement is no longer removed at boot.
+        // The last boot's announcements are no longer removed at boot.
         "stale-announce" => {
-            let path = chocoimg::cluster::node::ANNOUNCE_TMPFILES_PATH;
+            let path = chocoimg::cluster::node::BOOT_TMPFILES_PATH;
             let files = seeds.get_mut(SERVER).unwrap().installed["write_files"]
                 .as_sequence_mut()
                 .unwrap();
@@ -318,11 +319,15 @@ impl Guest {
             .arg(base.join("vmlinuz"))
             .arg("-initrd")
             .arg(base.join("initrd.img"))
-            // Serial output costs much under TCG: a quiet console.
+            // Serial output costs much under TCG: a quiet console. no_timer_check: on a
+            // loaded host the kernel's early timer test fails ("IO-APIC + timer doesn't
+            // work"); a panic reboots and -no-reboot ends QEMU, which the harness sees.
             .args([
                 "-append",
-                "root=/dev/vda rw console=ttyS0 quiet systemd.show_status=false",
+                "root=/dev/vda rw console=ttyS0 quiet systemd.show_status=false \
+                 no_timer_check panic=-1",
             ])
+            .arg("-no-reboot")
             .arg("-drive")
             .arg(format!(
                 "file={},if=virtio,format=qcow2",
@@ -355,10 +360,11 @@ impl Guest {
         self.qemu = Some(c.spawn().expect("starting qemu-system-x86_64"));
     }
 
-    /// ACPI power button (systemd shuts down cleanly), then waits for QEMU to exit.
-    fn power_down(&mut self) {
+    /// ACPI power button (systemd shuts down cleanly), then waits for QEMU to exit; kills
+    /// it after 180 s and says so.
+    fn power_down(&mut self) -> Result<(), String> {
         let Some(mut child) = self.qemu.take() else {
-            return;
+            return Ok(());
         };
         let qmp = self.dir.join("qmp.sock");
         let sent = (|| -> std::io::Result<()> {
@@ -375,16 +381,30 @@ impl Guest {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(180) {
             if child.try_wait().unwrap().is_some() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_secs(1));
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!(
+        Err(format!(
             "{} did not power off within 180 s of the power button ({sent:?})",
             self.name
-        );
+        ))
+    }
+
+    /// The end of this boot's console (kernel panics, cloud-init's errors).
+    fn console_tail(&self, boot: u32) -> String {
+        let text = std::fs::read(self.dir.join(format!("console-boot{boot}.log")))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(25);
+        format!(
+            "--- {} console (boot {boot}, last lines) ---\n{}",
+            self.name,
+            lines[from..].join("\n")
+        )
     }
 }
 
@@ -449,6 +469,22 @@ impl Report {
             .iter()
             .filter_map(|l| serde_json::from_str::<Json>(l).ok())
             .map(|j| Entry::from_json(&j))
+            .collect()
+    }
+
+    /// The stage this node recorded last (stage.sh's state file: stage, since, reason).
+    fn stage(&self) -> Option<Stage> {
+        self.lines("stage")
+            .first()
+            .and_then(|s| Stage::parse(s.trim()))
+    }
+
+    /// The stages stage.sh logged, in order ("chocoimg-stage: stage NAME[: reason]").
+    fn stage_log(&self) -> Vec<String> {
+        self.journal()
+            .iter()
+            .filter_map(|e| e.message.strip_prefix("chocoimg-stage: stage "))
+            .map(str::to_string)
             .collect()
     }
 
@@ -598,16 +634,19 @@ fn progress(server: &Option<Report>, agent: &Option<Report>) -> Progress {
         }
     }
     let server_ready = server.as_ref().is_some_and(|s| {
-        s.active("k3s.service")
+        s.stage() == Some(Stage::K3sRunning)
+            && s.active("k3s.service")
             && !s.lines("service-file").is_empty()
             && s.unit("chocoimg-announce.service")
                 .get("Result")
                 .map(String::as_str)
                 == Some("success")
     });
-    let agent_ready = agent
-        .as_ref()
-        .is_some_and(|a| a.active("k3s-agent.service") && a.standin("server=").is_some());
+    let agent_ready = agent.as_ref().is_some_and(|a| {
+        a.stage() == Some(Stage::Joined)
+            && a.active("k3s-agent.service")
+            && a.standin("server=").is_some()
+    });
     if server_ready && agent_ready {
         Progress::Ready
     } else {
@@ -653,17 +692,14 @@ fn boot(guests: &mut [Guest], lan: &Lan, base: &Path, n: u32) -> (Report, Report
         g.start(lan, base, n);
     }
     eprintln!("rehearsal: boot {n}: both guests started");
-    let outcome = loop {
+    let outcome = 'wait: loop {
         std::thread::sleep(Duration::from_secs(5));
         let server = last_report(&guests[0].report_path(n));
         let agent = last_report(&guests[1].report_path(n));
         for g in guests.iter_mut() {
             if let Some(status) = g.qemu.as_mut().unwrap().try_wait().unwrap() {
-                break_with(
-                    &server,
-                    &agent,
-                    &format!("{}'s QEMU exited ({status})", g.name),
-                );
+                let why = format!("{}'s QEMU exited ({status})", g.name);
+                break 'wait Err((why, server, agent));
             }
         }
         match progress(&server, &agent) {
@@ -684,28 +720,48 @@ fn boot(guests: &mut [Guest], lan: &Lan, base: &Path, n: u32) -> (Report, Report
         if outcome.is_ok() { "settled" } else { "FAILED" },
         start.elapsed().as_secs()
     );
-    for g in guests.iter_mut() {
-        g.power_down();
-    }
+    let off: Vec<String> = guests
+        .iter_mut()
+        .filter_map(|g| g.power_down().err())
+        .collect();
     match outcome {
-        Ok(reports) => reports,
-        Err((why, server, agent)) => break_with(&server, &agent, &format!("boot {n}: {why}")),
+        Ok(reports) if off.is_empty() => reports,
+        Ok((server, agent)) => {
+            let why = format!("boot {n}: {}", off.join("; "));
+            break_with(guests, n, &Some(server), &Some(agent), &why)
+        }
+        Err((why, server, agent)) => {
+            break_with(guests, n, &server, &agent, &format!("boot {n}: {why}"))
+        }
     }
 }
 
-fn break_with(server: &Option<Report>, agent: &Option<Report>, why: &str) -> ! {
+fn break_with(
+    guests: &[Guest],
+    n: u32,
+    server: &Option<Report>,
+    agent: &Option<Report>,
+    why: &str,
+) -> ! {
     panic!(
-        "rehearsal: {why}\n{}\n{}",
+        "rehearsal: {why}\n{}\n{}\n{}\n{}",
         show(SERVER, server),
-        show(AGENT, agent)
+        show(AGENT, agent),
+        guests[0].console_tail(n),
+        guests[1].console_tail(n)
     )
 }
 
-/// avahi-browse -p's resolved line for master1, seen from `report`: (address, TXT map).
-fn browsed_server(report: &Report) -> Option<(String, BTreeMap<String, String>)> {
-    report.lines("browse").iter().find_map(|l| {
+/// avahi-browse -p's resolved IPv4 line for `name` in `section` (`browse`: _k3s._tcp,
+/// `browse-stages`: _chocoimg-node._tcp), seen from `report`: (address, TXT map).
+fn browsed(
+    report: &Report,
+    section: &str,
+    name: &str,
+) -> Option<(String, BTreeMap<String, String>)> {
+    report.lines(section).iter().find_map(|l| {
         let f: Vec<&str> = l.splitn(10, ';').collect();
-        if f.len() < 10 || f[0] != "=" || f[2] != "IPv4" || f[3] != SERVER {
+        if f.len() < 10 || f[0] != "=" || f[2] != "IPv4" || f[3] != name {
             return None;
         }
         let txt = f[9]
@@ -760,7 +816,7 @@ fn check_first_boot(cluster: &Cluster, server: &Report, agent: &Report) {
         .unwrap_or_else(|| panic!("master1 has no K3s CA\n{all}"));
 
     // master1's TXT record, as nodo1 received it over mDNS.
-    let (browsed_addr, txt) = browsed_server(agent)
+    let (browsed_addr, txt) = browsed(agent, "browse", SERVER)
         .unwrap_or_else(|| panic!("nodo1 does not see master1's _k3s._tcp\n{all}"));
     assert_eq!(browsed_addr, server_addr, "announced address\n{all}");
     let want = |k: &str| txt.get(k).map(String::as_str).unwrap_or("");
@@ -802,6 +858,52 @@ fn check_first_boot(cluster: &Cluster, server: &Report, agent: &Report) {
         agent.active("k3s-agent.service"),
         "k3s-agent not active\n{all}"
     );
+    check_stages(cluster, server, agent, &all);
+}
+
+/// The stages `chocoimg watch` shows (issue 10): each node went through its first boot's
+/// stages to up, and nodo1 sees both nodes' stage announcements over mDNS, proofs valid.
+fn check_stages(cluster: &Cluster, server: &Report, agent: &Report, all: &str) {
+    for (name, r, up) in [
+        (SERVER, server, Stage::K3sRunning),
+        (AGENT, agent, Stage::Joined),
+    ] {
+        let log = r.stage_log();
+        assert!(
+            log.starts_with(&[
+                Stage::FirstBoot.as_str().into(),
+                Stage::InstallingK3s.as_str().into()
+            ]) && log.last().map(String::as_str) == Some(up.as_str())
+                && !log.iter().any(|s| s.starts_with(Stage::Failed.as_str())),
+            "{name}: stages {log:?}, not first-boot, installing-k3s, ..., {}\n{all}",
+            up.as_str()
+        );
+    }
+    for (name, wanted) in [
+        (SERVER, &[Stage::K3sRunning][..]),
+        (AGENT, &[Stage::Joining, Stage::Joined][..]),
+    ] {
+        let (_, txt) = browsed(agent, "browse-stages", name).unwrap_or_else(|| {
+            panic!("nodo1 does not see {name}'s _chocoimg-node._tcp announcement\n{all}")
+        });
+        let get = |k: &str| txt.get(k).map(String::as_str).unwrap_or("");
+        assert!(
+            wanted.iter().any(|st| st.as_str() == get("stage")),
+            "{name} announces stage {:?}, not one of {wanted:?}\n{all}",
+            get("stage")
+        );
+        let claim = chocoimg::proof::StageClaim {
+            cluster: &cluster.name,
+            node: name,
+            stage: get("stage"),
+            since: get("since").parse().unwrap_or(0),
+            reason: get("reason"),
+        };
+        assert!(
+            get("node") == name && claim.verify(&cluster.agent_token, get("proof")),
+            "{name}'s stage announcement does not check: {txt:?}\n{all}"
+        );
+    }
 }
 
 /// What the second boot must show: the units' real ordering, nothing stale announced.
@@ -841,6 +943,23 @@ fn check_second_boot(server: &Report, agent: &Report) {
             e.message,
             e.usec
         );
+    }
+
+    // Nor the last boot's stages: each published only once stage.sh has run in this boot.
+    for (name, journal) in [(SERVER, &sj), (AGENT, &agent.journal())] {
+        let stage_ran = job_began(journal, "chocoimg-stage.service")
+            .unwrap_or_else(|| panic!("{name}: chocoimg-stage never ran on boot 2\n{all}"));
+        for e in journal.iter().filter(|e| {
+            e.unit == "avahi-daemon.service"
+                && e.message.contains("chocoimg-node.service")
+                && e.message.contains("successfully established")
+        }) {
+            assert!(
+                e.usec > stage_ran,
+                "{name}: Avahi published the stage at {} µs, before stage.sh ran in this boot ({stage_ran} µs): the previous boot's stage\n{all}",
+                e.usec
+            );
+        }
     }
 
     let aj = agent.journal();

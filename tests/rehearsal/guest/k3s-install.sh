@@ -10,6 +10,7 @@ set -eu
 BIN=/usr/local/bin/k3s
 [ "${INSTALL_K3S_SKIP_DOWNLOAD:-}" = true ] || { echo "[ERROR] the rehearsal installs from the stick only" >&2; exit 1; }
 [ -x "$BIN" ] || { echo "[ERROR] $BIN is not executable" >&2; exit 1; }
+# shellcheck disable=SC2086 # the command and its flags, as install.sh splits them
 set -- ${INSTALL_K3S_EXEC:-server}
 case $1 in
     server) name=k3s; desc="Lightweight Kubernetes" ;;
