@@ -95,9 +95,10 @@ fn mutate_file(seed: &mut NodeSeed, path: &str, from: &str, to: &str) {
 }
 
 fn apply_mutation(seeds: &mut BTreeMap<&str, NodeSeed>) {
-    let Ok(m) = std::env::var("CHOCOIMG_REHEARSAL_MUTATION") else {
+    let m = std::env::var("CHOCOIMG_REHEARSAL_MUTATION").unwrap_or_default();
+    if m.is_empty() {
         return;
-    };
+    }
     match m.as_str() {
         // A typo'd TXT key: every announcement then looks forged to the join.
         "join-broken" => mutate_file(
@@ -253,7 +254,8 @@ impl Lan {
             &conf,
             format!(
                 "start {}\nend {}\ninterface br0\nlease_file {}\npidfile {}\n\
-                 option subnet 255.255.255.0\noption router {BRIDGE_ADDRESS}\noption lease 86400\n",
+                 max_leases 51\noption subnet 255.255.255.0\noption router {BRIDGE_ADDRESS}\n\
+                 option lease 86400\n",
                 POOL.0,
                 POOL.1,
                 dir.join("udhcpd.leases").display(),
