@@ -1,5 +1,5 @@
-//! The command line: clap types and the dispatch to one function per command.
-use crate::commands;
+//! The command line's clap types, and nothing else: `main.rs` dispatches each command
+//! to its function in `commands/`, which take these arguments.
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -262,22 +262,6 @@ pub struct FlashArgs {
     /// Allow DEVICE to be a regular file (created if missing), e.g. a VM's disk
     #[arg(long, conflicts_with = "list")]
     pub to_file: bool,
-}
-
-/// Runs one command; the result is the process exit code.
-pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    let g = &cli.global;
-    match &cli.command {
-        Command::Validate(a) => commands::validate::run(g, a),
-        Command::Render(a) => commands::render::run(g, a),
-        Command::Build(a) => commands::build::run(g, a),
-        Command::Inspect(a) => commands::inspect::run(g, a),
-        Command::Discover(a) => commands::discover::run(g, a),
-        Command::FetchKubeconfig(a) => commands::fetch_kubeconfig::run(g, a),
-        Command::Status(a) => commands::status::run(g, a),
-        Command::Watch(a) => commands::watch::run(g, a),
-        Command::Flash(a) => commands::flash::run(g, a),
-    }
 }
 
 #[cfg(test)]

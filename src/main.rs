@@ -1,14 +1,29 @@
-//! The `chocoimg` binary: parse the command line, hand it to the library, print the
-//! error chain. Everything else lives in the library so tests can call it directly.
+//! The `chocoimg` binary: parse the command line, dispatch each command to its one
+//! function in the library, print the error chain, exit with the code the error maps to.
+use chocoimg::cli::{Cli, Command};
+use chocoimg::commands;
+use chocoimg::errors::exit_code_for;
 use clap::Parser;
 
 fn main() {
-    let cli = chocoimg::cli::Cli::parse();
-    match chocoimg::cli::run(cli) {
+    let cli = Cli::parse();
+    let g = &cli.global;
+    let result = match &cli.command {
+        Command::Validate(a) => commands::validate::run(g, a),
+        Command::Render(a) => commands::render::run(g, a),
+        Command::Build(a) => commands::build::run(g, a),
+        Command::Inspect(a) => commands::inspect::run(g, a),
+        Command::Discover(a) => commands::discover::run(g, a),
+        Command::FetchKubeconfig(a) => commands::fetch_kubeconfig::run(g, a),
+        Command::Status(a) => commands::status::run(g, a),
+        Command::Watch(a) => commands::watch::run(g, a),
+        Command::Flash(a) => commands::flash::run(g, a),
+    };
+    match result {
         Ok(code) => std::process::exit(code),
         Err(err) => {
             eprintln!("error: {err:#}");
-            std::process::exit(chocoimg::exit_code_for(&err));
+            std::process::exit(exit_code_for(&err));
         }
     }
 }

@@ -134,7 +134,7 @@ impl Plan {
             .find(|n| n.hostname == hostname)
             .ok_or_else(|| {
                 let names: Vec<_> = self.nodes.iter().map(|n| n.hostname.as_str()).collect();
-                crate::BadInput(format!(
+                crate::errors::BadInput(format!(
                     "no node named {hostname:?} in {}; the profile has: {}",
                     self.profile_path.display(),
                     names.join(", ")

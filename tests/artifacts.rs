@@ -135,7 +135,7 @@ fn err_text(r: anyhow::Result<Fetched>) -> (String, i32) {
     let err = r.expect_err("fetch should have been refused");
     // Shown with --nocapture, to read the messages users get.
     eprintln!("{err:#}");
-    (format!("{err:#}"), chocoimg::exit_code_for(&err))
+    (format!("{err:#}"), chocoimg::errors::exit_code_for(&err))
 }
 
 #[test]
@@ -213,7 +213,7 @@ fn a_wrong_iso_checksum_is_refused_and_nothing_is_cached() {
     let pinned = sha(b"some other ISO");
     fx.write_profile(VERSION, &pinned);
     let (msg, code) = err_text(fx.fetch("out", &plain()));
-    assert_eq!(code, chocoimg::EXIT_BAD_INPUT, "{msg}");
+    assert_eq!(code, chocoimg::errors::EXIT_BAD_INPUT, "{msg}");
     assert!(msg.contains("refusing Ubuntu 22.04.5 ISO"), "{msg}");
     assert!(
         msg.contains(&pinned) && msg.contains(&sha(&fx.iso)),
@@ -328,7 +328,7 @@ fn a_missing_file_names_the_url_and_the_fix() {
     let fx = Fixture::new();
     fx.srv.remove(&format!("/k3s/{VERSION}/k3s"));
     let (msg, code) = err_text(fx.fetch("out", &plain()));
-    assert_eq!(code, chocoimg::EXIT_BAD_INPUT, "{msg}");
+    assert_eq!(code, chocoimg::errors::EXIT_BAD_INPUT, "{msg}");
     let url = format!("{}/k3s/v1.28.15%2Bk3s1/k3s", fx.srv.url());
     assert!(msg.contains(&format!("no such file at {url}")), "{msg}");
     assert!(msg.contains("check k3s.version"), "{msg}");
@@ -362,7 +362,7 @@ fn a_changed_install_script_behind_the_same_url_is_refused_by_the_lock() {
         .put(&format!("/install/{VERSION}/install.sh"), changed.clone());
     // A fresh cache, as on another laptop: the script must be downloaded again.
     let (msg, code) = err_text(fx.fetch("out2", &plain()));
-    assert_eq!(code, chocoimg::EXIT_BAD_INPUT, "{msg}");
+    assert_eq!(code, chocoimg::errors::EXIT_BAD_INPUT, "{msg}");
     assert!(
         msg.contains("refusing the K3s v1.28.15+k3s1 install script"),
         "{msg}"
@@ -467,7 +467,7 @@ fn a_local_iso_is_checked_and_used_in_place() {
         ..plain()
     };
     let (msg, code) = err_text(fx.fetch("out", &opts));
-    assert_eq!(code, chocoimg::EXIT_BAD_INPUT, "{msg}");
+    assert_eq!(code, chocoimg::errors::EXIT_BAD_INPUT, "{msg}");
     assert!(
         msg.contains("is not the pinned Ubuntu 22.04.5 ISO"),
         "{msg}"

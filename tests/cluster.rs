@@ -90,7 +90,7 @@ fn sudoers_dropin_passes_visudo() {
 /// else, so Avahi cannot publish them as current before the scripts looked at this boot.
 #[test]
 fn last_boots_announcements_are_removed_at_boot_by_tmpfiles() {
-    use chocoimg::cluster::node::{BOOT_TMPFILES_PATH, SERVICE_FILE_PATH, STAGE_SERVICE_FILE_PATH};
+    use chocoimg::seed::node::{BOOT_TMPFILES_PATH, SERVICE_FILE_PATH, STAGE_SERVICE_FILE_PATH};
     require_tool("systemd-tmpfiles");
     let c = Cluster::new("chocotest", "chocotest", None);
     for (node, removed) in [
@@ -123,7 +123,7 @@ pub(crate) struct Master {
     pub(crate) root: PathBuf,
     pub(crate) services: PathBuf,
     cacerts: PathBuf,
-    pki: crate::support::k3s::Pki,
+    pub(crate) pki: crate::support::k3s::Pki,
     _k3s: crate::support::k3s::Standin,
 }
 
@@ -683,7 +683,7 @@ fn pki_other(c: &Cluster) -> crate::support::k3s::Pki {
 /// host's /etc is never touched): the profile's admin user exists there, K3s's
 /// kubeconfig is bind-mounted from `k3s_yaml` (root-only), and the rendered sudoers
 /// drop-in is installed, so the real sudo decides. `host_key` is the sshd's host key.
-fn start_sshd(
+pub(crate) fn start_sshd(
     c: &Cluster,
     lan: &Lan,
     host: &Host,
@@ -763,7 +763,7 @@ fn start_sshd(
     log
 }
 
-fn private_file(path: &Path, content: &str) {
+pub(crate) fn private_file(path: &Path, content: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, content).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -1241,7 +1241,7 @@ fn node_units_load_in_systemd_without_ordering_cycles() {
 fn the_proof_keeps_the_agent_token_off_every_command_line() {
     require_tool("strace");
     let c = Cluster::new("chocotest", "chocotest", None);
-    let lib = chocoimg::cluster::node::render("lib.sh", minijinja::context! {}).unwrap();
+    let lib = chocoimg::seed::node::render("lib.sh", minijinja::context! {}).unwrap();
     let token_file = c.dir.path().join("agent-token");
     std::fs::write(&token_file, format!("{}\n", c.secrets.agent_token)).unwrap();
     let ca = chocoimg::proof::ca_hash(b"ca");

@@ -2,11 +2,10 @@
 //! master1 and nodo1 (systemctl and `k3s kubectl` stood in: no systemd or K3s can run in
 //! a namespace), Avahi publishes what it writes, and `chocoimg watch` runs as the real
 //! binary in the laptop's namespace.
-use crate::cluster::{add_nodo1, run_join, start_master, LIB};
-use crate::support::chocoimg;
+use crate::cluster::{add_nodo1, private_file, run_join, start_master, start_sshd, LIB};
 use crate::support::k3s::{fake_systemctl, Cluster};
 use crate::support::netns::{Host, Lan};
-use crate::support::ok;
+use crate::support::{chocoimg, ok, require_tool};
 use serde_json::Value;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -240,6 +239,31 @@ fn watch_sees_each_node_come_up_ignores_forgeries_and_stops_at_a_failure() {
         "plain lines without a terminal: {text}"
     );
 
+    // On a terminal: the table, one row per node.
+    require_tool("script");
+    let tty = lan
+        .cmd(&laptop, "script")
+        .args([
+            "-qec",
+            &format!(
+                "{} watch --timeout 1",
+                chocoimg().get_program().to_string_lossy()
+            ),
+            "/dev/null",
+        ])
+        .envs(c.envs())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert_eq!(tty.status.code(), Some(4), "{screen}");
+    for row in [
+        "NODE     ROLE    STAGE",
+        "master1  server  not seen yet",
+        "nodo1    agent   not seen yet",
+    ] {
+        assert!(screen.contains(row), "{row:?} not in {screen}");
+    }
+
     let mut watch = Watcher::start(&lan, &laptop, &c, &["--json", "--timeout", "600"]);
 
     // master1: first boot, K3s's install, K3s starting, then Ready.
@@ -382,6 +406,32 @@ fn watch_sees_each_node_come_up_ignores_forgeries_and_stops_at_a_failure() {
         assert!(times.windows(2).all(|w| w[0] <= w[1]), "{node}: {times:?}");
     }
 
+    // With --fetch-kubeconfig, once all are up it fetches master1's kubeconfig as
+    // `fetch-kubeconfig` does (real sshd and sudo on master1).
+    require_tool("ssh");
+    let k3s_yaml = m.host.dir.join("k3s.yaml");
+    private_file(&k3s_yaml, &m.pki.k3s_kubeconfig());
+    start_sshd(
+        &c,
+        &lan,
+        &m.host,
+        22,
+        &c.secrets.host_keys["master1"].private,
+        &k3s_yaml,
+    );
+    let out = lan
+        .cmd(&laptop, chocoimg().get_program())
+        .args(["watch", "--timeout", "60", "--fetch-kubeconfig"])
+        .envs(c.envs())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("wrote context chocotest"), "{text}");
+    let kube = std::fs::read_to_string(c.home.join(".kube/config")).unwrap();
+    assert!(kube.contains("server: https://10.99.0.2:6443"), "{kube}");
+
     // master1's K3s unit fails: the next watch stops at once with 1, naming it and why.
     std::fs::write(master.state.join("failed"), "").unwrap();
     assert!(master
@@ -399,8 +449,9 @@ fn watch_sees_each_node_come_up_ignores_forgeries_and_stops_at_a_failure() {
     assert_eq!(end["node"], "master1");
 }
 
-/// stage.sh on its own: an agent that finds no master1 for the set time reports it, and
-/// the failure stays (with its first time) until the join happens.
+/// stage.sh on its own: a failed K3s install is reported; an agent that finds no master1
+/// for the set time reports it, and the failure stays (with its first time) until the
+/// join happens.
 #[test]
 fn an_agent_without_a_server_reports_failed_after_the_wait() {
     let c = Cluster::new("chocotest", "chocotest", None);
@@ -413,6 +464,11 @@ fn an_agent_without_a_server_reports_failed_after_the_wait() {
         services,
         nodo.state.clone(),
     );
+    // K3s's install script left no unit: the install failed.
+    agent.stage(&lan, &["installing-k3s"]);
+    assert!(agent
+        .stage(&lan, &["installed"])
+        .contains("stage failed: K3s install failed: no k3s-agent.service"));
     agent.install_k3s("k3s-agent.service");
     assert!(agent
         .stage(&lan, &["installed"])

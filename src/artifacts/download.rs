@@ -167,7 +167,7 @@ fn request_error(src: &Source, err: reqwest::Error) -> anyhow::Error {
 
 fn status_error(src: &Source, status: StatusCode) -> anyhow::Error {
     if status == StatusCode::NOT_FOUND {
-        crate::BadInput(format!(
+        crate::errors::BadInput(format!(
             "no such file at {} (HTTP 404, {}): check {}",
             src.url, src.label, src.hint
         ))

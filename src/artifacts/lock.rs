@@ -70,13 +70,13 @@ impl Lock {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let lock: Lock = serde_yaml_ng::from_str(&text).map_err(|e| {
-            crate::BadInput(format!(
+            crate::errors::BadInput(format!(
                 "{} is not a chocoimg lock file: {e}; restore it from git, or delete it to record the artifacts afresh",
                 path.display()
             ))
         })?;
         if lock.format != LOCK_FORMAT {
-            return Err(crate::BadInput(format!(
+            return Err(crate::errors::BadInput(format!(
                 "{} has lock format {}, this chocoimg reads format {LOCK_FORMAT}; use a matching chocoimg or delete the file to record the artifacts afresh",
                 path.display(),
                 lock.format
@@ -166,7 +166,10 @@ k3s:
         assert_eq!(Lock::load(&path).unwrap(), Lock::default());
         std::fs::write(&path, "format: 1\nsurprise: true\n").unwrap();
         let err = Lock::load(&path).unwrap_err();
-        assert_eq!(crate::exit_code_for(&err), crate::EXIT_BAD_INPUT);
+        assert_eq!(
+            crate::errors::exit_code_for(&err),
+            crate::errors::EXIT_BAD_INPUT
+        );
         assert!(format!("{err:#}").contains("delete it"), "{err:#}");
     }
 }

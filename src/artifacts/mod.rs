@@ -284,7 +284,7 @@ impl Fetch<'_> {
         }
         let listed = self.sums.as_ref().and_then(|s| s.get(name)).cloned();
         listed.ok_or_else(|| {
-            crate::BadInput(format!(
+            crate::errors::BadInput(format!(
                 "{sums_url} lists no `{name}`; check {RELEASE_HINT}"
             ))
             .into()
@@ -421,7 +421,7 @@ fn obtain(
     }
     if got.sha256 != expected {
         download::remove_if_exists(&got.partial)?;
-        return Err(crate::BadInput(format!(
+        return Err(crate::errors::BadInput(format!(
             "refusing {} from {}: its SHA-256 is {}, but {} says {}; nothing was kept. \
              A wrong mirror or a damaged download: check {}, then build again",
             src.label, src.url, got.sha256, expected_from, expected, src.hint
@@ -442,7 +442,7 @@ pub fn verify_local_iso(plan: &Plan, path: &Path) -> Result<PathBuf> {
 fn check_local_iso(plan: &Plan, path: &Path, hash: bool) -> Result<PathBuf> {
     let ub = &plan.ubuntu;
     if !path.is_file() {
-        return Err(crate::BadInput(format!(
+        return Err(crate::errors::BadInput(format!(
             "--iso {}: no such file; pass the downloaded ISO, or drop --iso to let chocoimg download {}",
             path.display(),
             ub.iso_url
@@ -463,7 +463,7 @@ fn check_local_iso(plan: &Plan, path: &Path, hash: bool) -> Result<PathBuf> {
 /// The refusal of an `--iso` whose SHA-256 is `found`, not the profile's pin.
 pub fn wrong_local_iso(plan: &Plan, path: &Path, found: &str) -> anyhow::Error {
     let ub = &plan.ubuntu;
-    crate::BadInput(format!(
+    crate::errors::BadInput(format!(
         "--iso {} is not the pinned Ubuntu {} ISO: its SHA-256 is {found}, the profile pins {} (ubuntu.iso_sha256). \
          The right one is at {}; or drop --iso to let chocoimg download it",
         path.display(),
@@ -488,7 +488,7 @@ struct LockRefusal {
 impl LockRefusal {
     fn into_error(self, lock_path: &Path) -> anyhow::Error {
         let lock = lock_path.display();
-        crate::BadInput(format!(
+        crate::errors::BadInput(format!(
             "refusing the {label}: {what}.\n  \
              locked: {old} (in {lock})\n  \
              now:    {new}\n\

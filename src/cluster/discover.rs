@@ -95,7 +95,12 @@ pub struct Browse {
 /// deduplicated by full name (the latest answer wins), verified ones first.
 pub fn browse(cluster: &str, agent_token: &str, opts: Browse) -> Result<Vec<Server>> {
     let start = Instant::now();
-    let daemon = ipv4_daemon()?;
+    let daemon = mdns_sd::ServiceDaemon::new().context("starting the mDNS browser")?;
+    // IPv4 on the LAN only: the nodes announce A records only, IPv6 link-local answers
+    // are no use to a K3s agent or to kubectl, and no node lives on loopback.
+    daemon
+        .disable_interface(vec![mdns_sd::IfKind::IPv6, mdns_sd::IfKind::LoopbackV4])
+        .context("limiting mDNS to IPv4")?;
     let events = daemon.browse(SERVICE_TYPE).context("browsing _k3s._tcp")?;
     let deadline = start + opts.timeout;
     let mut found: BTreeMap<String, Server> = BTreeMap::new();
@@ -125,32 +130,17 @@ pub fn browse(cluster: &str, agent_token: &str, opts: Browse) -> Result<Vec<Serv
     Ok(servers)
 }
 
-/// An mDNS browser on this machine's IPv4 LAN interfaces: the nodes announce A records
-/// only, IPv6 link-local answers are no use to a K3s agent or to kubectl, and no node
-/// lives on loopback.
-pub fn ipv4_daemon() -> Result<mdns_sd::ServiceDaemon> {
-    let daemon = mdns_sd::ServiceDaemon::new().context("starting the mDNS browser")?;
-    daemon
-        .disable_interface(vec![mdns_sd::IfKind::IPv6, mdns_sd::IfKind::LoopbackV4])
-        .context("limiting mDNS to IPv4")?;
-    Ok(daemon)
-}
-
-/// An answer's TXT record as key → value (what the judges read).
-pub fn txt_record(svc: &mdns_sd::ResolvedService) -> BTreeMap<String, String> {
-    svc.get_properties()
-        .iter()
-        .map(|p| (p.key().to_string(), p.val_str().to_string()))
-        .collect()
-}
-
 fn to_server(
     svc: &mdns_sd::ResolvedService,
     cluster: &str,
     agent_token: &str,
     elapsed: Duration,
 ) -> Server {
-    let txt = txt_record(svc);
+    let txt: BTreeMap<String, String> = svc
+        .get_properties()
+        .iter()
+        .map(|p| (p.key().to_string(), p.val_str().to_string()))
+        .collect();
     let mut addresses: Vec<Ipv4Addr> = svc.get_addresses_v4().into_iter().collect();
     addresses.sort();
     let name = svc.get_fullname().to_string();

@@ -2,7 +2,8 @@
 //! `fetch-kubeconfig` wrote. Cluster `ready` (API answers, every node Ready), `degraded`
 //! (API answers, some node not Ready), `unavailable` (no API); each node `Ready`,
 //! `NotReady` or `Unknown` from its `Ready` condition.
-use crate::cluster::{kubeconfig, EXIT_DEGRADED, EXIT_UNAVAILABLE};
+use crate::cluster::kubeconfig;
+use crate::errors::{EXIT_DEGRADED, EXIT_UNAVAILABLE};
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 use serde_yaml_ng::Value;
@@ -67,7 +68,7 @@ pub fn access(doc: &Value, context: &str) -> Result<ApiAccess> {
         .filter_map(|e| e.get("name").and_then(Value::as_str).map(String::from))
         .collect();
     let ctx = find("contexts", context).ok_or_else(|| {
-        crate::BadInput(format!(
+        crate::errors::BadInput(format!(
             "the kubeconfig has no context {context:?} (it has: {}); run `chocoimg fetch-kubeconfig` or pass --context",
             if names.is_empty() { "none".to_string() } else { names.join(", ") }
         ))

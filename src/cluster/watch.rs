@@ -4,7 +4,7 @@
 //! agent token ([`proof::StageClaim`]). The laptop judges each announcement like master1's
 //! (ours and proven, another cluster's, or forged), keeps one row per profile node, and
 //! never lets an older stage replace a newer one (a replayed announcement).
-use super::discover::{self, Verdict};
+use super::discover::Verdict;
 use crate::bringup::{Stage, MAX_REASON, SERVICE_TYPE};
 use crate::profile::Role;
 use crate::proof;
@@ -257,7 +257,11 @@ pub fn browse(
     deadline: Option<Instant>,
     mut heard: impl FnMut(Announcement) -> Result<bool>,
 ) -> Result<bool> {
-    let daemon = discover::ipv4_daemon()?;
+    let daemon = mdns_sd::ServiceDaemon::new().context("starting the mDNS browser")?;
+    // IPv4 on the LAN only, as discover: the nodes announce A records only.
+    daemon
+        .disable_interface(vec![mdns_sd::IfKind::IPv6, mdns_sd::IfKind::LoopbackV4])
+        .context("limiting mDNS to IPv4")?;
     let events = daemon
         .browse(SERVICE_TYPE)
         .context("browsing _chocoimg-node._tcp")?;
@@ -285,7 +289,11 @@ pub fn browse(
             .to_string();
         let mut addresses: Vec<Ipv4Addr> = svc.get_addresses_v4().into_iter().collect();
         addresses.sort();
-        let txt = discover::txt_record(&svc);
+        let txt: BTreeMap<String, String> = svc
+            .get_properties()
+            .iter()
+            .map(|p| (p.key().to_string(), p.val_str().to_string()))
+            .collect();
         let a = Announcement::from_txt(instance, addresses, &txt, cluster, agent_token);
         if !heard(a)? {
             break true;

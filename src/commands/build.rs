@@ -2,8 +2,10 @@
 //! verified artifacts); phase two writes one image per node, then its manifest.
 use crate::artifacts::{self, FetchOptions, LockMode};
 use crate::cli::{BuildArgs, Global};
+use crate::commands::inputs::{load_plan, prepare_secrets, select_nodes};
+use crate::errors::BadInput;
 use crate::image::{self, manifest::Manifest, Identity, ImageError, ProgressStyle, Target};
-use crate::{seed, BadInput};
+use crate::seed;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +16,11 @@ static CANCEL: AtomicBool = AtomicBool::new(false);
 static HANDLER: OnceLock<()> = OnceLock::new();
 
 pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
-    let mut plan = super::load_plan(global)?;
+    let mut plan = load_plan(global)?;
     // The seed's late-commands install the image tarball only when the plan says so.
     plan.k3s.airgap |= args.airgap;
     let plan = plan;
-    let nodes = super::render::select_nodes(&plan, &args.nodes)?;
+    let nodes = select_nodes(&plan, &args.nodes)?;
     let outputs: Vec<PathBuf> = nodes.iter().map(|n| plan.image_path(n)).collect();
     // Before any download; `image::plan` asks again for the library's other callers.
     for out in &outputs {
@@ -83,7 +85,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     // Only artifacts that make an image are recorded beside the profile.
     lock.save()?;
     // Secrets only once the inputs are known good: a refused ISO creates nothing.
-    let secrets = super::render::prepare_secrets(&plan)?;
+    let secrets = prepare_secrets(&plan)?;
     let seeds = nodes
         .iter()
         .map(|n| seed::render(&plan, &secrets, n))

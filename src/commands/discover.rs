@@ -2,12 +2,13 @@
 //! Exit 0 when a verified server of our cluster answered, 4 when none did.
 use crate::cli::{DiscoverArgs, Global};
 use crate::cluster::discover::{self, Browse, Verdict};
-use crate::cluster::EXIT_NOT_FOUND;
+use crate::commands::inputs::{existing_secrets, load_plan, timeout_arg};
+use crate::errors::EXIT_NOT_FOUND;
 
 pub fn run(global: &Global, args: &DiscoverArgs) -> anyhow::Result<i32> {
-    let plan = super::load_plan(global)?;
-    let timeout = crate::cluster::timeout_arg(args.timeout)?;
-    let secrets = crate::cluster::load_secrets(&plan)?;
+    let plan = load_plan(global)?;
+    let timeout = timeout_arg(args.timeout)?;
+    let secrets = existing_secrets(&plan)?;
     let servers = discover::browse(
         &plan.cluster,
         &secrets.agent_token,

@@ -1,15 +1,17 @@
 //! `chocoimg fetch-kubeconfig`: master1's admin kubeconfig, verified, merged for kubectl.
 //! Exit 0 written, 4 master1 not found (nothing written), 1 a check failed.
 use crate::cli::{FetchKubeconfigArgs, Global};
-use crate::cluster::{discover, kubeconfig, EXIT_NOT_FOUND};
+use crate::cluster::{discover, fetch, kubeconfig};
+use crate::commands::inputs::{existing_secrets, load_plan, timeout_arg};
+use crate::errors::EXIT_NOT_FOUND;
 
 pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
-    let plan = super::load_plan(global)?;
-    let timeout = crate::cluster::timeout_arg(args.timeout)?;
-    let secrets = crate::cluster::load_secrets(&plan)?;
+    let plan = load_plan(global)?;
+    let timeout = timeout_arg(args.timeout)?;
+    let secrets = existing_secrets(&plan)?;
     let name = args.context.clone().unwrap_or_else(|| plan.cluster.clone());
     if !crate::plan::is_rfc1123_label(&name) && args.context.is_some() {
-        return Err(crate::BadInput(format!(
+        return Err(crate::errors::BadInput(format!(
             "--context {name:?} is not a usable name; use lowercase letters, digits and '-'"
         ))
         .into());
@@ -18,7 +20,7 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
         Some(p) => vec![p.clone()],
         None => kubeconfig::chain()?,
     };
-    let target = match kubeconfig::locate(&plan, &secrets, args.server.as_deref(), timeout)? {
+    let target = match fetch::locate(&plan, &secrets, args.server.as_deref(), timeout)? {
         Ok(t) => t,
         Err(heard) => {
             eprintln!(
@@ -33,11 +35,11 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
         None => "given with --server",
     };
     eprintln!("{} at {} ({how})", plan.server().hostname, target.address);
-    let done = kubeconfig::fetch(
+    let done = fetch::fetch(
         &plan,
         &secrets,
         &target,
-        &kubeconfig::FetchOptions {
+        &fetch::FetchOptions {
             ssh_port: args.ssh_port,
             name,
             chain,

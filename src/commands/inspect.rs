@@ -1,3 +1,4 @@
+//! `chocoimg inspect`: what an image holds, read back from the image itself.
 use crate::cli::{Global, InspectArgs};
 use crate::image;
 

@@ -1,10 +1,11 @@
-use crate::cli::{Global, NodeSelection, RenderArgs};
-use crate::plan::{NodePlan, Plan};
-use crate::{fsutil, secrets, seed};
+//! `chocoimg render`: write each named node's seed to a folder, to read or test.
+use crate::cli::{Global, RenderArgs};
+use crate::commands::inputs::{load_plan, prepare_secrets, select_nodes};
+use crate::{fsutil, seed};
 use anyhow::Result;
 
 pub fn run(global: &Global, args: &RenderArgs) -> Result<i32> {
-    let plan = super::load_plan(global)?;
+    let plan = load_plan(global)?;
     let nodes = select_nodes(&plan, &args.nodes)?;
     let secrets = prepare_secrets(&plan)?;
     // Every seed renders before any is written.
@@ -24,34 +25,4 @@ pub fn run(global: &Global, args: &RenderArgs) -> Result<i32> {
         println!("{}: seed written to {}/", node.hostname, dir.display());
     }
     Ok(0)
-}
-
-/// The nodes `--node NAME` or `--all` names, checked against the plan.
-pub fn select_nodes<'p>(plan: &'p Plan, sel: &NodeSelection) -> Result<Vec<&'p NodePlan>> {
-    match &sel.node {
-        Some(name) => Ok(vec![plan.node(name)?]),
-        None => Ok(plan.nodes.iter().collect()),
-    }
-}
-
-/// Phase two's first step for every command that writes seeds or images: the cluster's
-/// secrets (created once) and, when the laptop had no SSH key, the cluster's own pair.
-pub fn prepare_secrets(plan: &Plan) -> Result<secrets::Secrets> {
-    if let Some(private) = secrets::ensure_admin_key(plan)? {
-        eprintln!(
-            "note: no SSH key in ~/.ssh; created one for this cluster: {} (use it with `ssh -i`)",
-            private.display()
-        );
-    }
-    let names: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
-    let path = plan.secrets_path();
-    let existed = path.exists();
-    let s = secrets::load_or_create(&path, &names)?;
-    if !existed {
-        eprintln!(
-            "note: created the cluster's secrets in {} (mode 0600; never commit it; back it up)",
-            path.display()
-        );
-    }
-    Ok(s)
 }

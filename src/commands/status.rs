@@ -3,14 +3,15 @@
 use crate::cli::{Global, StatusArgs};
 use crate::cluster::kubeconfig;
 use crate::cluster::status::{self, ClusterState};
+use crate::commands::inputs::load_plan;
 use anyhow::Context;
 use std::time::Duration;
 
 pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
     // The profile names the context and the nodes to expect; with --context it is optional.
     let plan = match &args.context {
-        Some(_) => super::load_plan(global).ok(),
-        None => Some(super::load_plan(global)?),
+        Some(_) => load_plan(global).ok(),
+        None => Some(load_plan(global)?),
     };
     let context = match (&args.context, &plan) {
         (Some(c), _) => c.clone(),
@@ -28,7 +29,7 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(crate::BadInput(format!(
+            return Err(crate::errors::BadInput(format!(
                 "no kubeconfig at {}; run `chocoimg fetch-kubeconfig` first, or pass --kubeconfig FILE",
                 path.display()
             ))

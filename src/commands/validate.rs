@@ -1,7 +1,9 @@
+//! `chocoimg validate`: check the profile and report every problem at once.
 use crate::cli::{Global, ValidateArgs};
+use crate::commands::inputs::load_plan;
 
 pub fn run(global: &Global, _args: &ValidateArgs) -> anyhow::Result<i32> {
-    let plan = super::load_plan(global)?;
+    let plan = load_plan(global)?;
     let nodes: Vec<String> = plan
         .nodes
         .iter()

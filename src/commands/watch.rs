@@ -5,7 +5,8 @@
 use crate::bringup::Stage;
 use crate::cli::{Global, WatchArgs};
 use crate::cluster::watch::{self, Announcement, Change, Ignored, Row, Table};
-use crate::cluster::EXIT_NOT_FOUND;
+use crate::commands::inputs::{existing_secrets, load_plan, timeout_arg};
+use crate::errors::{EXIT_FAILURE, EXIT_NOT_FOUND};
 use anyhow::Result;
 use serde_json::json;
 use std::io::{IsTerminal, Write};
@@ -22,9 +23,9 @@ enum Output {
 }
 
 pub fn run(global: &Global, args: &WatchArgs) -> Result<i32> {
-    let plan = super::load_plan(global)?;
-    let timeout = args.timeout.map(crate::cluster::timeout_arg).transpose()?;
-    let secrets = crate::cluster::load_secrets(&plan)?;
+    let plan = load_plan(global)?;
+    let timeout = args.timeout.map(timeout_arg).transpose()?;
+    let secrets = existing_secrets(&plan)?;
     let mut table = Table::new(plan.nodes.iter().map(|n| (n.hostname.clone(), n.role)));
     let mut out = if args.json {
         Output::Json
@@ -70,7 +71,7 @@ pub fn run(global: &Global, args: &WatchArgs) -> Result<i32> {
                 ))
                 .unwrap_or_default()
         );
-        return Ok(crate::EXIT_FAILURE);
+        return Ok(EXIT_FAILURE);
     }
     if !stopped {
         let waiting: Vec<String> = table

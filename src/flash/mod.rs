@@ -282,7 +282,7 @@ impl Image {
         let meta = std::fs::metadata(path)
             .with_context(|| format!("reading the image {}", path.display()))?;
         if !meta.is_file() {
-            return Err(crate::BadInput(format!(
+            return Err(crate::errors::BadInput(format!(
                 "{} is not an image file; give the .img that `chocoimg build` wrote",
                 path.display()
             ))
@@ -291,7 +291,7 @@ impl Image {
         let sums = PathBuf::from(format!("{}.sha256", path.display()));
         let expected_sha256 = match std::fs::read_to_string(&sums) {
             Ok(text) => Some(parse_sha256_line(&text).ok_or_else(|| {
-                crate::BadInput(format!(
+                crate::errors::BadInput(format!(
                     "{} is not a sha256sum line; rebuild the image (`chocoimg build --force`) \
                      or delete it to verify against the image as read",
                     sums.display()

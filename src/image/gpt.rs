@@ -2,7 +2,7 @@
 //! plan one appended partition (new entry, both CRC32s, backup GPT at the new end, old
 //! backup header zeroed, only the 0xEE MBR entry grown). Never sgdisk: it rewrites the
 //! MBR and drops the bootable entry GRUB's BIOS path relies on.
-use super::Patch;
+use super::patch::Patch;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 

@@ -1,9 +1,9 @@
 //! The GRUB menu on the stick: a first entry that installs this node unattended, then
 //! the ISO's own entries, unchanged but for their timeout.
-use super::{Identity, ImageError};
-use minijinja::{context, Environment, UndefinedBehavior};
-
-const TEMPLATE: &str = include_str!("../../templates/grub.cfg");
+use super::error::ImageError;
+use super::identity::Identity;
+use super::ubuntu::GRUB_CFG;
+use minijinja::context;
 /// Seconds before the install entry starts by itself.
 pub const TIMEOUT_SECS: u32 = 10;
 
@@ -38,13 +38,10 @@ pub fn render(original: &str, id: &Identity) -> Result<BootMenu, ImageError> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_keep_trailing_newline(true);
-    let text = env
-        .render_str(
-            TEMPLATE,
-            context! {
+    let text = crate::templates::environment()
+        .get_template("grub.cfg")
+        .and_then(|t| {
+            t.render(context! {
                 chocoimg_version => id.chocoimg_version,
                 cluster => id.cluster,
                 node => id.node,
@@ -54,8 +51,8 @@ pub fn render(original: &str, id: &Identity) -> Result<BootMenu, ImageError> {
                 kernel_line => kernel_line,
                 initrd_line => first.initrd,
                 original => kept.trim(),
-            },
-        )
+            })
+        })
         .map_err(|e| ImageError::GrubLayout {
             detail: format!("rendering templates/grub.cfg: {e}"),
         })?;
@@ -127,7 +124,7 @@ pub fn goes_on_to_main_menu(cfg: &str) -> bool {
             .unwrap_or("")
             .trim_matches(|c| c == '"' || c == '\'');
         matches!(command, Some("source" | "configfile"))
-            && (target.ends_with(super::GRUB_CFG)
+            && (target.ends_with(GRUB_CFG)
                 || target == "$prefix/grub.cfg"
                 || target == "${prefix}/grub.cfg")
     })

@@ -1,5 +1,7 @@
 //! `chocoimg inspect`: what an image (or a stick) says about itself.
-use super::{cidata, gpt, grub, iso9660, Identity, DISK_INFO, GRUB_CFG};
+use super::identity::Identity;
+use super::ubuntu::{DISK_INFO, GRUB_CFG};
+use super::{cidata, gpt, grub, iso9660};
 use anyhow::Result;
 use serde::Serialize;
 use std::fs::File;
@@ -20,19 +22,19 @@ pub struct Inspection {
 /// Reads an image (or a stick's device): identity from CIDATA, menu from the ISO.
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let not_ours = |what: String| {
-        crate::BadInput(format!(
+        crate::errors::BadInput(format!(
             "{} is not a chocoimg image: {what}",
             path.display()
         ))
     };
     let mut file = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => crate::BadInput(format!(
+        std::io::ErrorKind::NotFound => crate::errors::BadInput(format!(
             "{}: no such file; pass an image made by `chocoimg build` \
              (out/<cluster>/<node>.img) or a stick's device (e.g. /dev/sdb)",
             path.display()
         ))
         .into(),
-        std::io::ErrorKind::PermissionDenied => crate::BadInput(format!(
+        std::io::ErrorKind::PermissionDenied => crate::errors::BadInput(format!(
             "{}: permission denied; a stick's device is readable by root only \
              (sudo chocoimg inspect {})",
             path.display(),

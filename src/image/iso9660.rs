@@ -2,7 +2,7 @@
 //! (the image's own and the one `-partition_offset` writes inside partition 1), every
 //! tree (primary with Rock Ridge names, Joliet), every directory record of a path.
 //! Everything is read through a file handle; the ISO is never loaded into memory.
-use super::Patch;
+use super::patch::Patch;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 

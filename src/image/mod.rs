@@ -11,125 +11,36 @@
 //! 3. `Unfinished::finish`: the CIDATA volume (seed, payload, identity) and the backup
 //!    GPT after the ISO, the hash completed, the file synced and renamed into place.
 pub mod cidata;
+pub mod error;
 pub mod gpt;
 pub mod grub;
+pub mod identity;
 mod inspect;
 pub mod iso9660;
 pub mod manifest;
 mod pass;
+pub mod patch;
+pub mod ubuntu;
+
+// The parts' shared vocabulary lives in leaves the parts import, never in this file,
+// which imports the parts.
+pub use error::ImageError;
+pub use identity::Identity;
+pub use patch::Patch;
+pub use ubuntu::{DISK_INFO, EXPECTED_RELEASE, GRUB_CFG, GRUB_EFI_CFG, MD5SUM_TXT};
 
 pub use crate::progress::ProgressStyle;
 pub use inspect::{inspect, Inspection};
 
 use crate::artifacts::PayloadFile;
-use crate::plan::{NodePlan, Plan};
 use crate::progress::Meter;
 use crate::seed::SeedFile;
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// The menu GRUB reads under BIOS and UEFI.
-pub const GRUB_CFG: &str = "/boot/grub/grub.cfg";
-/// Names the release; also what Ubuntu's UEFI GRUB searches for to find its root.
-pub const DISK_INFO: &str = "/.disk/info";
-pub const MD5SUM_TXT: &str = "/md5sum.txt";
-/// Ubuntu's signed UEFI GRUB sources this one instead of GRUB_CFG when it exists
-/// (grub2's debian/build-efi-images); on Ubuntu's ISOs it sources GRUB_CFG in turn.
-pub const GRUB_EFI_CFG: &str = "/boot/grub/x86_64-efi/grub.cfg";
-/// What `/.disk/info` starts with on every 22.04.x live-server ISO.
-pub const EXPECTED_RELEASE: &str = "Ubuntu-Server 22.04";
-
-/// One in-place write, at an absolute byte offset of the image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Patch {
-    pub at: u64,
-    pub bytes: Vec<u8>,
-}
-
-/// What an image says about itself: `/chocoimg.json` on CIDATA.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
-    pub cluster: String,
-    pub node: String,
-    /// `server` or `agent`.
-    pub role: String,
-    pub k3s_version: String,
-    pub ubuntu_release: String,
-    pub chocoimg_version: String,
-}
-
-impl Identity {
-    /// What `node`'s image says about itself.
-    pub fn new(plan: &Plan, node: &NodePlan) -> Identity {
-        Identity {
-            cluster: plan.cluster.clone(),
-            node: node.hostname.clone(),
-            role: node.role.to_string(),
-            k3s_version: plan.k3s.version.clone(),
-            ubuntu_release: plan.ubuntu.release.clone(),
-            chocoimg_version: env!("CARGO_PKG_VERSION").to_string(),
-        }
-    }
-}
-
-/// Why an ISO or an output cannot be used. A caller can match these; every message
-/// names the file and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum ImageError {
-    #[error(
-        "{iso} is not an Ubuntu 22.04 live-server ISO: its /.disk/info says {found:?}; \
-         use ubuntu-22.04.5-live-server-amd64.iso"
-    )]
-    NotUbuntu2204 { iso: PathBuf, found: String },
-    #[error(
-        "{iso}: the new /boot/grub/grub.cfg needs {needed} bytes but the ISO reserves only \
-         {room} for it; this ISO cannot be patched in place (use the official 22.04.5 ISO)"
-    )]
-    GrubNoRoom {
-        iso: PathBuf,
-        needed: u64,
-        room: u64,
-    },
-    #[error("the ISO's /boot/grub/grub.cfg is not what an Ubuntu ISO ships: {detail}")]
-    GrubLayout { detail: String },
-    #[error(
-        "{iso}: UEFI GRUB reads /boot/grub/x86_64-efi/grub.cfg, which does not go on to \
-         /boot/grub/grub.cfg, so the install entry would never show under UEFI; use the \
-         official 22.04.5 ISO"
-    )]
-    EfiMenuElsewhere { iso: PathBuf },
-    #[error("{iso} does not have the layout of an Ubuntu 22.04 ISO")]
-    Layout {
-        iso: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error(
-        "{iso} is not the pinned ISO: its SHA-256 is {found}, the profile pins {expected} \
-         (ubuntu.iso_sha256)"
-    )]
-    IsoMismatch {
-        iso: PathBuf,
-        found: String,
-        expected: String,
-    },
-    #[error("{0} already exists; pass --force to replace it")]
-    OutputExists(PathBuf),
-    #[error("interrupted; nothing was written under the final name")]
-    Interrupted,
-}
-
-impl ImageError {
-    /// True when the user's input is at fault (a refused ISO, an existing output).
-    pub fn is_bad_input(&self) -> bool {
-        !matches!(self, ImageError::Interrupted)
-    }
-}
 
 /// Refuses to replace an existing image unless `force`: the one place that says so.
 pub fn refuse_existing(output: &Path, force: bool) -> Result<(), ImageError> {

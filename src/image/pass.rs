@@ -4,7 +4,8 @@
 //! copy-on-write clone of the ISO, whose unchanged bytes are already there (its few
 //! patches are written at the end). Hashing runs on one thread per hash, fed through
 //! shared chunks from a small pool: memory stays flat whatever the ISO's size.
-use super::{ImageError, Patch};
+use super::error::ImageError;
+use super::patch::Patch;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs::File;

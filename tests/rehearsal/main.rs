@@ -116,7 +116,7 @@ fn apply_mutation(seeds: &mut BTreeMap<&str, NodeSeed>) {
         ),
         // The last boot's announcements are no longer removed at boot.
         "stale-announce" => {
-            let path = chocoimg::cluster::node::BOOT_TMPFILES_PATH;
+            let path = chocoimg::seed::node::BOOT_TMPFILES_PATH;
             let files = seeds.get_mut(SERVER).unwrap().installed["write_files"]
                 .as_sequence_mut()
                 .unwrap();

@@ -77,8 +77,8 @@ impl Cluster {
 
     /// Renders `node`'s discovery files into `root` (paths kept below it) and returns
     /// the setup.
-    pub fn node_setup(&self, node: &str) -> chocoimg::cluster::node::NodeSetup {
-        chocoimg::cluster::node::setup(&self.plan, &self.secrets, self.plan.node(node).unwrap())
+    pub fn node_setup(&self, node: &str) -> chocoimg::seed::node::NodeSetup {
+        chocoimg::seed::node::setup(&self.plan, &self.secrets, self.plan.node(node).unwrap())
             .unwrap()
     }
 

@@ -12,7 +12,8 @@ use crate::bringup::{Stage, MAX_REASON};
 use crate::plan::{NodePlan, Plan};
 use crate::profile::Role;
 use crate::secrets::Secrets;
-use anyhow::{Context, Result};
+use crate::templates;
+use anyhow::Result;
 
 /// Where the node scripts live on the installed system.
 pub const LIB_DIR: &str = "/usr/local/lib/chocoimg";
@@ -57,80 +58,9 @@ impl NodeSetup {
     }
 }
 
-const TEMPLATES: &[(&str, &str)] = &[
-    ("lib.sh", include_str!("../../templates/node/lib.sh")),
-    (
-        "avahi-config.sh",
-        include_str!("../../templates/node/avahi-config.sh"),
-    ),
-    (
-        "announce.sh",
-        include_str!("../../templates/node/announce.sh"),
-    ),
-    ("join.sh", include_str!("../../templates/node/join.sh")),
-    ("stage.sh", include_str!("../../templates/node/stage.sh")),
-    (
-        "chocoimg-stage.service",
-        include_str!("../../templates/node/chocoimg-stage.service"),
-    ),
-    (
-        "chocoimg-stage.timer",
-        include_str!("../../templates/node/chocoimg-stage.timer"),
-    ),
-    (
-        "chocoimg-announce.service",
-        include_str!("../../templates/node/chocoimg-announce.service"),
-    ),
-    (
-        "chocoimg-announce.timer",
-        include_str!("../../templates/node/chocoimg-announce.timer"),
-    ),
-    (
-        "chocoimg-join.service",
-        include_str!("../../templates/node/chocoimg-join.service"),
-    ),
-    (
-        "chocoimg-join.timer",
-        include_str!("../../templates/node/chocoimg-join.timer"),
-    ),
-    (
-        "k3s-agent-dropin.conf",
-        include_str!("../../templates/node/k3s-agent-dropin.conf"),
-    ),
-    (
-        "avahi-daemon-dropin.conf",
-        include_str!("../../templates/node/avahi-daemon-dropin.conf"),
-    ),
-    ("sudoers", include_str!("../../templates/node/sudoers")),
-    (
-        "chocoimg-boot.tmpfiles",
-        include_str!("../../templates/node/chocoimg-boot.tmpfiles"),
-    ),
-];
-
-/// Single-quotes a value for POSIX sh.
-fn sh_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
-
-fn environment() -> minijinja::Environment<'static> {
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.set_keep_trailing_newline(true);
-    env.add_filter("sh", |v: String| sh_quote(&v));
-    for (name, source) in TEMPLATES {
-        env.add_template(name, source)
-            .expect("the node templates are valid");
-    }
-    env
-}
-
 /// Renders one node template with `ctx`.
 pub fn render(name: &str, ctx: minijinja::Value) -> Result<String> {
-    environment()
-        .get_template(name)
-        .and_then(|t| t.render(ctx))
-        .with_context(|| format!("rendering templates/node/{name}"))
+    templates::render(&format!("node/{name}"), ctx)
 }
 
 /// The discovery pieces for `node`, by role.
@@ -277,12 +207,6 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shell_quoting_survives_quotes() {
-        assert_eq!(sh_quote("a'b"), r"'a'\''b'");
-        assert_eq!(sh_quote(""), "''");
-    }
 
     /// The shell formula the node scripts run and proof.rs agree (runs it for real).
     #[test]

@@ -1,17 +1,17 @@
 //! A node's NoCloud seed (`user-data`, `meta-data`), rendered from `templates/` and the
 //! plan. Server and agent differ by data, not by copied templates: every value goes
 //! through the `yaml` filter (serialised, never pasted), so no value can break the YAML.
-use crate::cluster::node::{self, NodeFile};
+pub mod node;
+
 use crate::plan::{Address, NodeConnection, NodePlan, Plan, SshKeySource};
 use crate::profile::Role;
 use crate::secrets::Secrets;
+use crate::templates;
 use anyhow::{Context, Result};
+use node::NodeFile;
 use serde::Serialize;
 use serde_yaml_ng::{Mapping, Value};
 use std::collections::BTreeMap;
-
-const USER_DATA: &str = include_str!("../templates/user-data.yaml");
-const META_DATA: &str = include_str!("../templates/meta-data.yaml");
 
 /// Where the late-commands mount the stick's CIDATA volume in the live installer.
 pub const CIDATA_MOUNT: &str = "/run/cidata";
@@ -105,13 +105,6 @@ pub fn render(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Seed> {
         runcmd: first_boot(plan, node, discovery.before_k3s, discovery.first_boot),
     };
 
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.set_keep_trailing_newline(true);
-    env.add_filter("yaml", yaml_filter);
-    env.add_template("user-data", USER_DATA)?;
-    env.add_template("meta-data", META_DATA)?;
-
     let ctx = minijinja::context! {
         chocoimg_version => env!("CARGO_PKG_VERSION"),
         cluster => plan.cluster,
@@ -132,20 +125,17 @@ pub fn render(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Seed> {
         late_commands => late_commands(plan),
         installed => installed,
     };
-    let user_data = env
-        .get_template("user-data")?
-        .render(&ctx)
-        .context("rendering templates/user-data.yaml")?;
+    let user_data = templates::render("user-data.yaml", ctx)?;
     let instance_id = format!(
         "chocoimg-{}-{}-{}",
         plan.cluster,
         node.hostname,
         &crate::fsutil::sha256_hex(user_data.as_bytes())[..16]
     );
-    let meta_data = env
-        .get_template("meta-data")?
-        .render(minijinja::context! { instance_id, hostname => node.hostname })
-        .context("rendering templates/meta-data.yaml")?;
+    let meta_data = templates::render(
+        "meta-data.yaml",
+        minijinja::context! { instance_id, hostname => node.hostname },
+    )?;
 
     Ok(Seed {
         node: node.hostname.clone(),
@@ -342,31 +332,6 @@ fn disk_description(node: &NodePlan) -> String {
         (_, _, Some(p)) => format!("the disk at {p}"),
         _ => "the largest disk that is not this stick".into(),
     }
-}
-
-/// Serialises a value as YAML for the slot after `key:` (the template puts no space
-/// there): scalars inline after one space, collections as a block on the following lines
-/// indented by `indent` spaces.
-fn yaml_filter(value: minijinja::Value, indent: usize) -> Result<String, minijinja::Error> {
-    let text = serde_yaml_ng::to_string(&value).map_err(|e| {
-        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
-    })?;
-    let text = text.strip_suffix('\n').unwrap_or(&text);
-    let is_block = value.kind() == minijinja::value::ValueKind::Map
-        || value.kind() == minijinja::value::ValueKind::Seq;
-    if !is_block || text == "{}" || text == "[]" {
-        return Ok(format!(" {text}"));
-    }
-    let pad = " ".repeat(indent);
-    let mut out = String::new();
-    for line in text.lines() {
-        out.push('\n');
-        if !line.is_empty() {
-            out.push_str(&pad);
-        }
-        out.push_str(line);
-    }
-    Ok(out)
 }
 
 #[derive(Serialize)]

@@ -1,0 +1,385 @@
+//! `fetch-kubeconfig`: what k3sup does, done right. Find master1 (mDNS, verified) or take
+//! an address; check the CA it serves against the announced hash; read the admin
+//! kubeconfig over SSH with master1's host key pinned from the secrets; check that
+//! kubeconfig's CA; rename `default` to the cluster and point it at master1; merge it
+//! into kubectl's kubeconfig keeping every other entry (0600, backup, atomic write).
+//! Nothing is written until every check has passed. The document itself is `kubeconfig`.
+use crate::cluster::discover::{self, Browse};
+use crate::cluster::kubeconfig::{
+    adopt, chain_has_current_context, cluster_ca, destination, merge, same_certificates,
+    K3S_KUBECONFIG,
+};
+use crate::fsutil;
+use crate::plan::{Plan, SshKeySource};
+use crate::secrets::Secrets;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_yaml_ng::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// K3s's API port.
+pub const API_PORT: u16 = 6443;
+/// Where master1 is, and the CA hash it announced (none with `--server`).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub address: String,
+    pub announced_ca: Option<String>,
+}
+
+/// Finds master1: `server` when given, else the first verified mDNS answer.
+/// `Err(heard)` when nothing verified answered within `timeout` (`heard`: how many
+/// other announcements did).
+pub fn locate(
+    plan: &Plan,
+    secrets: &Secrets,
+    server: Option<&str>,
+    timeout: Duration,
+) -> Result<std::result::Result<Target, usize>> {
+    if let Some(server) = server {
+        return Ok(Ok(Target {
+            address: address_of(server)?,
+            announced_ca: None,
+        }));
+    }
+    let servers = discover::browse(
+        &plan.cluster,
+        &secrets.agent_token,
+        Browse {
+            timeout,
+            stop_at_first_verified: true,
+        },
+    )?;
+    let found = servers.iter().find_map(|s| {
+        s.usable_address().map(|a| Target {
+            address: a.to_string(),
+            announced_ca: s.ca.clone(),
+        })
+    });
+    Ok(found.ok_or(servers.len()))
+}
+
+/// `--server`'s address: an IP as given, a name resolved here (IPv4 first). The kubeconfig
+/// gets the address: kubectl builds without cgo resolve no `.local` names on Linux.
+fn address_of(server: &str) -> Result<String> {
+    let literal = server.trim_start_matches('[').trim_end_matches(']');
+    if literal.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(literal.to_string());
+    }
+    use std::net::ToSocketAddrs;
+    let found: Vec<std::net::IpAddr> = (server, API_PORT)
+        .to_socket_addrs()
+        .map_err(|e| {
+            crate::errors::BadInput(format!(
+                "--server {server}: cannot resolve it ({e}); pass master1's IP address"
+            ))
+        })?
+        .map(|a| a.ip())
+        .collect();
+    found
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(found.first())
+        .map(|ip| ip.to_string())
+        .ok_or_else(|| {
+            crate::errors::BadInput(format!(
+                "--server {server} has no address; pass master1's IP address"
+            ))
+            .into()
+        })
+}
+
+/// What `fetch` should produce.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    pub ssh_port: u16,
+    /// Name of the context, cluster and user (default: the cluster's name).
+    pub name: String,
+    /// The kubeconfig files kubectl merges (`chain()`, or just `--output`'s file); ours is
+    /// merged into their `destination`.
+    pub chain: Vec<PathBuf>,
+    /// Switch current-context to ours (it is set anyway when no file of the chain has one).
+    pub use_context: bool,
+}
+
+/// What `fetch` wrote.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub path: PathBuf,
+    pub name: String,
+    pub server_url: String,
+    pub backup: Option<PathBuf>,
+    pub current_context: bool,
+}
+
+/// Fetches, checks and merges master1's admin kubeconfig. Writes nothing unless every
+/// check passed.
+pub fn fetch(
+    plan: &Plan,
+    secrets: &Secrets,
+    target: &Target,
+    opts: &FetchOptions,
+) -> Result<Fetched> {
+    let server = plan.server();
+    let cacerts = get_cacerts(&target.address)?;
+    let ca = crate::proof::ca_hash(&cacerts);
+    if let Some(announced) = &target.announced_ca {
+        if !announced.eq_ignore_ascii_case(&ca) {
+            bail!(
+                "the CA that {} serves (sha256 {ca}) is not the one {} announced ({announced}); \
+                 refusing: something else may be answering at that address",
+                target.address,
+                server.hostname
+            );
+        }
+    }
+    let text = read_over_ssh(
+        plan,
+        secrets,
+        &server.hostname,
+        &target.address,
+        opts.ssh_port,
+    )?;
+    let k3s: Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{K3S_KUBECONFIG} from {} is not YAML", server.hostname))?;
+    let kube_ca = cluster_ca(&k3s, "default").with_context(|| {
+        format!(
+            "reading the CA of {K3S_KUBECONFIG} from {}",
+            server.hostname
+        )
+    })?;
+    if !same_certificates(&kube_ca, &cacerts) {
+        bail!(
+            "the kubeconfig from {} names a CA that is not the one its API serves at \
+             /cacerts (sha256 {ca}); refusing to write it",
+            server.hostname
+        );
+    }
+    let server_url = format!("https://{}:{API_PORT}", url_host(&target.address));
+    let ours = adopt(&k3s, &opts.name, &server_url)?;
+
+    // Phase two: every check passed.
+    let path = resolve_symlink(&destination(&opts.chain, &opts.name));
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().is_empty() => None,
+        Ok(t) => Some(serde_yaml_ng::from_str::<Value>(&t).with_context(|| {
+            format!(
+                "{} is not a kubeconfig (not YAML); fix or move it, or pass --output FILE",
+                path.display()
+            )
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let set_current = opts.use_context || !chain_has_current_context(&opts.chain);
+    let merged = merge(existing.clone(), &ours, &opts.name, set_current)?;
+    let backup = match existing {
+        Some(_) => Some(backup(&path)?),
+        None => None,
+    };
+    let body = serde_yaml_ng::to_string(&merged).context("encoding the kubeconfig")?;
+    fsutil::write_atomic(&path, body.as_bytes(), 0o600)?;
+    Ok(Fetched {
+        path,
+        name: opts.name.clone(),
+        server_url,
+        backup,
+        current_context: set_current,
+    })
+}
+
+fn url_host(address: &str) -> String {
+    if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    }
+}
+
+/// GET `/cacerts` without trusting anything yet: its hash is what we check.
+fn get_cacerts(address: &str) -> Result<Vec<u8>> {
+    let url = format!("https://{}:{API_PORT}/cacerts", url_host(address));
+    let client = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTPS client")?;
+    let resp = client
+        .get(&url)
+        .send()
+        .with_context(|| format!("fetching {url} (is K3s running on that machine?)"))?;
+    if !resp.status().is_success() {
+        bail!("{url} answered {}", resp.status());
+    }
+    Ok(resp
+        .bytes()
+        .with_context(|| format!("reading {url}"))?
+        .to_vec())
+}
+
+/// The operator's private key: the profile's public key path without `.pub`, or the
+/// key pair generated for the cluster.
+pub fn private_key(plan: &Plan) -> Result<PathBuf> {
+    match &plan.ssh.key {
+        SshKeySource::Generated { private_path } => Ok(private_path.clone()),
+        SshKeySource::File { path, .. } => {
+            let s = path.to_string_lossy();
+            match s.strip_suffix(".pub") {
+                Some(p) => Ok(PathBuf::from(p)),
+                None => Err(crate::errors::BadInput(format!(
+                    "ssh.public_key {} does not end in .pub, so its private key cannot be found; name the .pub file",
+                    path.display()
+                ))
+                .into()),
+            }
+        }
+    }
+}
+
+/// Runs `sudo -n cat k3s.yaml` on the server over SSH, host key pinned.
+fn read_over_ssh(
+    plan: &Plan,
+    secrets: &Secrets,
+    node: &str,
+    address: &str,
+    port: u16,
+) -> Result<String> {
+    let key = private_key(plan)?;
+    if !key.exists() {
+        return Err(crate::errors::BadInput(format!(
+            "the SSH private key {} does not exist; it is the key whose .pub went into the images",
+            key.display()
+        ))
+        .into());
+    }
+    let host_key = secrets.host_key(node)?;
+    let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    let known_hosts = dir.path().join("known_hosts");
+    fsutil::write_atomic(
+        &known_hosts,
+        format!("{node} {}\n", host_key.public.trim()).as_bytes(),
+        0o600,
+    )?;
+    let mut cmd = Command::new("ssh");
+    cmd.arg("-F")
+        .arg("/dev/null")
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-o", "GlobalKnownHostsFile=/dev/null"])
+        // The pin is by node name, whatever address DHCP gave it.
+        .arg("-o")
+        .arg(format!("HostKeyAlias={node}"))
+        .args(["-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10"])
+        .args(["-o", "LogLevel=ERROR"])
+        .arg("-i")
+        .arg(&key)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-l")
+        .arg(&plan.ssh.user)
+        .arg("--")
+        .arg(address)
+        .arg(format!("sudo -n cat {K3S_KUBECONFIG}"));
+    let out = cmd
+        .output()
+        .context("running ssh (is the OpenSSH client installed?)")?;
+    if out.status.success() {
+        return String::from_utf8(out.stdout)
+            .map_err(|_| anyhow!("{K3S_KUBECONFIG} on {node} is not UTF-8 text"));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let err = err.trim();
+    if err.contains("Host key verification failed") || err.contains("IDENTIFICATION HAS CHANGED") {
+        bail!(
+            "the SSH host key at {address} is not {node}'s (pinned in {}); refusing: \
+             another machine may be at that address",
+            plan.secrets_path().display()
+        );
+    }
+    if err.contains("sudo") {
+        bail!(
+            "{node} would not let {} read {K3S_KUBECONFIG} without a password ({err}); the \
+             image installs /etc/sudoers.d/chocoimg-kubeconfig for that: was {node} built by \
+             this chocoimg?",
+            plan.ssh.user
+        );
+    }
+    bail!(
+        "ssh {}@{address} -p {port} failed ({}): {err}",
+        plan.ssh.user,
+        out.status
+    )
+}
+
+fn resolve_symlink(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Copies `path` to `path.chocoimg-backup-<UTC time>[-N]` (0600) and returns the copy.
+/// Never replaces an earlier backup, even one made in the same second.
+fn backup(path: &Path) -> Result<PathBuf> {
+    let t = time::OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    for n in 1u32.. {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".chocoimg-backup-{stamp}"));
+        if n > 1 {
+            name.push(format!("-{n}"));
+        }
+        let to = PathBuf::from(name);
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        let mut file = match open.open(&to) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", to.display())),
+        };
+        use std::io::Write;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", to.display()))?;
+        return Ok(to);
+    }
+    unreachable!("some backup name is free")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_become_addresses() {
+        assert_eq!(address_of("10.0.0.5").unwrap(), "10.0.0.5");
+        assert_eq!(address_of("[fe80::1]").unwrap(), "fe80::1");
+        // From /etc/hosts: no query leaves this machine.
+        assert_eq!(address_of("localhost").unwrap(), "127.0.0.1");
+    }
+
+    #[test]
+    fn backups_never_replace_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let kube = dir.path().join("config");
+        std::fs::write(&kube, "first").unwrap();
+        let a = backup(&kube).unwrap();
+        std::fs::write(&kube, "second").unwrap();
+        let b = backup(&kube).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "first");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "second");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&b).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,88 @@
+//! What several commands gather before they act, in one place so no command borrows
+//! from another: the checked plan, the nodes named on the command line, the cluster's
+//! secrets, a `--timeout`.
+use crate::cli::{Global, NodeSelection};
+use crate::errors::BadInput;
+use crate::plan::{self, NodePlan, Plan};
+use crate::secrets::{self, Secrets};
+use anyhow::Result;
+use std::time::Duration;
+
+/// Phase one for every command that needs the cluster: load and check the profile.
+pub fn load_plan(global: &Global) -> Result<Plan> {
+    Ok(plan::load(
+        &global.profile_path(),
+        &plan::default_out_root(),
+    )?)
+}
+
+/// The nodes `--node NAME` or `--all` names, checked against the plan.
+pub fn select_nodes<'p>(plan: &'p Plan, sel: &NodeSelection) -> Result<Vec<&'p NodePlan>> {
+    match &sel.node {
+        Some(name) => Ok(vec![plan.node(name)?]),
+        None => Ok(plan.nodes.iter().collect()),
+    }
+}
+
+/// Phase two's first step for every command that writes seeds or images: the cluster's
+/// secrets (created once) and, when the laptop had no SSH key, the cluster's own pair.
+pub fn prepare_secrets(plan: &Plan) -> Result<Secrets> {
+    if let Some(private) = secrets::ensure_admin_key(plan)? {
+        eprintln!(
+            "note: no SSH key in ~/.ssh; created one for this cluster: {} (use it with `ssh -i`)",
+            private.display()
+        );
+    }
+    let names: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
+    let path = plan.secrets_path();
+    let existed = path.exists();
+    let s = secrets::load_or_create(&path, &names)?;
+    if !existed {
+        eprintln!(
+            "note: created the cluster's secrets in {} (mode 0600; never commit it; back it up)",
+            path.display()
+        );
+    }
+    Ok(s)
+}
+
+/// The cluster's secrets, which the laptop must already have (made by render/build).
+pub fn existing_secrets(plan: &Plan) -> Result<Secrets> {
+    let path = plan.secrets_path();
+    if !path.exists() {
+        return Err(BadInput(format!(
+            "{} does not exist: the laptop holds the cluster's secrets from the first \
+             `chocoimg build` (or `render`); run this from the folder where you built the \
+             images, or set CHOCOIMG_OUT to the folder that holds {}/",
+            path.display(),
+            plan.cluster
+        ))
+        .into());
+    }
+    secrets::load(&path)
+}
+
+/// A `--timeout SECONDS` value, checked.
+pub fn timeout_arg(seconds: f64) -> Result<Duration> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0) {
+        return Err(BadInput(format!(
+            "--timeout {seconds} is not a number of seconds between 0 and 3600, e.g. --timeout 3"
+        ))
+        .into());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::errors::{exit_code_for, EXIT_BAD_INPUT};
+
+    #[test]
+    fn timeouts_are_checked() {
+        assert!(super::timeout_arg(0.5).is_ok());
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 4000.0] {
+            let err = super::timeout_arg(bad).unwrap_err();
+            assert_eq!(exit_code_for(&err), EXIT_BAD_INPUT);
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The files of an Ubuntu 22.04 live-server ISO that the build reads or changes.
+
+/// The menu GRUB reads under BIOS and UEFI.
+pub const GRUB_CFG: &str = "/boot/grub/grub.cfg";
+/// Names the release; also what Ubuntu's UEFI GRUB searches for to find its root.
+pub const DISK_INFO: &str = "/.disk/info";
+pub const MD5SUM_TXT: &str = "/md5sum.txt";
+/// Ubuntu's signed UEFI GRUB sources this one instead of GRUB_CFG when it exists
+/// (grub2's debian/build-efi-images); on Ubuntu's ISOs it sources GRUB_CFG in turn.
+pub const GRUB_EFI_CFG: &str = "/boot/grub/x86_64-efi/grub.cfg";
+/// What `/.disk/info` starts with on every 22.04.x live-server ISO.
+pub const EXPECTED_RELEASE: &str = "Ubuntu-Server 22.04";
