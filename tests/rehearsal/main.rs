@@ -321,13 +321,15 @@ impl Guest {
             .arg(base.join("vmlinuz"))
             .arg("-initrd")
             .arg(base.join("initrd.img"))
-            // Serial output costs much under TCG: a quiet console. no_timer_check: on a
-            // loaded host the kernel's early timer test fails ("IO-APIC + timer doesn't
-            // work"); a panic reboots and -no-reboot ends QEMU, which the harness sees.
+            // Serial output costs much under TCG: a quiet console. On a loaded host the
+            // kernel's early timer test fails ("IO-APIC + timer doesn't work":
+            // no_timer_check) and udev takes minutes to name the CIDATA disk (systemd's
+            // 90 s device timeout skipped the late-commands): waits made long. A panic
+            // reboots and -no-reboot ends QEMU, which the harness sees.
             .args([
                 "-append",
                 "root=/dev/vda rw console=ttyS0 quiet systemd.show_status=false \
-                 no_timer_check panic=-1",
+                 no_timer_check panic=-1 systemd.default_device_timeout_sec=900",
             ])
             .arg("-no-reboot")
             .arg("-drive")
@@ -619,14 +621,16 @@ enum Progress {
     Failed(String),
 }
 
-fn progress(server: &Option<Report>, agent: &Option<Report>) -> Progress {
-    for r in [server, agent].into_iter().flatten() {
-        if r.unit("rehearsal-installer.service")
-            .get("Result")
-            .map(String::as_str)
-            == Some("exit-code")
-        {
-            return Progress::Failed("the late-commands failed".into());
+fn progress(n: u32, server: &Option<Report>, agent: &Option<Report>) -> Progress {
+    for (name, r) in [(SERVER, server), (AGENT, agent)] {
+        let Some(r) = r else { continue };
+        // The installer runs once, on the first boot (its unit stays active after).
+        if n == 1 && !r.active("rehearsal-installer.service") {
+            return Progress::Failed(format!("{name}: the late-commands did not run or failed"));
+        }
+        if r.stage() == Some(Stage::Failed) {
+            let why = r.lines("stage").get(2).cloned().unwrap_or_default();
+            return Progress::Failed(format!("{name} reports stage failed: {why}"));
         }
     }
     if let Some(a) = agent {
@@ -704,7 +708,7 @@ fn boot(guests: &mut [Guest], lan: &Lan, base: &Path, n: u32) -> (Report, Report
                 break 'wait Err((why, server, agent));
             }
         }
-        match progress(&server, &agent) {
+        match progress(n, &server, &agent) {
             Progress::Ready => break Ok((server.unwrap(), agent.unwrap())),
             Progress::Failed(why) => break Err((why, server, agent)),
             Progress::Waiting if start.elapsed() > BOOT_LIMIT => {
