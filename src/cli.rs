@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 /// Unattended Ubuntu 22.04 USB installers for a two-node K3s cluster on an Eero LAN.
 ///
-/// The whole job: `chocoimg build --all`, flash each image to a USB stick, boot each
-/// mini-PC from its stick and walk away; then `chocoimg fetch-kubeconfig` and
-/// `kubectl get nodes`. Nodes find each other over mDNS: no IP addresses to type.
+/// The whole job: `chocoimg build --all`, `chocoimg flash --node NAME` for each node's
+/// USB stick, boot each mini-PC from its stick and walk away; then
+/// `chocoimg fetch-kubeconfig` and `kubectl get nodes`. Nodes find each other over mDNS: no IP addresses to type.
 #[derive(Debug, Parser)]
 #[command(
     name = "chocoimg",
@@ -99,6 +99,7 @@ pub enum Command {
     /// is zeroed first and written last, so a stick interrupted half-way (Ctrl-C, pulled
     /// out) cannot boot half an installer. Then it reads the stick back and checks its
     /// SHA-256 against `<node>.img.sha256` ("verified"); on macOS it ejects the stick.
+    /// Exit 0 verified, 2 refused, 1 the write or the verification failed (or Ctrl-C).
     Flash(FlashArgs),
 }
 

@@ -1,6 +1,6 @@
 //! The `chocoimg` binary: parse the command line, dispatch each command to its one
 //! function in the library, print the error chain, exit with the code the error maps to.
-use chocoimg::cli::{Cli, Command};
+use chocoimg::cli::{Cli, Command, FetchKubeconfigArgs};
 use chocoimg::commands;
 use chocoimg::errors::exit_code_for;
 use clap::Parser;
@@ -16,7 +16,13 @@ fn main() {
         Command::Discover(a) => commands::discover::run(g, a),
         Command::FetchKubeconfig(a) => commands::fetch_kubeconfig::run(g, a),
         Command::Status(a) => commands::status::run(g, a),
-        Command::Watch(a) => commands::watch::run(g, a),
+        // Commands never call each other: chaining one after another happens here.
+        Command::Watch(a) => match commands::watch::run(g, a) {
+            Ok(0) if a.fetch_kubeconfig => {
+                commands::fetch_kubeconfig::run(g, &FetchKubeconfigArgs::defaults())
+            }
+            other => other,
+        },
         Command::Flash(a) => commands::flash::run(g, a),
     };
     match result {

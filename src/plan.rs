@@ -37,12 +37,17 @@ pub struct K3sPin {
 }
 
 impl K3sPin {
-    /// The release folder URL: the version's `+` must be `%2B` in GitHub's paths.
+    /// The version as a URL path segment: its `+` must be `%2B` in GitHub's paths.
+    pub fn version_in_url(&self) -> String {
+        self.version.replace('+', "%2B")
+    }
+
+    /// The release folder URL.
     pub fn release_url(&self, file: &str) -> String {
         format!(
             "{}/{}/{}",
             self.release_base_url.trim_end_matches('/'),
-            self.version.replace('+', "%2B"),
+            self.version_in_url(),
             file
         )
     }
@@ -167,9 +172,26 @@ pub fn default_out_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("out"))
 }
 
+/// What a command line adds to the profile; resolved into the plan with it, so the
+/// plan a command checks is the one it uses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    /// `build --airgap`: carry K3s's image tarball even when the profile does not.
+    pub airgap: bool,
+}
+
 /// Loads, checks and resolves a profile. Reads the SSH key and (for Wi-Fi passwords)
 /// the secrets file, writes nothing.
 pub fn load(profile_path: &Path, out_root: &Path) -> Result<Plan, Problems> {
+    load_with(profile_path, out_root, Overrides::default())
+}
+
+/// `load`, with what the command line adds.
+pub fn load_with(
+    profile_path: &Path,
+    out_root: &Path,
+    overrides: Overrides,
+) -> Result<Plan, Problems> {
     let text = std::fs::read(profile_path).map_err(|e| {
         let mut p = Problems::new(profile_path);
         p.push(
@@ -178,12 +200,14 @@ pub fn load(profile_path: &Path, out_root: &Path) -> Result<Plan, Problems> {
         );
         p
     })?;
-    let profile = profile::parse(profile_path, &String::from_utf8_lossy(&text))?;
+    let mut profile = profile::parse(profile_path, &String::from_utf8_lossy(&text))?;
+    profile.k3s.airgap |= overrides.airgap;
     let sha = crate::fsutil::sha256_hex(&text);
     resolve(&profile, profile_path, &sha, out_root)
 }
 
 /// Phase one: check everything, report every problem together, resolve the rest.
+/// One section of the profile per step, in the profile's order.
 pub fn resolve(
     profile: &Profile,
     profile_path: &Path,
@@ -192,22 +216,66 @@ pub fn resolve(
 ) -> Result<Plan, Problems> {
     let mut problems = Problems::new(profile_path);
     let p = &mut problems;
+    let cluster = check_cluster(p, &profile.cluster);
+    let k3s = check_k3s(p, &profile.k3s);
+    let ubuntu = check_ubuntu(p, &profile.ubuntu);
+    let network = check_network(p, &profile.network);
+    let ssh = check_ssh(p, profile, &out_root.join(&cluster));
+    check_node_count(p, profile);
+    let secrets_path = out_root.join(&cluster).join("secrets.yaml");
+    let mut seen = Seen::default();
+    let nodes = profile
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let ctx = NodeContext {
+                index: i,
+                profile,
+                network: network.as_ref(),
+                secrets_path: &secrets_path,
+            };
+            resolve_node(p, &ctx, &mut seen, n)
+        })
+        .collect();
 
-    let cluster = profile.cluster.name.clone();
+    problems.into_result()?;
+    Ok(Plan {
+        profile_path: profile_path.to_path_buf(),
+        profile_sha256: profile_sha256.to_string(),
+        out_dir: out_root.join(&cluster),
+        cache_dir: out_root.join("cache"),
+        lock_path: profile_path.with_extension("lock"),
+        cluster,
+        k3s,
+        ubuntu,
+        network: network.expect("no problems means the network parsed"),
+        ssh: ssh.expect("no problems means the SSH key resolved"),
+        nodes,
+    })
+}
+
+/// `cluster:`: its name, and the modes that are supported.
+fn check_cluster(p: &mut Problems, c: &profile::ClusterSpec) -> String {
+    let cluster = c.name.clone();
     if !is_rfc1123_label(&cluster) {
         p.push("cluster.name", format!("{cluster:?} is not a valid name; use lowercase letters, digits and '-', at most 63, e.g. chocolandiadc-mvp"));
     }
-    if profile.cluster.mode == Mode::Ha {
+    if c.mode == Mode::Ha {
         p.push(
             "cluster.mode",
             "mode `ha` (3 servers with embedded etcd) is not supported yet; use `single-server`",
         );
     }
-    if profile.cluster.datastore == Datastore::Etcd && profile.cluster.mode == Mode::SingleServer {
+    if c.datastore == Datastore::Etcd && c.mode == Mode::SingleServer {
         p.push("cluster.datastore", "a single-server cluster uses `sqlite`; `etcd` comes with mode `ha`, which is not supported yet");
     }
+    cluster
+}
 
-    let version = &profile.k3s.version;
+/// `k3s:`: the version and each role's labels and config keys.
+fn check_k3s(p: &mut Problems, k3s: &profile::K3sSpec) -> K3sPin {
+    let version = &k3s.version;
     if !is_k3s_version(version) {
         p.push(
             "k3s.version",
@@ -216,10 +284,7 @@ pub fn resolve(
             ),
         );
     }
-    for (role, settings) in [
-        ("server", &profile.k3s.server),
-        ("agent", &profile.k3s.agent),
-    ] {
+    for (role, settings) in [("server", &k3s.server), ("agent", &k3s.agent)] {
         check_labels(p, &format!("k3s.{role}.node_labels"), &settings.node_labels);
         for key in settings.config.keys() {
             if let Some(owned) = OWNED_K3S_KEYS.iter().find(|k| **k == key.as_str()) {
@@ -227,8 +292,18 @@ pub fn resolve(
             }
         }
     }
+    K3sPin {
+        version: version.clone(),
+        server: k3s.server.clone(),
+        agent: k3s.agent.clone(),
+        airgap: k3s.airgap,
+        release_base_url: k3s.release_base_url.clone(),
+        install_script_url: k3s.install_script_url.clone(),
+    }
+}
 
-    let ub = &profile.ubuntu;
+/// `ubuntu:`: a 22.04 point release and its ISO's SHA-256.
+fn check_ubuntu(p: &mut Problems, ub: &profile::UbuntuSpec) -> UbuntuPin {
     if !release_at_least(&ub.release, (22, 4, 0)) || !ub.release.starts_with("22.04") {
         p.push(
             "ubuntu.release",
@@ -244,10 +319,15 @@ pub fn resolve(
             "must be the 64-hex-digit SHA-256 from the release's SHA256SUMS file",
         );
     }
+    UbuntuPin {
+        release: ub.release.clone(),
+        iso_url: ub.iso_url.clone(),
+        iso_sha256: ub.iso_sha256.to_ascii_lowercase(),
+    }
+}
 
-    let network = check_network(p, &profile.network);
-    let ssh = check_ssh(p, profile, &out_root.join(&cluster));
-
+/// `nodes:` as a whole: the servers the mode needs.
+fn check_node_count(p: &mut Problems, profile: &Profile) {
     let servers = profile
         .nodes
         .iter()
@@ -262,183 +342,214 @@ pub fn resolve(
             "list at least the server node, e.g. `- hostname: master1\n    role: server`",
         );
     }
+}
 
-    let secrets_path = out_root.join(&cluster).join("secrets.yaml");
-    let mut nodes = Vec::new();
-    let mut seen_host: HashMap<String, usize> = HashMap::new();
-    let mut seen_mac: HashMap<String, usize> = HashMap::new();
-    let mut seen_ip: HashMap<Ipv4Addr, usize> = HashMap::new();
-    for (i, n) in profile.nodes.iter().enumerate() {
-        let key = |k: &str| format!("nodes[{i}].{k}");
-        if !is_rfc1123_label(&n.hostname) {
-            p.push(key("hostname"), format!("{:?} is not a valid hostname (RFC 1123): lowercase letters, digits and '-', 1-63 characters, not starting or ending with '-'", n.hostname));
-        }
-        if let Some(j) = seen_host.insert(n.hostname.clone(), i) {
+/// What each node must not share with an earlier one, by the index that has it.
+#[derive(Default)]
+struct Seen {
+    hosts: HashMap<String, usize>,
+    macs: HashMap<String, usize>,
+    ips: HashMap<Ipv4Addr, usize>,
+}
+
+/// What a node's checks read besides the node itself.
+struct NodeContext<'a> {
+    index: usize,
+    profile: &'a Profile,
+    network: Option<&'a Network>,
+    secrets_path: &'a Path,
+}
+
+impl NodeContext<'_> {
+    /// `nodes[i].<k>`, the key a problem names.
+    fn key(&self, k: &str) -> String {
+        format!("nodes[{}].{k}", self.index)
+    }
+}
+
+/// `nodes[i]`: checked and resolved, in the order of its keys.
+fn resolve_node(
+    p: &mut Problems,
+    ctx: &NodeContext,
+    seen: &mut Seen,
+    n: &profile::NodeSpec,
+) -> NodePlan {
+    let i = ctx.index;
+    if !is_rfc1123_label(&n.hostname) {
+        p.push(ctx.key("hostname"), format!("{:?} is not a valid hostname (RFC 1123): lowercase letters, digits and '-', 1-63 characters, not starting or ending with '-'", n.hostname));
+    }
+    if let Some(j) = seen.hosts.insert(n.hostname.clone(), i) {
+        p.push(
+            ctx.key("hostname"),
+            format!(
+                "{:?} is already used by nodes[{j}]; every node needs its own hostname",
+                n.hostname
+            ),
+        );
+    }
+    let mac = n.mac.as_ref().map(|m| m.to_ascii_lowercase());
+    if let Some(m) = &mac {
+        if !is_mac(m) {
+            p.push(ctx.key("mac"), format!("{m:?} is not a MAC address; write six hex pairs with ':', e.g. aa:bb:cc:dd:ee:ff"));
+        } else if let Some(j) = seen.macs.insert(m.clone(), i) {
             p.push(
-                key("hostname"),
+                ctx.key("mac"),
+                format!("{m} is already the MAC of nodes[{j}]; each NIC has its own"),
+            );
+        }
+    }
+    let address = node_address(p, ctx, seen, &n.address, mac.is_some());
+    let connection = node_connection(p, ctx, n);
+    let disk = node_disk(p, ctx, n);
+    let version = &ctx.profile.k3s.version;
+    if let Some(v) = &n.k3s_version {
+        if v != version {
+            p.push(ctx.key("k3s_version"), format!("{v} differs from k3s.version {version}; all nodes run one K3s version (an agent must never be newer than its server): remove it or make them equal"));
+        }
+    }
+    let mut labels = match n.role {
+        Role::Server => ctx.profile.k3s.server.node_labels.clone(),
+        Role::Agent => ctx.profile.k3s.agent.node_labels.clone(),
+    };
+    check_labels(p, &ctx.key("labels"), &n.labels);
+    labels.extend(n.labels.clone());
+    let server_address = node_server_address(p, ctx, n);
+    NodePlan {
+        hostname: n.hostname.clone(),
+        role: n.role,
+        mac,
+        connection,
+        address,
+        disk,
+        labels,
+        server_address,
+    }
+}
+
+/// `nodes[i].address`: `dhcp`, or a free static address of the subnet on a pinned NIC.
+fn node_address(
+    p: &mut Problems,
+    ctx: &NodeContext,
+    seen: &mut Seen,
+    address: &str,
+    has_mac: bool,
+) -> Address {
+    if address == "dhcp" {
+        return Address::Dhcp;
+    }
+    let Some((ip, prefix_len)) = parse_cidr(address) else {
+        p.push(ctx.key("address"), format!("{address:?} is neither `dhcp` nor an IPv4 address in CIDR form like 192.168.4.10/24"));
+        return Address::Dhcp;
+    };
+    if let Some(net) = ctx.network {
+        if !in_subnet(ip, net.subnet, net.prefix_len) || prefix_len != net.prefix_len {
+            p.push(ctx.key("address"), format!("{address} is not inside network.subnet {}/{}; use an address of that subnet with /{}", net.subnet, net.prefix_len, net.prefix_len));
+        } else if ip == net.gateway {
+            p.push(
+                ctx.key("address"),
                 format!(
-                    "{:?} is already used by nodes[{j}]; every node needs its own hostname",
-                    n.hostname
+                    "{ip} is the gateway (the Eero); pick a free address outside its DHCP range"
                 ),
             );
         }
-        let mac = n.mac.as_ref().map(|m| m.to_ascii_lowercase());
-        if let Some(m) = &mac {
-            if !is_mac(m) {
-                p.push(key("mac"), format!("{m:?} is not a MAC address; write six hex pairs with ':', e.g. aa:bb:cc:dd:ee:ff"));
-            } else if let Some(j) = seen_mac.insert(m.clone(), i) {
-                p.push(
-                    key("mac"),
-                    format!("{m} is already the MAC of nodes[{j}]; each NIC has its own"),
-                );
-            }
-        }
-        let address = match n.address.as_str() {
-            "dhcp" => Address::Dhcp,
-            other => match parse_cidr(other) {
-                Some((ip, prefix_len)) => {
-                    if let Some(net) = &network {
-                        if !in_subnet(ip, net.subnet, net.prefix_len)
-                            || prefix_len != net.prefix_len
-                        {
-                            p.push(key("address"), format!("{other} is not inside network.subnet {}/{}; use an address of that subnet with /{}", net.subnet, net.prefix_len, net.prefix_len));
-                        } else if ip == net.gateway {
-                            p.push(key("address"), format!("{ip} is the gateway (the Eero); pick a free address outside its DHCP range"));
-                        }
-                    }
-                    if let Some(j) = seen_ip.insert(ip, i) {
-                        p.push(
-                            key("address"),
-                            format!("{ip} is already the address of nodes[{j}]"),
-                        );
-                    }
-                    if mac.is_none() {
-                        p.push(key("mac"), "a static address needs the NIC's MAC, so it lands on exactly one interface; add `mac:` or use `address: dhcp`");
-                    }
-                    Address::Static { ip, prefix_len }
-                }
-                None => {
-                    p.push(key("address"), format!("{other:?} is neither `dhcp` nor an IPv4 address in CIDR form like 192.168.4.10/24"));
-                    Address::Dhcp
-                }
-            },
-        };
-        let connection = match (n.connection, &n.wifi) {
-            (Connection::Ethernet, None) => NodeConnection::Ethernet,
-            (Connection::Ethernet, Some(_)) => {
-                p.push(
-                    key("wifi"),
-                    "only used with `connection: wifi`; remove it or set the connection",
-                );
-                NodeConnection::Ethernet
-            }
-            (Connection::Wifi, None) => {
-                p.push(
-                    key("wifi"),
-                    "`connection: wifi` needs `wifi: {ssid: NAME, password_env: VAR}`",
-                );
-                NodeConnection::Ethernet
-            }
-            (Connection::Wifi, Some(w)) => {
-                if w.ssid.is_empty() || w.ssid.len() > 32 {
-                    p.push(key("wifi.ssid"), "an SSID has 1 to 32 characters");
-                }
-                match wifi_password(w, &secrets_path) {
-                    Ok(password) => NodeConnection::Wifi {
-                        ssid: w.ssid.clone(),
-                        password,
-                    },
-                    Err(why) => {
-                        p.push(key("wifi.password_env"), why);
-                        NodeConnection::Ethernet
-                    }
-                }
-            }
-        };
-        let disk = n.disk.clone().unwrap_or_default();
-        let set = [&disk.serial, &disk.model, &disk.path]
-            .iter()
-            .filter(|v| v.is_some())
-            .count();
-        if set > 1 {
-            p.push(
-                key("disk"),
-                "name the disk by one of serial, model or path, not several",
-            );
-        }
-        if n.disk.is_some() && set == 0 {
-            p.push(
-                key("disk"),
-                "give one of serial, model or path, or leave `disk` out to erase the largest disk",
-            );
-        }
-        if set == 0 && !release_at_least(&ub.release, (22, 4, 4)) {
-            p.push(key("disk"), format!("the {} installer can pick the USB stick itself as the largest disk; name the target disk (serial, model or path) or use 22.04.5", ub.release));
-        }
-        if let Some(v) = &n.k3s_version {
-            if v != version {
-                p.push(key("k3s_version"), format!("{v} differs from k3s.version {version}; all nodes run one K3s version (an agent must never be newer than its server): remove it or make them equal"));
-            }
-        }
-        let mut labels = match n.role {
-            Role::Server => profile.k3s.server.node_labels.clone(),
-            Role::Agent => profile.k3s.agent.node_labels.clone(),
-        };
-        check_labels(p, &key("labels"), &n.labels);
-        labels.extend(n.labels.clone());
-        let server_address = match (&n.server_address, n.role) {
-            (Some(_), Role::Server) => {
-                p.push(
-                    key("server_address"),
-                    "only agents take a fixed server address; remove it from the server",
-                );
-                None
-            }
-            (Some(a), Role::Agent) => {
-                if a.parse::<Ipv4Addr>().is_err() && !is_dns_name(a) {
-                    p.push(key("server_address"), format!("{a:?} is not an IPv4 address or host name, e.g. 192.168.4.10 or master1.local"));
-                }
-                Some(a.clone())
-            }
-            (None, _) => None,
-        };
-        nodes.push(NodePlan {
-            hostname: n.hostname.clone(),
-            role: n.role,
-            mac,
-            connection,
-            address,
-            disk,
-            labels,
-            server_address,
-        });
     }
+    if let Some(j) = seen.ips.insert(ip, ctx.index) {
+        p.push(
+            ctx.key("address"),
+            format!("{ip} is already the address of nodes[{j}]"),
+        );
+    }
+    if !has_mac {
+        p.push(ctx.key("mac"), "a static address needs the NIC's MAC, so it lands on exactly one interface; add `mac:` or use `address: dhcp`");
+    }
+    Address::Static { ip, prefix_len }
+}
 
-    problems.into_result()?;
-    Ok(Plan {
-        profile_path: profile_path.to_path_buf(),
-        profile_sha256: profile_sha256.to_string(),
-        out_dir: out_root.join(&cluster),
-        cache_dir: out_root.join("cache"),
-        lock_path: profile_path.with_extension("lock"),
-        cluster,
-        k3s: K3sPin {
-            version: version.clone(),
-            server: profile.k3s.server.clone(),
-            agent: profile.k3s.agent.clone(),
-            airgap: profile.k3s.airgap,
-            release_base_url: profile.k3s.release_base_url.clone(),
-            install_script_url: profile.k3s.install_script_url.clone(),
-        },
-        ubuntu: UbuntuPin {
-            release: ub.release.clone(),
-            iso_url: ub.iso_url.clone(),
-            iso_sha256: ub.iso_sha256.to_ascii_lowercase(),
-        },
-        network: network.expect("no problems means the network parsed"),
-        ssh: ssh.expect("no problems means the SSH key resolved"),
-        nodes,
-    })
+/// `nodes[i].connection` and `wifi`: Ethernet, or Wi-Fi with its password resolved.
+fn node_connection(p: &mut Problems, ctx: &NodeContext, n: &profile::NodeSpec) -> NodeConnection {
+    match (n.connection, &n.wifi) {
+        (Connection::Ethernet, None) => NodeConnection::Ethernet,
+        (Connection::Ethernet, Some(_)) => {
+            p.push(
+                ctx.key("wifi"),
+                "only used with `connection: wifi`; remove it or set the connection",
+            );
+            NodeConnection::Ethernet
+        }
+        (Connection::Wifi, None) => {
+            p.push(
+                ctx.key("wifi"),
+                "`connection: wifi` needs `wifi: {ssid: NAME, password_env: VAR}`",
+            );
+            NodeConnection::Ethernet
+        }
+        (Connection::Wifi, Some(w)) => {
+            if w.ssid.is_empty() || w.ssid.len() > 32 {
+                p.push(ctx.key("wifi.ssid"), "an SSID has 1 to 32 characters");
+            }
+            match wifi_password(w, ctx.secrets_path) {
+                Ok(password) => NodeConnection::Wifi {
+                    ssid: w.ssid.clone(),
+                    password,
+                },
+                Err(why) => {
+                    p.push(ctx.key("wifi.password_env"), why);
+                    NodeConnection::Ethernet
+                }
+            }
+        }
+    }
+}
+
+/// `nodes[i].disk`: at most one way to name it; none only where the installer skips the
+/// boot stick by itself.
+fn node_disk(p: &mut Problems, ctx: &NodeContext, n: &profile::NodeSpec) -> DiskSpec {
+    let disk = n.disk.clone().unwrap_or_default();
+    let set = [&disk.serial, &disk.model, &disk.path]
+        .iter()
+        .filter(|v| v.is_some())
+        .count();
+    if set > 1 {
+        p.push(
+            ctx.key("disk"),
+            "name the disk by one of serial, model or path, not several",
+        );
+    }
+    if n.disk.is_some() && set == 0 {
+        p.push(
+            ctx.key("disk"),
+            "give one of serial, model or path, or leave `disk` out to erase the largest disk",
+        );
+    }
+    let release = &ctx.profile.ubuntu.release;
+    if set == 0 && !release_at_least(release, (22, 4, 4)) {
+        p.push(ctx.key("disk"), format!("the {release} installer can pick the USB stick itself as the largest disk; name the target disk (serial, model or path) or use 22.04.5"));
+    }
+    disk
+}
+
+/// `nodes[i].server_address`: agents only, an IPv4 address or a host name.
+fn node_server_address(
+    p: &mut Problems,
+    ctx: &NodeContext,
+    n: &profile::NodeSpec,
+) -> Option<String> {
+    match (&n.server_address, n.role) {
+        (Some(_), Role::Server) => {
+            p.push(
+                ctx.key("server_address"),
+                "only agents take a fixed server address; remove it from the server",
+            );
+            None
+        }
+        (Some(a), Role::Agent) => {
+            if a.parse::<Ipv4Addr>().is_err() && !is_dns_name(a) {
+                p.push(ctx.key("server_address"), format!("{a:?} is not an IPv4 address or host name, e.g. 192.168.4.10 or master1.local"));
+            }
+            Some(a.clone())
+        }
+        (None, _) => None,
+    }
 }
 
 /// config.yaml keys chocoimg writes itself; a profile setting them would fight it.
@@ -501,15 +612,10 @@ fn check_network(p: &mut Problems, n: &profile::NetworkSpec) -> Option<Network> 
             ),
         }
     }
-    let mask = if prefix_len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix_len)
-    };
     Some(Network {
         kind: n.kind.clone(),
         prefix_len,
-        subnet: Ipv4Addr::from(u32::from(subnet) & mask),
+        subnet: Ipv4Addr::from(u32::from(subnet) & netmask(prefix_len)),
         gateway,
         dns,
     })
@@ -688,8 +794,13 @@ fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
     Some((ip.parse().ok()?, len))
 }
 
+/// The netmask of a `/len` prefix, as a number (`/0` is 0: no shift by 32).
+fn netmask(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
 fn in_subnet(ip: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    let mask = netmask(len);
     u32::from(ip) & mask == u32::from(net) & mask
 }
 

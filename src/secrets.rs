@@ -102,20 +102,26 @@ impl Secrets {
 
 impl HostKey {
     fn generate(node: &str) -> Result<HostKey> {
-        let mut key =
-            ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)
-                .context("generating an ed25519 host key")?;
-        key.set_comment(format!("root@{node}"));
-        let private = key
-            .to_openssh(ssh_key::LineEnding::LF)
-            .context("encoding the host key")?
-            .to_string();
-        let public = key
-            .public_key()
-            .to_openssh()
-            .context("encoding the host key")?;
+        let (private, public) =
+            ed25519_pair(&format!("root@{node}")).context("making an SSH host key")?;
         Ok(HostKey { private, public })
     }
+}
+
+/// A new ed25519 key pair in OpenSSH encoding: (private key, `ssh-ed25519 AAAA... comment`).
+fn ed25519_pair(comment: &str) -> Result<(String, String)> {
+    let mut key = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)
+        .context("generating an ed25519 key")?;
+    key.set_comment(comment);
+    let private = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .context("encoding the private key")?
+        .to_string();
+    let public = key
+        .public_key()
+        .to_openssh()
+        .context("encoding the public key")?;
+    Ok((private, public))
 }
 
 /// Loads the cluster's secrets, creating the file on first use and adding host keys for
@@ -190,29 +196,17 @@ fn sha512_crypt(password: &str) -> Result<String> {
         .map_err(|e| anyhow::anyhow!("hashing the admin password: {e:?}"))
 }
 
-/// Creates the cluster's own SSH key pair when the plan asks for one and it does not exist
-/// yet (the laptop had no key). Returns the private key's path when it was just created.
-pub fn ensure_admin_key(plan: &crate::plan::Plan) -> Result<Option<std::path::PathBuf>> {
-    let crate::plan::SshKeySource::Generated { private_path } = &plan.ssh.key else {
-        return Ok(None);
-    };
+/// Creates an SSH key pair at `private_path` (and `.pub` beside it) unless both exist;
+/// returns whether it did. For the cluster's own admin key when the laptop had none.
+pub fn ensure_key_pair(private_path: &Path, comment: &str) -> Result<bool> {
     let pub_path = private_path.with_extension("pub");
     if private_path.exists() && pub_path.exists() {
-        return Ok(None);
+        return Ok(false);
     }
-    let mut key = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)
-        .context("generating the cluster's SSH key")?;
-    key.set_comment(format!("chocoimg-{}", plan.cluster));
-    let private = key
-        .to_openssh(ssh_key::LineEnding::LF)
-        .context("encoding the SSH key")?;
-    let public = key
-        .public_key()
-        .to_openssh()
-        .context("encoding the SSH key")?;
+    let (private, public) = ed25519_pair(comment).context("making the cluster's SSH key")?;
     fsutil::write_atomic(private_path, private.as_bytes(), 0o600)?;
     fsutil::write_atomic(&pub_path, format!("{public}\n").as_bytes(), 0o644)?;
-    Ok(Some(private_path.clone()))
+    Ok(true)
 }
 
 #[cfg(test)]

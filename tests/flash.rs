@@ -152,6 +152,12 @@ fn flash_writes_a_regular_file_only_with_to_file() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(std::fs::read(&new).unwrap() == data);
 
+    // Never over the image it reads.
+    let out = flash(&[s(&img), s(&img), "--yes", "--to-file"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the image itself"));
+    assert!(std::fs::read(&img).unwrap() == data);
+
     // Neither a disk nor a file.
     let out = flash(&[s(&img), "/dev/null", "--yes", "--to-file"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -456,4 +462,61 @@ fn flash_help_teaches() {
     ] {
         assert!(help.contains(word), "--help lacks {word}:\n{help}");
     }
+}
+
+/// `chocoimg flash ARGS` on a terminal (util-linux `script` gives it a pty), with
+/// `typed` as what the user types.
+fn flash_on_a_terminal(args: &[&str], typed: &str) -> Output {
+    require_tool("script");
+    let mut cmd = vec![env!("CARGO_BIN_EXE_chocoimg").to_string(), "flash".into()];
+    cmd.extend(args.iter().map(|a| a.to_string()));
+    let mut child = Command::new("script")
+        .args([
+            "--quiet",
+            "--return",
+            "--command",
+            &cmd.join(" "),
+            "/dev/null",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(typed.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn flash_on_a_terminal_asks_for_the_device_name() {
+    let t = tempfile::tempdir().unwrap();
+    let (img, data) = image(t.path(), 2 * MIB);
+    let lo = LoopDevice::new(t.path(), "disk", 8 * MIB);
+    let name = lo.dev.file_name().unwrap().to_str().unwrap().to_string();
+    let before = lo.contents();
+    let args = [s(&img), s(&lo.dev), "--allow-fixed-disk"];
+    // Anything but the device's name stops it.
+    let out = flash_on_a_terminal(&args, "sdb\n");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        shown.contains(&format!("Type {name} to erase it")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("will be lost") && shown.contains("serial"),
+        "{shown}"
+    );
+    assert!(shown.contains("nothing was written"), "{shown}");
+    assert!(before == lo.contents());
+    // Its name goes on.
+    let out = flash_on_a_terminal(&args, &format!("{name}\n"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verified"));
+    assert!(lo.contents()[..data.len()] == data[..]);
 }

@@ -55,10 +55,15 @@ fn payload(dir: &Path) -> Vec<PayloadFile> {
 }
 
 fn build(iso: &Path, dir: &Path) -> anyhow::Result<Built> {
+    build_with(iso, dir, false)
+}
+
+/// `build`, with the cancel flag already set when `cancelled`.
+fn build_with(iso: &Path, dir: &Path, cancelled: bool) -> anyhow::Result<Built> {
     let id = identity();
     let seed = seed();
     let payload = payload(dir);
-    let cancel = AtomicBool::new(false);
+    let cancel = AtomicBool::new(cancelled);
     image::build(&BuildRequest {
         iso,
         output: &dir.join("master1.img"),
@@ -357,35 +362,53 @@ fn assert_only(dir: &Path, keep: &[&str]) {
 
 const PAYLOAD_FILES: &[&str] = &["k3s_k3s", "k3s_install.sh"];
 
+/// A library build from `iso` into `dir` that must be refused with an error
+/// `is_expected` accepts, leaving nothing in `dir` but the payload and `also`; returns
+/// the message.
+fn refused(
+    iso: &Path,
+    dir: &Path,
+    cancelled: bool,
+    is_expected: fn(&ImageError) -> bool,
+    also: &[&str],
+) -> String {
+    let err = build_with(iso, dir, cancelled).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(is_expected(image_error(&err)), "{msg}");
+    let keep: Vec<&str> = PAYLOAD_FILES.iter().chain(also).copied().collect();
+    assert_only(dir, &keep);
+    msg
+}
+
 #[test]
 fn image_refuses_a_non_ubuntu_iso() {
     let iso = replica::replica(Variant::NotUbuntu);
     let tmp = tempfile::tempdir().unwrap();
-    let err = build(&iso, tmp.path()).unwrap_err();
-    let msg = format!("{err:#}");
-    assert!(
-        matches!(image_error(&err), ImageError::NotUbuntu2204 { .. }),
-        "{msg}"
+    let msg = refused(
+        &iso,
+        tmp.path(),
+        false,
+        |e| matches!(e, ImageError::NotUbuntu2204 { .. }),
+        &[],
     );
     assert!(
         msg.contains("Debian GNU/Linux 12"),
         "says what it found: {msg}"
     );
     assert!(msg.contains("22.04"), "{msg}");
-    assert_only(tmp.path(), PAYLOAD_FILES);
 }
 
 #[test]
 fn image_refuses_a_grub_cfg_without_room() {
     let iso = replica::replica(Variant::FullGrub);
     let tmp = tempfile::tempdir().unwrap();
-    let err = build(&iso, tmp.path()).unwrap_err();
-    let msg = format!("{err:#}");
-    assert!(
-        matches!(image_error(&err), ImageError::GrubNoRoom { room: 2048, .. }),
-        "{msg}"
+    refused(
+        &iso,
+        tmp.path(),
+        false,
+        |e| matches!(e, ImageError::GrubNoRoom { room: 2048, .. }),
+        &[],
     );
-    assert_only(tmp.path(), PAYLOAD_FILES);
 }
 
 /// Ubuntu's signed UEFI GRUB sources /boot/grub/x86_64-efi/grub.cfg when there is one;
@@ -424,27 +447,27 @@ fn image_refuses_an_efi_menu_that_skips_grub_cfg() {
     );
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let err = build(&own, &out).unwrap_err();
-    assert!(
-        matches!(image_error(&err), ImageError::EfiMenuElsewhere { .. }),
-        "{err:#}"
+    let msg = refused(
+        &own,
+        &out,
+        false,
+        |e| matches!(e, ImageError::EfiMenuElsewhere { .. }),
+        &[],
     );
-    assert!(
-        format!("{err:#}").contains("x86_64-efi/grub.cfg"),
-        "{err:#}"
-    );
-    assert_only(&out, PAYLOAD_FILES);
+    assert!(msg.contains("x86_64-efi/grub.cfg"), "{msg}");
 
     let ubuntu = make_iso(
         "insmod part_acorn\ninsmod part_gpt\ninsmod part_msdos\nsource /boot/grub/grub.cfg\n",
         "ubuntu-like.iso",
     );
-    let err = build(&ubuntu, &out).unwrap_err();
-    assert!(
-        matches!(image_error(&err), ImageError::Layout { .. }),
-        "{err:#}"
+    let msg = refused(
+        &ubuntu,
+        &out,
+        false,
+        |e| matches!(e, ImageError::Layout { .. }),
+        &[],
     );
-    assert!(format!("{err:#}").contains("MBR"), "{err:#}");
+    assert!(msg.contains("MBR"), "{msg}");
 }
 
 /// `inspect` on something that is not an image refuses with exit 2 and says what to
@@ -477,10 +500,12 @@ fn image_is_not_overwritten_without_force() {
     let iso = replica::replica(Variant::Joliet);
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("master1.img"), b"older image").unwrap();
-    let err = build(&iso, tmp.path()).unwrap_err();
-    assert!(
-        matches!(image_error(&err), ImageError::OutputExists(_)),
-        "{err:#}"
+    refused(
+        &iso,
+        tmp.path(),
+        false,
+        |e| matches!(e, ImageError::OutputExists(_)),
+        &["master1.img"],
     );
     assert_eq!(
         std::fs::read(tmp.path().join("master1.img")).unwrap(),
@@ -492,24 +517,13 @@ fn image_is_not_overwritten_without_force() {
 fn image_build_interrupted_leaves_nothing() {
     let iso = replica::replica(Variant::Joliet);
     let tmp = tempfile::tempdir().unwrap();
-    let (id, seed, payload) = (identity(), seed(), payload(tmp.path()));
-    let cancel = AtomicBool::new(true);
-    let err = image::build(&BuildRequest {
-        iso: &iso,
-        output: &tmp.path().join("master1.img"),
-        identity: &id,
-        seed: &seed,
-        payload: &payload,
-        force: false,
-        progress: ProgressStyle::Quiet,
-        cancel: &cancel,
-    })
-    .unwrap_err();
-    assert!(
-        matches!(image_error(&err), ImageError::Interrupted),
-        "{err:#}"
+    refused(
+        &iso,
+        tmp.path(),
+        true,
+        |e| matches!(e, ImageError::Interrupted),
+        &[],
     );
-    assert_only(tmp.path(), PAYLOAD_FILES);
 }
 
 /// Removes CRs and ANSI escape sequences (OVMF and GRUB write both).
@@ -750,7 +764,14 @@ fn image_cli_build_end_to_end_on_the_replica() {
     let img = dir.join("master1.img");
     assert!(img.is_file(), "{stdout}");
     assert!(!dir.join("nodo1.img").exists(), "only the selected node");
-    for word in ["dd if=", "Rufus", "Etcher", "secrets", "master1.img.sha256"] {
+    for word in [
+        "chocoimg flash --node master1",
+        "dd if=",
+        "Rufus",
+        "Etcher",
+        "secrets",
+        "master1.img.sha256",
+    ] {
         assert!(stdout.contains(word), "{word:?} missing from:\n{stdout}");
     }
     use std::os::unix::fs::PermissionsExt;
@@ -1266,4 +1287,72 @@ fn image_cli_build_output_agrees_with_foreign_tools() {
         check_cidata_volume(&part),
         rendered_user_data(&ws, "master1")
     );
+}
+
+/// The same node, built by the CLI on ext4, tmpfs and loop-mounted btrfs and XFS, is
+/// the same image byte for byte. Where the filesystem has copy-on-write (btrfs, XFS)
+/// the ISO's bytes are cloned, not copied: filefrag (FIEMAP) reports the image's
+/// extents shared with the input; on ext4 and tmpfs none are.
+#[test]
+fn image_cli_builds_the_same_image_on_ext4_tmpfs_btrfs_and_xfs() {
+    use crate::support::loopdev::LoopFs;
+    require_tool("filefrag");
+    let iso = replica::replica(Variant::Joliet);
+    let m = mirror();
+    let ws = crate::support::workspace::Workspace::with_profile(&profile_text(
+        &m.srv.url(),
+        Some(&sha_of(&iso)),
+    ));
+    // One set of secrets for every build (they live under the output root).
+    ws.ok(&["render", "--node", "master1"]);
+    let secrets = ws.out().join(CLUSTER).join("secrets.yaml");
+    let mut images = Vec::new();
+    for (kind, cow) in [
+        ("ext4", false),
+        ("tmpfs", false),
+        ("btrfs", true),
+        ("xfs", true),
+    ] {
+        let fs = LoopFs::new(kind, 512);
+        let out = fs.mnt.join("out");
+        let cluster_dir = out.join(CLUSTER);
+        std::fs::create_dir_all(&cluster_dir).unwrap();
+        std::fs::copy(&secrets, cluster_dir.join("secrets.yaml")).unwrap();
+        let input = fs.mnt.join("input.iso");
+        std::fs::copy(&iso, &input).unwrap();
+        let built = ws
+            .cmd(&[
+                "build",
+                "--node",
+                "master1",
+                "--iso",
+                input.to_str().unwrap(),
+            ])
+            .env("CHOCOIMG_OUT", &out)
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "{kind}: {}", stderr(&built));
+        let img = cluster_dir.join("master1.img");
+        // tmpfs has no extents to share (and no FIEMAP): nothing to read there.
+        if kind != "tmpfs" {
+            let extents = run(Command::new("filefrag").arg("-v").arg(&img));
+            let shared = extents.lines().filter(|l| l.contains("shared")).count();
+            if cow {
+                assert!(
+                    shared > 0,
+                    "{kind}: no extent shared with the ISO:\n{extents}"
+                );
+            } else {
+                assert_eq!(shared, 0, "{kind}:\n{extents}");
+            }
+        }
+        images.push((kind, sha_of(&img)));
+    }
+    let (first, sha) = &images[0];
+    for (kind, other) in &images[1..] {
+        assert_eq!(
+            other, sha,
+            "the image built on {kind} differs from {first}'s"
+        );
+    }
 }

@@ -83,7 +83,7 @@ pub fn fetch(plan: &Plan, opts: &FetchOptions) -> Result<Fetched> {
 /// `%2B`, as in GitHub paths); a URL without `{version}` is used as written.
 pub fn install_script_url(k3s: &K3sPin) -> String {
     k3s.install_script_url
-        .replace("{version}", &k3s.version.replace('+', "%2B"))
+        .replace("{version}", &k3s.version_in_url())
 }
 
 /// `fetch`, with the lock file either enforced or updated to what is fetched now.

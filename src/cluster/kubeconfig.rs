@@ -68,26 +68,25 @@ pub(crate) fn find_named<'a>(doc: &'a Value, list: &str, name: &str) -> Option<&
     named_list(doc, list).find(|e| e.get("name").and_then(Value::as_str) == Some(name))
 }
 
-fn decode_data(v: Option<&Value>, what: &str) -> Result<Vec<u8>> {
+/// The bytes of a `*-data` field (base64 in the kubeconfig), or None when `entry` has
+/// no such field.
+pub fn data_field(entry: &Value, key: &str) -> Result<Option<Vec<u8>>> {
     use base64::Engine;
-    let s = v
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("no {what}"))?;
+    let Some(s) = entry.get(key).and_then(Value::as_str) else {
+        return Ok(None);
+    };
     base64::engine::general_purpose::STANDARD
         .decode(s.trim())
-        .map_err(|e| anyhow!("{what} is not base64: {e}"))
+        .map(Some)
+        .map_err(|e| anyhow!("{key} is not base64: {e}"))
 }
 
 /// The PEM bytes of cluster `name`'s `certificate-authority-data`.
 pub fn cluster_ca(doc: &Value, name: &str) -> Result<Vec<u8>> {
     let cluster =
         find_named(doc, "clusters", name).ok_or_else(|| anyhow!("no cluster named {name:?}"))?;
-    decode_data(
-        cluster
-            .get("cluster")
-            .and_then(|c| c.get("certificate-authority-data")),
-        "certificate-authority-data",
-    )
+    let key = "certificate-authority-data";
+    data_field(&cluster["cluster"], key)?.ok_or_else(|| anyhow!("no {key}"))
 }
 
 /// True when both PEM texts hold the same certificates (by DER, order ignored).

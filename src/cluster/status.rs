@@ -86,16 +86,8 @@ pub fn access(doc: &Value, context: &str) -> Result<ApiAccess> {
     let user = find("users", &user_name)
         .map(|u| u["user"].clone())
         .unwrap_or(Value::Null);
-    let b64 = |k: &str| -> Result<Option<Vec<u8>>> {
-        use base64::Engine;
-        match field(&user, k) {
-            None => Ok(None),
-            Some(s) => base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
-                .map(Some)
-                .map_err(|e| anyhow!("{k} of user {user_name} is not base64: {e}")),
-        }
-    };
+    let b64 =
+        |k: &str| kubeconfig::data_field(&user, k).with_context(|| format!("user {user_name}"));
     let identity_pem = match (b64("client-certificate-data")?, b64("client-key-data")?) {
         (Some(mut cert), Some(key)) => {
             cert.push(b'\n');

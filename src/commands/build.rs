@@ -2,7 +2,7 @@
 //! verified artifacts); phase two writes one image per node, then its manifest.
 use crate::artifacts::{self, FetchOptions, LockMode};
 use crate::cli::{BuildArgs, Global};
-use crate::commands::inputs::{load_plan, prepare_secrets, select_nodes};
+use crate::commands::inputs::{load_plan_with, prepare_secrets, select_nodes};
 use crate::errors::BadInput;
 use crate::image::{self, manifest::Manifest, Identity, ImageError, ProgressStyle, Target};
 use crate::seed;
@@ -16,10 +16,13 @@ static CANCEL: AtomicBool = AtomicBool::new(false);
 static HANDLER: OnceLock<()> = OnceLock::new();
 
 pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
-    let mut plan = load_plan(global)?;
     // The seed's late-commands install the image tarball only when the plan says so.
-    plan.k3s.airgap |= args.airgap;
-    let plan = plan;
+    let plan = load_plan_with(
+        global,
+        crate::plan::Overrides {
+            airgap: args.airgap,
+        },
+    )?;
     let nodes = select_nodes(&plan, &args.nodes)?;
     let outputs: Vec<PathBuf> = nodes.iter().map(|n| plan.image_path(n)).collect();
     // Before any download; `image::plan` asks again for the library's other callers.
@@ -137,6 +140,15 @@ fn print_flashing(built: &image::Built, manifest: &std::path::Path) {
     println!("  record  {}", manifest.display());
     println!("  boots   \"{}\"", built.boot_title);
     println!("  flash it to a USB stick (everything on the stick is erased):");
+    println!(
+        "    chocoimg flash --node {}   (finds the stick, refuses other disks, verifies)",
+        built
+            .image
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+    );
+    println!("  or with another tool:");
     println!("    Linux    sudo dd if={img} of=/dev/sdX bs=4M conv=fsync status=progress");
     println!("    macOS    sudo dd if={img} of=/dev/rdiskN bs=4m");
     println!("    Windows  balenaEtcher, or Rufus in DD image mode");

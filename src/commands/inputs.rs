@@ -3,16 +3,22 @@
 //! secrets, a `--timeout`.
 use crate::cli::{Global, NodeSelection};
 use crate::errors::BadInput;
-use crate::plan::{self, NodePlan, Plan};
+use crate::plan::{self, NodePlan, Plan, SshKeySource};
 use crate::secrets::{self, Secrets};
 use anyhow::Result;
 use std::time::Duration;
 
 /// Phase one for every command that needs the cluster: load and check the profile.
 pub fn load_plan(global: &Global) -> Result<Plan> {
-    Ok(plan::load(
+    load_plan_with(global, plan::Overrides::default())
+}
+
+/// `load_plan`, with what the command's own flags add to the profile.
+pub fn load_plan_with(global: &Global, overrides: plan::Overrides) -> Result<Plan> {
+    Ok(plan::load_with(
         &global.profile_path(),
         &plan::default_out_root(),
+        overrides,
     )?)
 }
 
@@ -27,11 +33,14 @@ pub fn select_nodes<'p>(plan: &'p Plan, sel: &NodeSelection) -> Result<Vec<&'p N
 /// Phase two's first step for every command that writes seeds or images: the cluster's
 /// secrets (created once) and, when the laptop had no SSH key, the cluster's own pair.
 pub fn prepare_secrets(plan: &Plan) -> Result<Secrets> {
-    if let Some(private) = secrets::ensure_admin_key(plan)? {
-        eprintln!(
-            "note: no SSH key in ~/.ssh; created one for this cluster: {} (use it with `ssh -i`)",
-            private.display()
-        );
+    if let SshKeySource::Generated { private_path } = &plan.ssh.key {
+        let comment = format!("chocoimg-{}", plan.cluster);
+        if secrets::ensure_key_pair(private_path, &comment)? {
+            eprintln!(
+                "note: no SSH key in ~/.ssh; created one for this cluster: {} (use it with `ssh -i`)",
+                private_path.display()
+            );
+        }
     }
     let names: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
     let path = plan.secrets_path();

@@ -104,10 +104,10 @@ pub fn run(global: &Global, args: &WatchArgs) -> Result<i32> {
         .map(|r| format!("{} {}", r.node, stage_cell(r)))
         .collect();
     eprintln!("every node is up and Ready: {}", summary.join(", "));
-    if args.fetch_kubeconfig {
-        return super::fetch_kubeconfig::run(global, &crate::cli::FetchKubeconfigArgs::defaults());
+    // With --fetch-kubeconfig the dispatcher runs fetch-kubeconfig next.
+    if !args.fetch_kubeconfig {
+        eprintln!("next: run `chocoimg fetch-kubeconfig`, then `kubectl get nodes`");
     }
-    eprintln!("next: run `chocoimg fetch-kubeconfig`, then `kubectl get nodes`");
     Ok(0)
 }
 

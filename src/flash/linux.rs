@@ -1,7 +1,7 @@
 //! Disks on Linux: /sys/block (size, removable, the device path through a USB bus,
 //! partitions, holders), /proc/self/mountinfo and /proc/swaps (what is in use), and
 //! udev's database when there is one (filesystem type and label).
-use super::{Described, Disk, Mount, Partition};
+use super::disk::{run_tool, Described, Disk, Mount, Partition};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -300,7 +300,7 @@ pub fn unmount(disk: &Disk) -> Result<()> {
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     points.dedup();
     for p in points {
-        super::run_tool(std::process::Command::new("umount").arg(p))
+        run_tool(std::process::Command::new("umount").arg(p))
             .with_context(|| format!("unmounting {p} from {}", disk.path.display()))?;
         eprintln!("unmounted {p}");
     }

@@ -1,7 +1,7 @@
 //! Disks on macOS, from `diskutil list -plist external physical` and `diskutil info
 //! -plist`. The parsing is plain Rust over the plist text (unit-tested on any system
 //! with output in Apple's format); only running `diskutil` needs a Mac.
-use super::{Described, Disk, Mount, Partition};
+use super::disk::{run_tool, Described, Disk, Mount, Partition};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -164,7 +164,7 @@ pub fn disk_from(info: &Info, listed: Option<&ListedDisk>, root: Option<&str>) -
 }
 
 fn diskutil(args: &[&str]) -> Result<Vec<u8>> {
-    super::run_tool(Command::new("diskutil").args(args))
+    run_tool(Command::new("diskutil").args(args))
 }
 
 fn root() -> Option<String> {

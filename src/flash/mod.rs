@@ -5,147 +5,22 @@
 //! Finding disks is per system: `linux` reads /sys/block and /proc/self/mountinfo,
 //! `macos` parses `diskutil -plist`. Both describe a disk as a [`Disk`]; the checks and
 //! the writer do not care where it came from.
+pub mod disk;
 pub mod linux;
 pub mod macos;
 pub mod writer;
 
+// What linux.rs and macos.rs find lives in a leaf they import, not in this file, which
+// imports them.
+pub use disk::{human_size, Described, Disk, Mount, Partition};
+
 use anyhow::{Context, Result};
-use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Disks larger than this are refused without `--allow-large`: a USB stick rarely is
 /// that big, an external backup drive often is.
 pub const LARGE_DISK: u64 = 256_000_000_000;
-
-/// One whole disk, as the system describes it.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Disk {
-    /// The device to open, e.g. /dev/sdb or /dev/disk4.
-    pub path: PathBuf,
-    /// The kernel's name, e.g. sdb or disk4: what the user types to confirm.
-    pub name: String,
-    pub vendor: Option<String>,
-    pub model: Option<String>,
-    pub serial: Option<String>,
-    /// Bytes.
-    pub size: u64,
-    /// The medium can be removed (a stick, a card).
-    pub removable: bool,
-    /// Attached through USB.
-    pub usb: bool,
-    /// Holds this computer's `/`.
-    pub holds_root: bool,
-    pub partitions: Vec<Partition>,
-    /// What is mounted (or used as swap) from the disk itself or any of its partitions.
-    pub mounts: Vec<Mount>,
-}
-
-/// A partition of a [`Disk`]: what flashing would erase.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Partition {
-    pub path: PathBuf,
-    pub size: u64,
-    pub fs_type: Option<String>,
-    pub label: Option<String>,
-}
-
-/// Something in use on a disk: a mounted filesystem (or swap).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Mount {
-    /// The partition (or disk, or device-mapper volume on it) that is mounted.
-    pub source: PathBuf,
-    /// Where it is mounted, or `[swap]`.
-    pub mount_point: String,
-}
-
-impl Disk {
-    /// A stick or card: removable or attached through USB.
-    pub fn is_candidate(&self) -> bool {
-        self.removable || self.usb
-    }
-
-    /// "SanDisk Ultra" from vendor and model, whichever are known.
-    pub fn description(&self) -> String {
-        let words: Vec<&str> = [self.vendor.as_deref(), self.model.as_deref()]
-            .into_iter()
-            .flatten()
-            .filter(|s| !s.is_empty())
-            .collect();
-        if words.is_empty() {
-            "(unknown model)".to_string()
-        } else {
-            words.join(" ")
-        }
-    }
-
-    /// One line for the list: device, size, model, serial, bus, what is mounted.
-    pub fn summary(&self) -> String {
-        let mut line = format!(
-            "{:<12} {:>9}  {}",
-            self.path.display(),
-            human_size(self.size),
-            self.description()
-        );
-        if let Some(s) = &self.serial {
-            line.push_str(&format!("  serial {s}"));
-        }
-        let bus = match (self.usb, self.removable) {
-            (true, true) => "USB, removable",
-            (true, false) => "USB",
-            (false, true) => "removable",
-            (false, false) => "fixed",
-        };
-        line.push_str(&format!("  ({bus})"));
-        for m in &self.mounts {
-            line.push_str(&format!(
-                "\n{:<12} {} mounted on {}",
-                "",
-                m.source.display(),
-                m.mount_point
-            ));
-        }
-        line
-    }
-
-    /// The lines that say what flashing erases.
-    pub fn what_is_lost(&self) -> Vec<String> {
-        if self.partitions.is_empty() {
-            return vec![format!(
-                "everything on {} (no partitions found)",
-                self.path.display()
-            )];
-        }
-        self.partitions
-            .iter()
-            .map(|p| {
-                let mut line = format!("{}  {}", p.path.display(), human_size(p.size));
-                if let Some(t) = &p.fs_type {
-                    line.push_str(&format!("  {t}"));
-                }
-                if let Some(l) = &p.label {
-                    line.push_str(&format!("  \"{l}\""));
-                }
-                for m in self.mounts.iter().filter(|m| m.source == p.path) {
-                    line.push_str(&format!("  mounted on {}", m.mount_point));
-                }
-                line
-            })
-            .collect()
-    }
-}
-
-/// "30.75 GB": decimal units, as stick makers print them.
-pub fn human_size(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1e9 {
-        format!("{:.2} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.1} MB", b / 1e6)
-    } else {
-        format!("{bytes} B")
-    }
-}
 
 /// What the user allowed on the command line.
 #[derive(Debug, Clone, Copy, Default)]
@@ -167,11 +42,22 @@ pub enum Refusal {
     HoldsRoot,
     Mounted(Vec<Mount>),
     Fixed,
-    TooLarge { size: u64 },
-    TooSmall { size: u64, image: u64 },
-    Partition { whole: Option<PathBuf> },
-    NotBlockDevice { regular_file: bool },
+    TooLarge {
+        size: u64,
+    },
+    TooSmall {
+        size: u64,
+        image: u64,
+    },
+    Partition {
+        whole: Option<PathBuf>,
+    },
+    NotBlockDevice {
+        regular_file: bool,
+    },
     Busy,
+    /// `--to-file` given the image itself.
+    IsTheImage,
 }
 
 impl fmt::Display for Refusal {
@@ -236,6 +122,10 @@ impl fmt::Display for Refusal {
                 f,
                 "it is not a disk (not a block device); give the stick's device \
                  (`chocoimg flash --list`)"
+            ),
+            Refusal::IsTheImage => write!(
+                f,
+                "it is the image itself; give another file (or the stick's device)"
             ),
             Refusal::Busy => write!(
                 f,
@@ -367,21 +257,14 @@ pub fn describe(path: &Path) -> Result<Described> {
     }
 }
 
-/// What a path given as the target is.
-#[derive(Debug, Clone)]
-pub enum Described {
-    Disk(Disk),
-    Partition { whole: Option<PathBuf> },
-    RegularFile { size: u64 },
-    Missing,
-    Other,
-}
-
 /// Phase one: every check on the target, all at once. Returns the target to write, or
 /// every reason it is refused. Writes nothing.
 pub fn check(path: &Path, image: &Image, allow: Allowances) -> Result<Target> {
     let described = describe(path)?;
-    let reasons = refusals(&described, image.size, allow);
+    let mut reasons = refusals(&described, image.size, allow);
+    if matches!(described, Described::RegularFile { .. }) && same_file(path, &image.path) {
+        reasons = vec![Refusal::IsTheImage];
+    }
     if !reasons.is_empty() {
         return Err(Refused {
             target: path.to_path_buf(),
@@ -401,6 +284,15 @@ pub fn check(path: &Path, image: &Image, allow: Allowances) -> Result<Target> {
             size: 0,
         },
     })
+}
+
+/// Whether two paths name one file (device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// The rules, over what was found (no system calls: unit-tested).
@@ -460,20 +352,6 @@ pub fn unmount(disk: &Disk) -> Result<Disk> {
         .into());
     }
     Ok(after)
-}
-
-/// Runs a system tool, naming it in the error when it fails.
-fn run_tool(cmd: &mut std::process::Command) -> Result<Vec<u8>> {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("running {shown}"))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out.stdout)
 }
 
 #[cfg(test)]

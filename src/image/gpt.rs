@@ -32,6 +32,51 @@ pub enum GptError {
     Io(#[from] std::io::Error),
 }
 
+/// The MBR (LBA 0): the one reader of its four partition entries.
+pub struct Mbr {
+    sector: [u8; SECTOR as usize],
+}
+
+/// One of the MBR's four partition entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MbrEntry {
+    /// 0 to 3.
+    pub index: usize,
+    /// The partition type (0 = unused, 0xEE = GPT protective).
+    pub kind: u8,
+    pub first_lba: u64,
+}
+
+impl Mbr {
+    pub fn read(file: &mut File) -> std::io::Result<Mbr> {
+        let mut sector = [0u8; SECTOR as usize];
+        file.seek(SeekFrom::Start(0))?;
+        file.read_exact(&mut sector)?;
+        Ok(Mbr { sector })
+    }
+
+    /// Ends with the 0x55AA boot signature.
+    pub fn is_valid(&self) -> bool {
+        self.sector[510..512] == [0x55, 0xAA]
+    }
+
+    /// Where entry `index` starts in the sector.
+    pub fn entry_offset(index: usize) -> usize {
+        446 + index * 16
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = MbrEntry> + '_ {
+        (0..4).map(|index| {
+            let e = &self.sector[Mbr::entry_offset(index)..Mbr::entry_offset(index) + 16];
+            MbrEntry {
+                index,
+                kind: e[4],
+                first_lba: u64::from(u32_at(e, 8)),
+            }
+        })
+    }
+}
+
 /// The primary GPT as found on disk.
 #[derive(Debug, Clone)]
 pub struct Gpt {
@@ -151,11 +196,10 @@ pub fn plan_append(
         size % ALIGN == 0 && size > 0,
         "partition size must be whole MiB"
     );
-    let mut mbr = [0u8; SECTOR as usize];
-    file.seek(SeekFrom::Start(0))?;
-    file.read_exact(&mut mbr)?;
-    let protective = (0..4)
-        .find(|i| mbr[446 + i * 16 + 4] == 0xEE)
+    let mbr = Mbr::read(file)?;
+    let protective = mbr
+        .entries()
+        .find(|e| e.kind == 0xEE)
         .ok_or(GptError::NoProtectiveMbr)?;
     let gpt = Gpt::read(file)?;
     let iso_sectors = iso_len / SECTOR;
@@ -207,10 +251,9 @@ pub fn plan_append(
     seal(&mut backup);
 
     let total_sectors = image_len / SECTOR;
-    let entry_at = 446 + protective * 16;
-    let mbr_first = u64::from(u32_at(&mbr, entry_at + 8));
-    let mbr_size = (total_sectors - mbr_first).min(u64::from(u32::MAX)) as u32;
-    let mut mbr_entry = mbr[entry_at..entry_at + 16].to_vec();
+    let entry_at = Mbr::entry_offset(protective.index);
+    let mbr_size = (total_sectors - protective.first_lba).min(u64::from(u32::MAX)) as u32;
+    let mut mbr_entry = mbr.sector[entry_at..entry_at + 16].to_vec();
     mbr_entry[5..8].copy_from_slice(&chs(total_sectors - 1));
     mbr_entry[12..16].copy_from_slice(&mbr_size.to_le_bytes());
 

@@ -237,16 +237,13 @@ impl<'f> Iso<'f> {
 /// Partition starts in bytes, from the MBR and, when there is one, the primary GPT.
 fn partition_starts(file: &mut File) -> Result<Vec<u64>, IsoError> {
     let mut starts = Vec::new();
-    let mut mbr = [0u8; 512];
-    file.seek(SeekFrom::Start(0))?;
-    if file.read_exact(&mut mbr).is_err() || mbr[510..512] != [0x55, 0xAA] {
-        return Ok(starts);
-    }
-    for i in 0..4 {
-        let e = &mbr[446 + i * 16..462 + i * 16];
-        let lba = u32::from_le_bytes(e[8..12].try_into().unwrap());
-        if e[4] != 0 && e[4] != 0xEE && lba != 0 {
-            starts.push(u64::from(lba) * 512);
+    let mbr = match super::gpt::Mbr::read(file) {
+        Ok(mbr) if mbr.is_valid() => mbr,
+        _ => return Ok(starts),
+    };
+    for e in mbr.entries() {
+        if e.kind != 0 && e.kind != 0xEE && e.first_lba != 0 {
+            starts.push(e.first_lba * 512);
         }
     }
     if let Ok(gpt) = super::gpt::Gpt::read(file) {

@@ -72,3 +72,74 @@ impl Drop for LoopDevice {
         let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
     }
 }
+
+/// A filesystem of `kind` mounted under a temp dir the test made: on a loop device over
+/// a sparse file (ext4, btrfs, xfs), or a tmpfs. Unmounted, its device detached and
+/// its files removed when dropped, even after a failure.
+pub struct LoopFs {
+    pub mnt: PathBuf,
+    dev: Option<LoopDevice>,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    pub fn new(kind: &str, mib: u64) -> LoopFs {
+        require_tool("mount");
+        require_tool("umount");
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mut mount = Command::new("mount");
+        let dev = if kind == "tmpfs" {
+            mount.args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"]);
+            None
+        } else {
+            let mkfs = format!("mkfs.{kind}");
+            require_tool(&mkfs);
+            let backing = dir.path().join(format!("{kind}.img"));
+            std::fs::File::create(&backing)
+                .unwrap()
+                .set_len(mib << 20)
+                .unwrap();
+            let dev = LoopDevice::attach(&backing, false);
+            let force = if kind == "ext4" { "-F" } else { "-f" };
+            let out = Command::new(&mkfs)
+                .args(["-q", force])
+                .arg(&dev.dev)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{mkfs} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            mount.arg(&dev.dev);
+            Some(dev)
+        };
+        let out = mount.arg(&mnt).output().unwrap();
+        assert!(
+            out.status.success(),
+            "mounting {kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LoopFs {
+            mnt,
+            dev,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        // The device detaches (LoopDevice's own drop) once nothing is mounted on it.
+        self.dev.take();
+    }
+}
