@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages the test suite drives for real (Avahi, sshd,
-# cloud-init, xorriso, gdisk, dosfstools, mtools, QEMU, OVMF, GRUB, busybox, shellcheck;
-# debootstrap, qemu-img and debugfs for the rehearsal's guests)
+# cloud-init, xorriso, gdisk, dosfstools, mtools, QEMU, OVMF, GRUB, busybox, shellcheck,
+# kubectl; debootstrap, qemu-img and debugfs for the rehearsal's guests)
 # and the python zeroconf module used as a second mDNS implementation.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -20,4 +20,9 @@ sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
 $sudo apt-get update -qq
 if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Real kubectl reads the kubeconfig fetch-kubeconfig merges. A machine that has one keeps
+# it; Debian's is in kubernetes-client.
+if ! command -v kubectl >/dev/null; then
+  $sudo apt-get install -y -qq --no-install-recommends kubernetes-client
 fi

@@ -184,6 +184,10 @@ pub struct FetchKubeconfigArgs {
     /// Make it kubectl's current context
     #[arg(long)]
     pub use_context: bool,
+    /// Replace a context (cluster, user) of the same name that reaches another cluster;
+    /// without it that is refused
+    #[arg(long)]
+    pub overwrite_context: bool,
     /// Seconds to wait for discovery
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub timeout: f64,

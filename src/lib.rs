@@ -14,6 +14,7 @@ pub mod errors;
 pub mod flash;
 pub mod fsutil;
 pub mod image;
+pub mod labels;
 pub mod plan;
 pub mod profile;
 pub mod progress;

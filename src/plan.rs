@@ -108,10 +108,11 @@ pub struct NodePlan {
 #[derive(Clone)]
 pub enum NodeConnection {
     Ethernet,
-    /// The password is resolved here (env or secrets) and never printed.
+    /// The password is resolved here (env or secrets) and never printed. None only in a
+    /// plan loaded for `Purpose::NoSeeds`.
     Wifi {
         ssid: String,
-        password: String,
+        password: Option<String>,
     },
 }
 
@@ -183,28 +184,60 @@ pub struct Overrides {
 /// Loads, checks and resolves a profile. Reads the SSH key and (for Wi-Fi passwords)
 /// the secrets file, writes nothing.
 pub fn load(profile_path: &Path, out_root: &Path) -> Result<Plan, Problems> {
-    load_with(profile_path, out_root, Overrides::default())
+    load_with(profile_path, out_root, Overrides::default(), Purpose::Seeds)
 }
 
-/// `load`, with what the command line adds.
+/// What a plan is loaded for. Seeds need every Wi-Fi password; the commands that render
+/// none (discover, status, fetch-kubeconfig, watch, flash) never use one, so they do not
+/// ask for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Seeds,
+    NoSeeds,
+}
+
+/// `load`, with what the command line adds, for `purpose`.
 pub fn load_with(
     profile_path: &Path,
     out_root: &Path,
     overrides: Overrides,
+    purpose: Purpose,
 ) -> Result<Plan, Problems> {
-    let text = std::fs::read(profile_path).map_err(|e| {
+    let fail = |line: Option<usize>, message: String| {
         let mut p = Problems::new(profile_path);
-        p.push(
-            "(file)",
-            format!("cannot read the profile: {e}; pass an existing file with -p/--profile or set CHOCOIMG_PROFILE"),
-        );
+        p.items.push(profile::Problem {
+            key: "(file)".into(),
+            line,
+            message,
+        });
         p
+    };
+    let text = crate::fsutil::read_small_file(profile_path, PROFILE_MAX_BYTES).map_err(|e| {
+        fail(
+            None,
+            format!("{e}; pass the profile with -p/--profile or set CHOCOIMG_PROFILE"),
+        )
     })?;
-    let mut profile = profile::parse(profile_path, &String::from_utf8_lossy(&text))?;
+    let utf8 = std::str::from_utf8(&text).map_err(|e| {
+        let line = 1 + text[..e.valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        fail(
+            Some(line),
+            "this line is not UTF-8 text; save the profile as UTF-8".into(),
+        )
+    })?;
+    let mut profile = profile::parse(profile_path, utf8)?;
     profile.k3s.airgap |= overrides.airgap;
     let sha = crate::fsutil::sha256_hex(&text);
-    resolve(&profile, profile_path, &sha, out_root)
+    resolve(&profile, profile_path, &sha, out_root, purpose)
 }
+
+/// A profile is a page of YAML; anything near this size is the wrong file.
+const PROFILE_MAX_BYTES: u64 = 1 << 20;
+/// An OpenSSH public key line (RSA 16384 is under 3 kB).
+const PUBLIC_KEY_MAX_BYTES: u64 = 16 << 10;
 
 /// Phase one: check everything, report every problem together, resolve the rest.
 /// One section of the profile per step, in the profile's order.
@@ -213,6 +246,7 @@ pub fn resolve(
     profile_path: &Path,
     profile_sha256: &str,
     out_root: &Path,
+    purpose: Purpose,
 ) -> Result<Plan, Problems> {
     let mut problems = Problems::new(profile_path);
     let p = &mut problems;
@@ -234,6 +268,7 @@ pub fn resolve(
                 profile,
                 network: network.as_ref(),
                 secrets_path: &secrets_path,
+                purpose,
             };
             resolve_node(p, &ctx, &mut seen, n)
         })
@@ -319,6 +354,7 @@ fn check_ubuntu(p: &mut Problems, ub: &profile::UbuntuSpec) -> UbuntuPin {
             "must be the 64-hex-digit SHA-256 from the release's SHA256SUMS file",
         );
     }
+    check_release_agrees(p, ub);
     UbuntuPin {
         release: ub.release.clone(),
         iso_url: ub.iso_url.clone(),
@@ -358,6 +394,7 @@ struct NodeContext<'a> {
     profile: &'a Profile,
     network: Option<&'a Network>,
     secrets_path: &'a Path,
+    purpose: Purpose,
 }
 
 impl NodeContext<'_> {
@@ -487,15 +524,19 @@ fn node_connection(p: &mut Problems, ctx: &NodeContext, n: &profile::NodeSpec) -
             if w.ssid.is_empty() || w.ssid.len() > 32 {
                 p.push(ctx.key("wifi.ssid"), "an SSID has 1 to 32 characters");
             }
-            match wifi_password(w, ctx.secrets_path) {
-                Ok(password) => NodeConnection::Wifi {
-                    ssid: w.ssid.clone(),
-                    password,
+            let password = match ctx.purpose {
+                Purpose::Seeds => match wifi_password(w, ctx.secrets_path) {
+                    Ok(password) => Some(password),
+                    Err(why) => {
+                        p.push(ctx.key("wifi.password_env"), why);
+                        None
+                    }
                 },
-                Err(why) => {
-                    p.push(ctx.key("wifi.password_env"), why);
-                    NodeConnection::Ethernet
-                }
+                Purpose::NoSeeds => None,
+            };
+            NodeConnection::Wifi {
+                ssid: w.ssid.clone(),
+                password,
             }
         }
     }
@@ -550,6 +591,33 @@ fn node_server_address(
         }
         (None, _) => None,
     }
+}
+
+/// The disk-safety rule and the image's record follow `ubuntu.release`, so it must be the
+/// release of the ISO the URL and the pin name (`build` checks the ISO's own
+/// `/.disk/info` too): a 22.04.1 ISO must never pass as 22.04.5.
+fn check_release_agrees(p: &mut Problems, ub: &profile::UbuntuSpec) {
+    if let Some(named) = release_in_iso_url(&ub.iso_url) {
+        if named != ub.release {
+            p.push("ubuntu.iso_url", format!("names the {named} ISO but ubuntu.release is {} (the default when it is not given); set `release: {named}` to build from it, or use the {} ISO's URL", ub.release, ub.release));
+        }
+    }
+    if ub
+        .iso_sha256
+        .eq_ignore_ascii_case(profile::DEFAULT_ISO_SHA256)
+        && ub.release != profile::DEFAULT_UBUNTU_RELEASE
+    {
+        p.push("ubuntu.iso_sha256", format!("is the SHA-256 of the {} ISO, not of {}; copy the pin from the {} release's SHA256SUMS", profile::DEFAULT_UBUNTU_RELEASE, ub.release, ub.release));
+    }
+}
+
+/// `22.04.1` from `.../ubuntu-22.04.1-live-server-amd64.iso` (Ubuntu's file names).
+pub fn release_in_iso_url(url: &str) -> Option<String> {
+    let file = url.rsplit('/').next()?;
+    let rest = file.strip_prefix("ubuntu-")?;
+    let (release, _) = rest.split_once('-')?;
+    (release.split('.').count() >= 2 && release.split('.').all(|n| n.parse::<u32>().is_ok()))
+        .then(|| release.to_string())
 }
 
 /// config.yaml keys chocoimg writes itself; a profile setting them would fight it.
@@ -639,6 +707,10 @@ fn check_ssh(p: &mut Problems, profile: &Profile, cluster_out: &Path) -> Option<
         );
     }
     let key = match &profile.ssh.public_key {
+        Some(path) if is_inline_key(path) => {
+            p.push("ssh.public_key", "holds a key itself; give the path of a .pub file instead, e.g. `public_key: ~/.ssh/id_ed25519.pub`");
+            None
+        }
         Some(path) => {
             let path = expand_home(path);
             match read_public_key(&path) {
@@ -676,14 +748,31 @@ fn check_ssh(p: &mut Problems, profile: &Profile, cluster_out: &Path) -> Option<
 }
 
 fn read_public_key(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!("cannot read {}: {e}; point it at your public key (a .pub file) or leave it out to use ~/.ssh/id_ed25519.pub", path.display())
+    let bytes = crate::fsutil::read_small_file(path, PUBLIC_KEY_MAX_BYTES).map_err(|e| {
+        format!("{e}; point it at your public key (a .pub file) or leave it out to use ~/.ssh/id_ed25519.pub")
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        format!(
+            "{} is not text; give the .pub file, e.g. made by `ssh-keygen -t ed25519`",
+            path.display()
+        )
     })?;
     let line = text.trim();
     match ssh_key::PublicKey::from_openssh(line) {
         Ok(_) => Ok(line.to_string()),
         Err(e) => Err(format!("{} is not an OpenSSH public key ({e}); give the .pub file, e.g. made by `ssh-keygen -t ed25519`", path.display())),
     }
+}
+
+/// Whether the profile's `ssh.public_key` holds a key itself rather than a file name.
+fn is_inline_key(value: &Path) -> bool {
+    let s = value.to_string_lossy();
+    let mut words = s.split_whitespace();
+    let algorithm = words.next().unwrap_or("");
+    (algorithm.starts_with("ssh-")
+        || algorithm.starts_with("ecdsa-")
+        || algorithm.starts_with("sk-"))
+        && words.next().is_some_and(|b| b.starts_with("AAAA"))
 }
 
 fn wifi_password(w: &profile::WifiSpec, secrets_path: &Path) -> Result<String, String> {
@@ -694,7 +783,7 @@ fn wifi_password(w: &profile::WifiSpec, secrets_path: &Path) -> Result<String, S
             Err(_) => Err(format!("environment variable {var} is not set; export it with the Wi-Fi password before building")),
         };
     }
-    match crate::secrets::wifi_password(secrets_path, &w.ssid) {
+    match crate::secrets::wifi_password(secrets_path, &w.ssid).map_err(|e| format!("{e:#}"))? {
         Some(pw) => Ok(pw),
         None => Err(format!("no password for SSID {:?}: set `password_env: VAR` and export VAR, or add it under `wifi_passwords:` in {}", w.ssid, secrets_path.display())),
     }
@@ -702,19 +791,8 @@ fn wifi_password(w: &profile::WifiSpec, secrets_path: &Path) -> Result<String, S
 
 fn check_labels(p: &mut Problems, key: &str, labels: &BTreeMap<String, String>) {
     for (k, v) in labels {
-        let name = k.rsplit('/').next().unwrap_or(k);
-        let ok_name = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-        let ok_value = v.len() <= 63
-            && v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !ok_name || !ok_value {
-            p.push(format!("{key}.{k}"), format!("`{k}={v}` is not a valid Kubernetes label; names and values use letters, digits, '-', '_' and '.', at most 63 characters"));
+        if let Some(why) = crate::labels::problem(k, v) {
+            p.push(format!("{key}.{k}"), why);
         } else if kubelet_refuses(k) {
             p.push(format!("{key}.{k}"), format!("`{k}` is in the kubernetes.io/k8s.io namespace, which a node may not label itself with: K3s would fail to start on it (the kubelet refuses unknown --node-labels there). Use a label of your own, e.g. `role: worker`, and after the node joined run `kubectl label node NODE {k}=` if you want it"));
         }
@@ -844,6 +922,14 @@ mod tests {
         assert!(release_at_least("22.04.5", (22, 4, 4)));
         assert!(!release_at_least("22.04.3", (22, 4, 4)));
         assert!(!release_at_least("22.04", (22, 4, 4)));
+        assert_eq!(
+            release_in_iso_url(
+                "https://releases.ubuntu.com/22.04.1/ubuntu-22.04.1-live-server-amd64.iso"
+            )
+            .as_deref(),
+            Some("22.04.1")
+        );
+        assert_eq!(release_in_iso_url("http://mirror/x/jammy.iso"), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The cluster's secrets: created once on the laptop, kept in `out/<cluster>/secrets.yaml`
 //! (mode 0600), reused by every later build. They never reach git, logs or the terminal.
+use crate::errors::BadInput;
 use crate::fsutil;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -53,6 +54,13 @@ impl std::fmt::Debug for HostKey {
 
 const HEADER: &str = "# chocoimg cluster secrets. Private: mode 0600, never commit, never share.\n# The USB images built from this file carry some of these values.\n";
 
+/// The file's last line. A file without it was cut short (or written before it existed):
+/// its missing host keys must never be silently made anew.
+pub const END_MARKER: &str = "# end of chocoimg secrets: keep this line last";
+
+/// More than any cluster's secrets file holds: a bigger one is the wrong file.
+const MAX_BYTES: u64 = 1 << 20;
+
 impl Secrets {
     fn generate(nodes: &[&str]) -> Result<Secrets> {
         let admin_password = random_hex(16);
@@ -68,17 +76,17 @@ impl Secrets {
         Ok(s)
     }
 
-    /// Adds a host key for every node that has none yet; returns whether anything changed.
-    fn add_missing_host_keys(&mut self, nodes: &[&str]) -> Result<bool> {
-        let mut changed = false;
+    /// Adds a host key for every node that has none yet; returns those nodes.
+    fn add_missing_host_keys(&mut self, nodes: &[&str]) -> Result<Vec<String>> {
+        let mut added = Vec::new();
         for node in nodes {
             if !self.host_keys.contains_key(*node) {
                 self.host_keys
                     .insert(node.to_string(), HostKey::generate(node)?);
-                changed = true;
+                added.push(node.to_string());
             }
         }
-        Ok(changed)
+        Ok(added)
     }
 
     pub fn host_key(&self, node: &str) -> Result<&HostKey> {
@@ -97,6 +105,36 @@ impl Secrets {
         v.extend(self.host_keys.values().map(|k| k.private.as_str()));
         v.extend(self.wifi_passwords.values().map(String::as_str));
         v
+    }
+
+    /// Why these values cannot be the ones chocoimg wrote (a cut or mangled file), naming
+    /// the field but never quoting it.
+    fn damage(&self) -> Option<String> {
+        let hex64 = |v: &str| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex64(&self.server_token) {
+            return Some("server_token is not 64 hex digits".into());
+        }
+        if !hex64(&self.agent_token) {
+            return Some("agent_token is not 64 hex digits".into());
+        }
+        if sha_crypt::sha512_check(&self.admin_password, &self.admin_password_hash).is_err() {
+            return Some("admin_password_hash is not the hash of admin_password".into());
+        }
+        for (node, key) in &self.host_keys {
+            let Ok(private) = ssh_key::PrivateKey::from_openssh(&key.private) else {
+                return Some(format!(
+                    "the private host key of {node} is not an OpenSSH key"
+                ));
+            };
+            let matches = ssh_key::PublicKey::from_openssh(key.public.trim())
+                .is_ok_and(|public| public.key_data() == private.public_key().key_data());
+            if !matches {
+                return Some(format!(
+                    "the public host key of {node} is not the one of its private key"
+                ));
+            }
+        }
+        None
     }
 }
 
@@ -124,43 +162,134 @@ fn ed25519_pair(comment: &str) -> Result<(String, String)> {
     Ok((private, public))
 }
 
+/// The cluster's secrets, and what `load_or_create` had to do to have them.
+#[derive(Debug)]
+pub struct Loaded {
+    pub secrets: Secrets,
+    /// The file did not exist: a new cluster identity.
+    pub created: bool,
+    /// Nodes new in the profile, given a new host key.
+    pub new_host_keys: Vec<String>,
+}
+
 /// Loads the cluster's secrets, creating the file on first use and adding host keys for
-/// nodes new to the profile. Existing values are never changed.
-pub fn load_or_create(path: &Path, nodes: &[&str]) -> Result<Secrets> {
+/// nodes new to the profile. Existing values are never changed, and a file that is not
+/// complete and valid is refused, never rewritten. Exclusive: two processes starting
+/// together make one identity, and the second reads the first's (a lock on the folder).
+pub fn load_or_create(path: &Path, nodes: &[&str]) -> Result<Loaded> {
+    let dir = fsutil::parent_dir(path);
+    fsutil::create_private_dir(dir)?;
+    let folder = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    folder
+        .lock()
+        .with_context(|| format!("locking {}", dir.display()))?;
     if path.exists() {
         let mut secrets = load(path)?;
-        if secrets.add_missing_host_keys(nodes)? {
+        let new_host_keys = secrets.add_missing_host_keys(nodes)?;
+        if !new_host_keys.is_empty() {
             save(path, &secrets)?;
         }
-        return Ok(secrets);
+        return Ok(Loaded {
+            secrets,
+            created: false,
+            new_host_keys,
+        });
     }
     let secrets = Secrets::generate(nodes)?;
     save(path, &secrets)?;
+    Ok(Loaded {
+        secrets,
+        created: true,
+        new_host_keys: Vec::new(),
+    })
+}
+
+/// Loads an existing secrets file; refuses one that others can read, one cut short (no
+/// end marker) and one whose values are not what chocoimg writes. Bad input (exit 2):
+/// the file must be restored by hand; it is never rewritten in that state.
+pub fn load(path: &Path) -> Result<Secrets> {
+    check_private(path)?;
+    let bad = |why: String| -> anyhow::Error {
+        BadInput(format!(
+            "{} {why}; restore it from a backup, or move it away to start a new cluster \
+             identity (nodes built from it then need new images). chocoimg leaves it as it is.",
+            path.display()
+        ))
+        .into()
+    };
+    let bytes = fsutil::read_small_file(path, MAX_BYTES).map_err(|e| BadInput(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("is not UTF-8 text".into()))?;
+    let body = match text.strip_suffix(&format!("{END_MARKER}\n")) {
+        Some(body) => body,
+        None if text.contains(END_MARKER) => {
+            return Err(bad(format!(
+                "has text after its end marker line ({END_MARKER:?}), which must stay last; \
+                 move what was added (e.g. wifi_passwords) above it"
+            )))
+        }
+        None => return Err(unmarked(path, &text)),
+    };
+    // Parse errors must not quote the file: it is full of secrets.
+    let secrets: Secrets = serde_yaml_ng::from_str(body).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!(" at line {}", l.line()))
+            .unwrap_or_default();
+        bad(format!("is not a valid secrets file{at}"))
+    })?;
+    if let Some(why) = secrets.damage() {
+        return Err(bad(format!("is damaged: {why}")));
+    }
     Ok(secrets)
 }
 
-/// Loads an existing secrets file; refuses one that others can read.
-pub fn load(path: &Path) -> Result<Secrets> {
-    check_private(path)?;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    // Parse errors must not quote the file: it is full of secrets.
-    let secrets: Secrets = serde_yaml_ng::from_str(&text).map_err(|e| {
-        let at = e.location().map(|l| format!(" at line {}", l.line())).unwrap_or_default();
-        anyhow::anyhow!("{} is not a valid secrets file{at}; restore it from a backup, or move it away to start a new cluster identity", path.display())
-    })?;
-    Ok(secrets)
+/// A file without the end marker: cut short, or written before the marker existed. Only
+/// its owner can tell; the message says how to check and the one line that marks it.
+fn unmarked(path: &Path, text: &str) -> anyhow::Error {
+    let nodes: Vec<String> = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+        .ok()
+        .and_then(|v| {
+            v.get("host_keys")?.as_mapping().map(|m| {
+                m.keys()
+                    .filter_map(|k| k.as_str().map(String::from))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    let quoted = path.display().to_string().replace('\'', "'\\''");
+    BadInput(format!(
+        "{} has no end marker, so it may have been cut short (or an older chocoimg wrote \
+         it); chocoimg will not use or rewrite it. It holds host keys for: {}. If those are \
+         all the nodes you have built images for and the file ends with a complete \
+         `public:` line, mark it as checked:\n  $ echo '{END_MARKER}' >> '{quoted}'\nelse \
+         restore it from a backup.",
+        path.display(),
+        if nodes.is_empty() {
+            "no node".to_string()
+        } else {
+            nodes.join(", ")
+        },
+    ))
+    .into()
 }
 
 fn save(path: &Path, secrets: &Secrets) -> Result<()> {
     let body = serde_yaml_ng::to_string(secrets).context("encoding the secrets")?;
-    fsutil::write_atomic(path, format!("{HEADER}{body}").as_bytes(), 0o600)
+    fsutil::write_atomic(
+        path,
+        format!("{HEADER}{body}{END_MARKER}\n").as_bytes(),
+        0o600,
+    )
 }
 
-/// A Wi-Fi password from the secrets file, if the file exists and has one for `ssid`.
+/// A Wi-Fi password from the secrets file: None when the file or the SSID's entry does
+/// not exist; an error saying what is wrong with a file that cannot be used.
 /// Read-only: used while checking a profile.
-pub fn wifi_password(path: &Path, ssid: &str) -> Option<String> {
-    load(path).ok()?.wifi_passwords.get(ssid).cloned()
+pub fn wifi_password(path: &Path, ssid: &str) -> Result<Option<String>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(load(path)?.wifi_passwords.get(ssid).cloned())
 }
 
 fn check_private(path: &Path) -> Result<()> {
@@ -172,12 +301,13 @@ fn check_private(path: &Path) -> Result<()> {
             .permissions()
             .mode();
         if mode & 0o077 != 0 {
-            bail!(
+            return Err(BadInput(format!(
                 "{} is readable by other users (mode {:o}); run `chmod 600 {}` and rotate the secrets if others may have read it",
                 path.display(),
                 mode & 0o777,
                 path.display()
-            );
+            ))
+            .into());
         }
     }
     Ok(())
@@ -218,7 +348,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c/secrets.yaml");
         let a = load_or_create(&path, &["master1"]).unwrap();
+        assert!(a.created);
+        let a = a.secrets;
         let b = load_or_create(&path, &["master1", "nodo1"]).unwrap();
+        assert!(!b.created);
+        assert_eq!(b.new_host_keys, ["nodo1"]);
+        let b = b.secrets;
         assert_eq!(a.server_token, b.server_token);
         assert_eq!(a.host_keys["master1"], b.host_keys["master1"]);
         assert!(b.host_keys.contains_key("nodo1"));

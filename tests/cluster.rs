@@ -1265,3 +1265,215 @@ fn the_proof_keeps_the_agent_token_off_every_command_line() {
         "the agent token is on a command line:\n{execs}"
     );
 }
+
+/// master1 on the LAN with sshd serving K3s's kubeconfig, and a laptop beside it.
+fn master_with_sshd(c: &Cluster, lan: &mut Lan) -> (Master, Host) {
+    require_tool("ssh");
+    let m = start_master(c, lan);
+    let k3s_yaml = m.host.dir.join("k3s.yaml");
+    private_file(&k3s_yaml, &m.pki.k3s_kubeconfig());
+    start_sshd(
+        c,
+        lan,
+        &m.host,
+        22,
+        &c.secrets.host_keys["master1"].private,
+        &k3s_yaml,
+    );
+    let laptop = lan.add_host("laptop");
+    (m, laptop)
+}
+
+/// Real kubectl on `kubeconfig`; its stdout.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    require_tool("kubectl");
+    ok(Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("HOME")
+        .args(args))
+}
+
+/// Names in `dir` that start with `.chocoimg-` (temporary files; backups are
+/// `config.chocoimg-backup-*`).
+fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".chocoimg-"))
+        .collect()
+}
+
+/// Issue 8, item 13: a context named like ours that reaches another cluster (and is
+/// current) is not replaced without --overwrite-context, and every line about the current
+/// context says what real kubectl then does.
+#[test]
+fn fetch_kubeconfig_never_silently_replaces_another_clusters_context() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let (_m, laptop) = master_with_sshd(&c, &mut lan);
+    let kube = c.home.join(".kube/config");
+    std::fs::create_dir_all(kube.parent().unwrap()).unwrap();
+    // Another cluster under our name, current, written by kubectl itself.
+    for args in [
+        &[
+            "config",
+            "set-cluster",
+            "chocotest",
+            "--server=https://elsewhere.example:6443",
+        ][..],
+        &["config", "set-credentials", "chocotest", "--token=theirs"][..],
+        &[
+            "config",
+            "set-context",
+            "chocotest",
+            "--cluster=chocotest",
+            "--user=chocotest",
+        ][..],
+        &["config", "use-context", "chocotest"][..],
+    ] {
+        kubectl(&kube, args);
+    }
+    let before = std::fs::read(&kube).unwrap();
+    let fetch = |args: &[&str]| {
+        let out = lan
+            .cmd(&laptop, chocoimg().get_program())
+            .args(["fetch-kubeconfig", "--server", "10.99.0.1"])
+            .args(args)
+            .envs(c.envs())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    let (code, log) = fetch(&[]);
+    assert_eq!(code, Some(2), "{log}");
+    for want in [
+        "chocotest",
+        "elsewhere.example",
+        "--overwrite-context",
+        "--context",
+    ] {
+        assert!(log.contains(want), "{want:?} missing: {log}");
+    }
+    assert_eq!(std::fs::read(&kube).unwrap(), before, "nothing written");
+    assert!(temp_files(kube.parent().unwrap()).is_empty());
+    let server = |kube: &Path| {
+        kubectl(
+            kube,
+            &[
+                "config",
+                "view",
+                "--minify",
+                "-o",
+                "jsonpath={.clusters[0].cluster.server}",
+            ],
+        )
+    };
+    assert_eq!(server(&kube), "https://elsewhere.example:6443");
+
+    // Asked for: replaced, said so, and the current context is now this cluster.
+    let (code, log) = fetch(&["--overwrite-context"]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("replaced"), "{log}");
+    assert_eq!(
+        kubectl(&kube, &["config", "current-context"]).trim(),
+        "chocotest"
+    );
+    assert_eq!(server(&kube), "https://10.99.0.1:6443");
+    assert!(
+        log.contains("current context: chocotest") && !log.contains("unchanged"),
+        "{log}"
+    );
+
+    // Our own context again: refreshed without the flag.
+    let (code, log) = fetch(&[]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("current context: chocotest"), "{log}");
+
+    // Another context current: left so, and said so with its name.
+    kubectl(
+        &kube,
+        &[
+            "config",
+            "set-cluster",
+            "work",
+            "--server=https://work.example:6443",
+        ],
+    );
+    kubectl(&kube, &["config", "set-context", "work", "--cluster=work"]);
+    kubectl(&kube, &["config", "use-context", "work"]);
+    let (code, log) = fetch(&[]);
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        kubectl(&kube, &["config", "current-context"]).trim(),
+        "work"
+    );
+    assert!(log.contains("current context unchanged: work"), "{log}");
+    assert_eq!(server(&kube), "https://work.example:6443");
+    assert_eq!(
+        kubectl(
+            &kube,
+            &[
+                "config",
+                "view",
+                "--context",
+                "chocotest",
+                "--minify",
+                "-o",
+                "jsonpath={.clusters[0].cluster.server}"
+            ]
+        ),
+        "https://10.99.0.1:6443"
+    );
+}
+
+/// Issue 8, item 14: a kubeconfig (or its folder) that cannot be written: exit 1, the
+/// error printed once, the file untouched and no temporary file (it would hold the
+/// admin's client key) left behind. Root ignores mode bits, so a read-only bind mount in
+/// a private mount namespace makes it read-only.
+#[test]
+fn fetch_kubeconfig_into_a_read_only_kubeconfig_fails_cleanly() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let (_m, laptop) = master_with_sshd(&c, &mut lan);
+    let kube = c.home.join(".kube/config");
+    let dir = kube.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    let existing = "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n";
+    private_file(&kube, existing);
+    for read_only in [&kube, &dir] {
+        let out = lan
+            .cmd(&laptop, "unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "mount --bind \"$0\" \"$0\" && mount -o remount,bind,ro \"$0\" && \
+                 exec \"$@\" fetch-kubeconfig --server 10.99.0.1",
+            )
+            .arg(read_only)
+            .arg(chocoimg().get_program())
+            .envs(c.envs())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {err}", read_only.display());
+        assert_eq!(
+            err.matches("os error").count(),
+            1,
+            "{}: the error once: {err}",
+            read_only.display()
+        );
+        assert!(err.contains(kube.to_str().unwrap()), "{err}");
+        assert_eq!(std::fs::read_to_string(&kube).unwrap(), existing);
+        assert_eq!(
+            temp_files(&dir),
+            Vec::<String>::new(),
+            "{}: {err}",
+            read_only.display()
+        );
+    }
+}

@@ -1356,3 +1356,43 @@ fn image_cli_builds_the_same_image_on_ext4_tmpfs_btrfs_and_xfs() {
         );
     }
 }
+
+/// Issue 8, item 8: the disk-safety rule follows the release, so `build` takes the
+/// release from the ISO itself: a 22.04.1 ISO (its /.disk/info) under a profile that says
+/// 22.04.5 is refused, whatever its hash pin says. (A tree with only /.disk/info: the
+/// release is checked before anything else of the ISO.)
+#[test]
+fn image_cli_refuses_an_iso_of_another_release_than_the_profile() {
+    require_tool("xorriso");
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join(".disk")).unwrap();
+    std::fs::write(
+        tree.join(".disk/info"),
+        "Ubuntu-Server 22.04.1 LTS \"Jammy Jellyfish\" - Release amd64 (20220809.1)",
+    )
+    .unwrap();
+    let iso = tmp.path().join("ubuntu-22.04.1-live-server-amd64.iso");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-r", "-J", "-o"])
+        .arg(&iso)
+        .arg(&tree));
+    let m = mirror();
+    let ws = crate::support::workspace::Workspace::with_profile(&profile_text(
+        &m.srv.url(),
+        Some(&sha_of(&iso)),
+    ));
+    let out = ws.run(&["build", "--node", "master1", "--iso", iso.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for want in [
+        "22.04.1",
+        "ubuntu.release",
+        "22.04.5",
+        iso.to_str().unwrap(),
+    ] {
+        assert!(err.contains(want), "{want:?} missing from:\n{err}");
+    }
+    assert!(image_outputs(&ws).is_empty(), "{:?}", image_outputs(&ws));
+    assert!(!ws.out().join(CLUSTER).exists(), "{:?}", ws.files_in_out());
+}

@@ -7,6 +7,7 @@ mod flash_vm;
 mod house;
 mod image;
 mod profile;
+mod secrets;
 mod seed;
 mod support;
 mod watch;

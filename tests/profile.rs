@@ -1,6 +1,7 @@
 //! Bad profiles: every rule of the checks, each refused with exit 2, a message naming
 //! the key, and nothing written.
 use crate::support::workspace::Workspace;
+use std::path::Path;
 
 fn default_profile() -> String {
     std::fs::read_to_string(crate::support::repo().join("profiles/chocolandiadc-mvp.yaml")).unwrap()
@@ -57,6 +58,20 @@ fn cases() -> Vec<Case> {
         Case { rule: "wrong type", profile: with("role: agent", "role: worker"), expect: &["nodes[1].role", "unknown variant"] },
         Case { rule: "ISO pin format", profile: with("iso_sha256: 9bc6", "iso_sha256: zz9bc6"), expect: &["ubuntu.iso_sha256", "64-hex-digit"] },
         Case { rule: "labels the kubelet refuses", profile: with("      role: worker", "      node-role.kubernetes.io/worker: \"true\""), expect: &["k3s.agent.node_labels.node-role.kubernetes.io/worker", "K3s would fail to start"] },
+        // Issue 8, item 7: the whole Kubernetes label syntax, key and value.
+        Case { rule: "label key: prefix with '='", profile: with("      role: worker", "      a=b/zone: x"), expect: &["k3s.agent.node_labels.a=b/zone", "prefix"] },
+        Case { rule: "label key: prefix not a DNS subdomain", profile: with("      role: worker", "      Bad_Prefix!/zone: x"), expect: &["k3s.agent.node_labels.Bad_Prefix!/zone", "DNS subdomain"] },
+        Case { rule: "label key: two slashes", profile: with("      role: worker", "      a/b/c: x"), expect: &["k3s.agent.node_labels.a/b/c", "one '/'"] },
+        Case { rule: "label key: empty prefix", profile: with("      role: worker", "      /zone: x"), expect: &["k3s.agent.node_labels./zone", "prefix"] },
+        Case { rule: "label key: prefix too long", profile: with("      role: worker", &format!("      {}.example.com/zone: x", "a".repeat(250))), expect: &["k3s.agent.node_labels.aaa", "253"] },
+        Case { rule: "label value: starts with '-'", profile: with("      role: worker", "      role: \"-a\""), expect: &["k3s.agent.node_labels.role", "value"] },
+        Case { rule: "label value: ends with '-'", profile: with("      role: worker", "      role: a-"), expect: &["k3s.agent.node_labels.role", "value"] },
+        Case { rule: "node label value: too long", profile: nodo1(&format!("    labels: {{zone: {}}}\n", "a".repeat(64))), expect: &["nodes[1].labels.zone", "63"] },
+        // Issue 8, item 8: the release, the URL and the ISO pin agree.
+        Case { rule: "ISO URL of another release", profile: with("  release: 22.04.5\n", "").replacen("releases.ubuntu.com/22.04.5/ubuntu-22.04.5-", "releases.ubuntu.com/22.04.1/ubuntu-22.04.1-", 1), expect: &["ubuntu.iso_url", "22.04.1", "ubuntu.release"] },
+        Case { rule: "ISO pin of another release", profile: with("release: 22.04.5", "release: 22.04.4").replacen("/22.04.5/ubuntu-22.04.5-", "/22.04.4/ubuntu-22.04.4-", 1), expect: &["ubuntu.iso_sha256", "22.04.5"] },
+        // Issue 8, item 5: a key where a file name goes.
+        Case { rule: "SSH public key given inline", profile: with("  # public_key: ~/.ssh/id_ed25519.pub", "  public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFake me@laptop"), expect: &["ssh.public_key", "give the path of a .pub file"] },
         Case { rule: "chocoimg-owned K3s keys", profile: with("    config: {}", "    config: {token: mine}"), expect: &["k3s.server.config.token", "set by chocoimg"] },
     ]
 }
@@ -190,5 +205,95 @@ fn wifi_password_from_the_environment_reaches_only_the_seed() {
     assert_eq!(
         ap["password"], "s3cret: 'pw' #x",
         "YAML-special characters survive serialisation"
+    );
+}
+
+/// Runs `cmd`, killing it if it has not finished within a minute (a guard against a
+/// test that would otherwise hang: a correct chocoimg answers at once).
+fn output_or_kill(cmd: &mut std::process::Command) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "chocoimg did not finish within a minute: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 8, item 4: only regular files of a sane size are read as the profile or the
+/// SSH public key: /dev/zero and a FIFO are refused at once, naming the file.
+#[test]
+fn only_regular_files_are_read_as_profile_or_key() {
+    let ws = Workspace::with_default_profile();
+    let fifo = ws.path().join("fifo.yaml");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let big = ws.path().join("big.yaml");
+    std::fs::write(&big, "#".repeat(2 << 20)).unwrap();
+    for profile in [Path::new("/dev/zero"), fifo.as_path(), big.as_path()] {
+        let out = output_or_kill(ws.cmd(&["validate"]).arg("-p").arg(profile));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", profile.display());
+        assert!(
+            err.contains(profile.to_str().unwrap()),
+            "{}: {err}",
+            profile.display()
+        );
+        assert!(
+            err.contains("not a regular file") || err.contains("larger than"),
+            "{}: {err}",
+            profile.display()
+        );
+    }
+    for key in [Path::new("/dev/zero"), fifo.as_path()] {
+        let p = with(
+            "  # public_key: ~/.ssh/id_ed25519.pub",
+            &format!("  public_key: {}", key.display()),
+        );
+        std::fs::write(&ws.profile, p).unwrap();
+        let out = output_or_kill(&mut ws.cmd(&["validate"]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", key.display());
+        assert!(
+            err.contains("ssh.public_key") && err.contains("not a regular file"),
+            "{}: {err}",
+            key.display()
+        );
+    }
+}
+
+/// Issue 8, item 4: bytes that are not UTF-8 are refused with their line, never
+/// replaced by U+FFFD and accepted.
+#[test]
+fn a_profile_that_is_not_utf8_is_refused_naming_the_line() {
+    let mut bytes = default_profile().into_bytes();
+    // In a comment, where a replacement character would go unnoticed.
+    let at = String::from_utf8_lossy(&bytes)
+        .find("  # public_key:")
+        .unwrap();
+    bytes.splice(at + 4..at + 4, [0xff, 0xfe]);
+    let line = 1 + bytes[..at].iter().filter(|b| **b == b'\n').count();
+    let ws = Workspace::with_default_profile();
+    std::fs::write(&ws.profile, &bytes).unwrap();
+    let out = ws.run(&["validate"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{}:{line}", ws.profile.display())) && err.contains("UTF-8"),
+        "line {line}: {err}"
     );
 }

@@ -124,9 +124,14 @@ fn seeds_pass_cloud_init_and_every_installer_schema() {
                 errors.join("\n")
             );
         }
-        // What an unattended install cannot ask for must be there.
+        // What an unattended install cannot ask for must be there (the admin user comes
+        // from `identity` or, as here, from the installed system's user-data).
+        assert!(
+            autoinstall.get("identity").is_some()
+                || doc["autoinstall"]["user-data"]["users"].is_sequence(),
+            "{node}: autoinstall names no admin user"
+        );
         for key in [
-            "identity",
             "ssh",
             "network",
             "storage",
@@ -263,10 +268,15 @@ fn first_boot_in_real_cloud_init_writes_config_user_and_host_key() {
             ),
         )
         .unwrap();
+        // The installed system's meta-data is the installer's: an instance-id only (no
+        // local-hostname; subiquity's _cloud_init_files), so the hostname must come from
+        // the user-data.
+        let meta_data = ws.path().join(format!("{node}-first-boot-meta-data"));
+        std::fs::write(&meta_data, "instance-id: installed-system\n").unwrap();
         let result = ws.path().join(format!("{node}-result"));
         let out = Command::new(repo().join("tests/fixtures/cloud-init-sandbox.sh"))
             .arg(&user_data)
-            .arg(ws.seed_file(CLUSTER, node, "meta-data"))
+            .arg(&meta_data)
             .arg(&result)
             .output()
             .unwrap();
@@ -305,6 +315,13 @@ fn first_boot_in_real_cloud_init_writes_config_user_and_host_key() {
                 );
             }
         }
+        assert_eq!(
+            std::fs::read_to_string(result.join("hostname"))
+                .unwrap()
+                .trim(),
+            node,
+            "{node}: the installed system is named by its user-data:\n{log}"
+        );
         // The admin user, with the operator's key.
         let passwd = std::fs::read_to_string(result.join("passwd")).unwrap();
         assert!(
@@ -589,4 +606,49 @@ fn without_an_ssh_key_the_cluster_gets_its_own_pair_and_says_so() {
         std::fs::read_to_string(private.with_extension("pub")).unwrap(),
         public
     );
+}
+
+/// The `users` list of the cloud-config subiquity writes into the installed system, as
+/// its `_cloud_init_config` builds it (subiquity/models/subiquity.py, tags 22.07.2 and
+/// 24.08.1): the user from `identity` (with `ssh.authorized-keys`) when there is one,
+/// then `merge_cloud_init_config` appends the lists of the seed's `user-data`. (The real
+/// installer cannot run here; its rule is copied, not guessed.)
+fn installed_users(autoinstall: &serde_yaml_ng::Value) -> Vec<serde_yaml_ng::Value> {
+    let mut users = Vec::new();
+    if let Some(identity) = autoinstall.get("identity") {
+        let mut user = serde_yaml_ng::Mapping::new();
+        user.insert("name".into(), identity["username"].clone());
+        user.insert("passwd".into(), identity["password"].clone());
+        users.push(serde_yaml_ng::Value::Mapping(user));
+    }
+    if let Some(list) = autoinstall["user-data"]["users"].as_sequence() {
+        users.extend(list.iter().cloned());
+    }
+    users
+}
+
+/// Issue 8, item 6: the installed system's cloud-config names the admin user once (it
+/// had one entry from `identity` and one from `user-data`), and the keys that subiquity
+/// would turn into root's authorized_keys when there is no identity are not given.
+#[test]
+fn the_installed_system_gets_the_admin_user_once() {
+    let ws = rendered();
+    let secrets = secrets_of(&ws);
+    for node in NODES {
+        let doc = yaml_file(&ws.seed_file(CLUSTER, node, "user-data"));
+        let autoinstall = &doc["autoinstall"];
+        let admins: Vec<_> = installed_users(autoinstall)
+            .into_iter()
+            .filter(|u| u["name"] == "ubuntu")
+            .collect();
+        assert_eq!(admins.len(), 1, "{node}: {admins:?}");
+        assert_eq!(admins[0]["passwd"], secrets["admin_password_hash"]);
+        if autoinstall.get("identity").is_none() {
+            assert!(
+                autoinstall["ssh"].get("authorized-keys").is_none(),
+                "{node}: without identity, subiquity gives ssh.authorized-keys to root"
+            );
+            assert_eq!(autoinstall["user-data"]["hostname"], node);
+        }
+    }
 }

@@ -65,7 +65,7 @@ impl Cache {
     pub fn insert(&self, file: &Path, sha256: &str) -> Result<PathBuf> {
         let dest = self.path_for(sha256);
         let dir = crate::fsutil::parent_dir(&dest);
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::fsutil::create_dirs(dir)?;
         crate::fsutil::set_mode(file, 0o644)?;
         std::fs::rename(file, &dest)
             .with_context(|| format!("moving {} to {}", file.display(), dest.display()))?;
@@ -200,7 +200,7 @@ pub fn fetch_text(src: &Source) -> Result<String> {
 pub fn download(cache: &Cache, src: &Source, progress_bars: bool) -> Result<Downloaded> {
     let partial = cache.partial_path(src.url);
     let dir = crate::fsutil::parent_dir(&partial);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::fsutil::create_dirs(dir)?;
     let client = client_for(src.url)?;
     let started = Instant::now();
     let mut resumes = 0;

@@ -6,9 +6,10 @@
 //! Nothing is written until every check has passed. The document itself is `kubeconfig`.
 use crate::cluster::discover::{self, Browse};
 use crate::cluster::kubeconfig::{
-    adopt, chain_has_current_context, cluster_ca, destination, merge, same_certificates,
-    K3S_KUBECONFIG,
+    adopt, another_clusters_entry, cluster_ca, current_context, destination, merge,
+    same_certificates, K3S_KUBECONFIG,
 };
+use crate::errors::BadInput;
 use crate::fsutil;
 use crate::plan::{Plan, SshKeySource};
 use crate::secrets::Secrets;
@@ -100,6 +101,8 @@ pub struct FetchOptions {
     pub chain: Vec<PathBuf>,
     /// Switch current-context to ours (it is set anyway when no file of the chain has one).
     pub use_context: bool,
+    /// Replace entries named `name` that reach another cluster (refused otherwise).
+    pub overwrite_context: bool,
 }
 
 /// What `fetch` wrote.
@@ -109,7 +112,11 @@ pub struct Fetched {
     pub name: String,
     pub server_url: String,
     pub backup: Option<PathBuf>,
-    pub current_context: bool,
+    /// What was replaced under our name with `overwrite_context` (another cluster's).
+    pub replaced: Option<String>,
+    /// kubectl's current context after the write (the first file of the chain that sets
+    /// one), if any.
+    pub current_context: Option<String>,
 }
 
 /// Fetches, checks and merges master1's admin kubeconfig. Writes nothing unless every
@@ -171,20 +178,39 @@ pub fn fetch(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let set_current = opts.use_context || !chain_has_current_context(&opts.chain);
+    let replaced = existing
+        .as_ref()
+        .and_then(|doc| another_clusters_entry(doc, &ours, &opts.name));
+    if let (Some(what), false) = (&replaced, opts.overwrite_context) {
+        return Err(BadInput(format!(
+            "{} already has {what}, which is not this cluster; chocoimg will not replace it \
+             silently. Pass --overwrite-context to replace it with this cluster's, or \
+             --context NAME to write this cluster's under another name",
+            path.display()
+        ))
+        .into());
+    }
+    let set_current = opts.use_context || current_context(&opts.chain).is_none();
     let merged = merge(existing.clone(), &ours, &opts.name, set_current)?;
     let backup = match existing {
         Some(_) => Some(backup(&path)?),
         None => None,
     };
     let body = serde_yaml_ng::to_string(&merged).context("encoding the kubeconfig")?;
-    fsutil::write_atomic(&path, body.as_bytes(), 0o600)?;
+    if let Err(e) = fsutil::write_atomic(&path, body.as_bytes(), 0o600) {
+        // Nothing changed: the backup would only be a copy of the file as it still is.
+        if let Some(b) = &backup {
+            let _ = std::fs::remove_file(b);
+        }
+        return Err(e);
+    }
     Ok(Fetched {
+        current_context: current_context(&opts.chain),
         path,
         name: opts.name.clone(),
         server_url,
         backup,
-        current_context: set_current,
+        replaced,
     })
 }
 

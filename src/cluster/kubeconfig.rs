@@ -40,15 +40,73 @@ pub fn destination(chain: &[PathBuf], name: &str) -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Whether any file of `chain` sets a current context (the first one that does wins).
-pub fn chain_has_current_context(chain: &[PathBuf]) -> bool {
-    chain.iter().any(|p| {
-        read_kubeconfig(p).is_some_and(|doc| {
-            doc.get("current-context")
-                .and_then(Value::as_str)
-                .is_some_and(|c| !c.is_empty())
-        })
+/// kubectl's current context over `chain`: the first file that sets one wins.
+pub fn current_context(chain: &[PathBuf]) -> Option<String> {
+    chain.iter().find_map(|p| {
+        read_kubeconfig(p)?
+            .get("current-context")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
     })
+}
+
+/// An entry of `existing` named `name` that `ours` (from `adopt`) would replace but that
+/// reaches another cluster: a cluster with another CA (or none), a context that uses
+/// other entries, a user with no cluster of ours beside it. Described for the message.
+pub fn another_clusters_entry(existing: &Value, ours: &Value, name: &str) -> Option<String> {
+    let cluster = find_named(existing, "clusters", name);
+    let context = find_named(existing, "contexts", name);
+    let user = find_named(existing, "users", name);
+    let server = |c: &Value| {
+        c.get("cluster")
+            .and_then(|c| c.get("server"))
+            .and_then(Value::as_str)
+            .unwrap_or("no server")
+            .to_string()
+    };
+    let our_ca = cluster_ca(ours, name).ok()?;
+    let cluster_is_ours = cluster.is_some()
+        && cluster_ca(existing, name).is_ok_and(|ca| same_certificates(&ca, &our_ca));
+    if let Some(c) = cluster.filter(|_| !cluster_is_ours) {
+        let what = match context {
+            Some(_) => "context and cluster",
+            None => "cluster",
+        };
+        return Some(format!(
+            "a {what} named {name} that reaches {} with another CA",
+            server(c)
+        ));
+    }
+    if let Some(ctx) = context {
+        let refs = |key: &str| {
+            ctx.get("context")
+                .and_then(|c| c.get(key))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let (c, u) = (refs("cluster"), refs("user"));
+        if c != name || u != name {
+            let reaches = find_named(existing, "clusters", &c)
+                .map(|e| format!(", which reaches {}", server(e)))
+                .unwrap_or_default();
+            return Some(format!(
+                "a context named {name} that uses cluster {c:?} and user {u:?}{reaches}"
+            ));
+        }
+        if !cluster_is_ours {
+            return Some(format!(
+                "a context named {name} whose cluster entry is missing"
+            ));
+        }
+    }
+    if user.is_some() && !cluster_is_ours {
+        return Some(format!(
+            "a user named {name} with no cluster of this name beside it"
+        ));
+    }
+    None
 }
 
 /// A kubeconfig file's document, or None when it is missing or not YAML.
@@ -256,15 +314,15 @@ mod tests {
         // Created in the first file that exists, never in a missing one ahead of it.
         let chain = vec![p("missing"), p("work")];
         assert_eq!(destination(&chain, "c1"), p("work"));
-        assert!(chain_has_current_context(&chain));
+        assert_eq!(current_context(&chain).as_deref(), Some("work"));
         // Modified where it is defined.
         let chain = vec![p("work"), p("ours")];
         assert_eq!(destination(&chain, "c1"), p("ours"));
         // No file at all: the last one.
         let chain = vec![p("missing"), p("missing2")];
         assert_eq!(destination(&chain, "c1"), p("missing2"));
-        assert!(!chain_has_current_context(&chain));
-        assert!(!chain_has_current_context(&[p("ours")]));
+        assert_eq!(current_context(&chain), None);
+        assert_eq!(current_context(&[p("ours")]), None);
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! Exit 0 when a verified server of our cluster answered, 4 when none did.
 use crate::cli::{DiscoverArgs, Global};
 use crate::cluster::discover::{self, Browse, Verdict};
-use crate::commands::inputs::{existing_secrets, load_plan, timeout_arg};
+use crate::commands::inputs::{existing_secrets, load_plan_for, timeout_arg};
 use crate::errors::EXIT_NOT_FOUND;
+use crate::plan::Purpose;
 
 pub fn run(global: &Global, args: &DiscoverArgs) -> anyhow::Result<i32> {
-    let plan = load_plan(global)?;
+    let plan = load_plan_for(global, Purpose::NoSeeds)?;
     let timeout = timeout_arg(args.timeout)?;
     let secrets = existing_secrets(&plan)?;
     let servers = discover::browse(

@@ -2,11 +2,12 @@
 //! Exit 0 written, 4 master1 not found (nothing written), 1 a check failed.
 use crate::cli::{FetchKubeconfigArgs, Global};
 use crate::cluster::{discover, fetch, kubeconfig};
-use crate::commands::inputs::{existing_secrets, load_plan, timeout_arg};
+use crate::commands::inputs::{existing_secrets, load_plan_for, timeout_arg};
 use crate::errors::EXIT_NOT_FOUND;
+use crate::plan::Purpose;
 
 pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
-    let plan = load_plan(global)?;
+    let plan = load_plan_for(global, Purpose::NoSeeds)?;
     let timeout = timeout_arg(args.timeout)?;
     let secrets = existing_secrets(&plan)?;
     let name = args.context.clone().unwrap_or_else(|| plan.cluster.clone());
@@ -44,6 +45,7 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
             name,
             chain,
             use_context: args.use_context,
+            overwrite_context: args.overwrite_context,
         },
     )?;
     println!(
@@ -55,13 +57,19 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
     if let Some(b) = &done.backup {
         println!("previous kubeconfig saved as {}", b.display());
     }
-    if done.current_context {
-        println!("current context: {}", done.name);
-    } else {
-        println!(
-            "current context unchanged; use `kubectl --context {}` or re-run with --use-context",
+    if let Some(what) = &done.replaced {
+        println!("replaced {what} (--overwrite-context)");
+    }
+    match &done.current_context {
+        Some(c) if *c == done.name => println!("current context: {c} (this cluster)"),
+        Some(c) => println!(
+            "current context unchanged: {c}; use `kubectl --context {}` or re-run with --use-context",
             done.name
-        );
+        ),
+        None => println!(
+            "no current context; use `kubectl --context {}` or re-run with --use-context",
+            done.name
+        ),
     }
     Ok(0)
 }

@@ -1,9 +1,10 @@
 //! `chocoimg flash`: check the target (all at once), confirm, write, verify.
 use crate::cli::{FlashArgs, Global};
-use crate::commands::inputs::load_plan;
+use crate::commands::inputs::load_plan_for;
 use crate::errors::BadInput;
 use crate::flash::{self, writer, Allowances, Disk, Image, Target};
 use crate::image::ProgressStyle;
+use crate::plan::Purpose;
 use anyhow::Result;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -112,7 +113,7 @@ fn image_and_device(global: &Global, args: &FlashArgs) -> Result<(PathBuf, Optio
                 ))
                 .into());
             }
-            let plan = load_plan(global)?;
+            let plan = load_plan_for(global, Purpose::NoSeeds)?;
             let node = plan.node(name)?;
             let img = plan.image_path(node);
             let sums = PathBuf::from(format!("{}.sha256", img.display()));

@@ -15,10 +15,20 @@ pub fn load_plan(global: &Global) -> Result<Plan> {
 
 /// `load_plan`, with what the command's own flags add to the profile.
 pub fn load_plan_with(global: &Global, overrides: plan::Overrides) -> Result<Plan> {
+    load(global, overrides, plan::Purpose::Seeds)
+}
+
+/// `load_plan` for `purpose`: commands that render no seed need no Wi-Fi password.
+pub fn load_plan_for(global: &Global, purpose: plan::Purpose) -> Result<Plan> {
+    load(global, plan::Overrides::default(), purpose)
+}
+
+fn load(global: &Global, overrides: plan::Overrides, purpose: plan::Purpose) -> Result<Plan> {
     Ok(plan::load_with(
         &global.profile_path(),
         &plan::default_out_root(),
         overrides,
+        purpose,
     )?)
 }
 
@@ -44,15 +54,20 @@ pub fn prepare_secrets(plan: &Plan) -> Result<Secrets> {
     }
     let names: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
     let path = plan.secrets_path();
-    let existed = path.exists();
-    let s = secrets::load_or_create(&path, &names)?;
-    if !existed {
+    let loaded = secrets::load_or_create(&path, &names)?;
+    if loaded.created {
         eprintln!(
             "note: created the cluster's secrets in {} (mode 0600; never commit it; back it up)",
             path.display()
         );
     }
-    Ok(s)
+    for node in &loaded.new_host_keys {
+        eprintln!(
+            "note: {node} is new in the profile: made it a new SSH host key in {}",
+            path.display()
+        );
+    }
+    Ok(loaded.secrets)
 }
 
 /// The cluster's secrets, which the laptop must already have (made by render/build).

@@ -3,15 +3,16 @@
 use crate::cli::{Global, StatusArgs};
 use crate::cluster::kubeconfig;
 use crate::cluster::status::{self, ClusterState};
-use crate::commands::inputs::load_plan;
+use crate::commands::inputs::load_plan_for;
+use crate::plan::Purpose;
 use anyhow::Context;
 use std::time::Duration;
 
 pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
     // The profile names the context and the nodes to expect; with --context it is optional.
     let plan = match &args.context {
-        Some(_) => load_plan(global).ok(),
-        None => Some(load_plan(global)?),
+        Some(_) => load_plan_for(global, Purpose::NoSeeds).ok(),
+        None => Some(load_plan_for(global, Purpose::NoSeeds)?),
     };
     let context = match (&args.context, &plan) {
         (Some(c), _) => c.clone(),

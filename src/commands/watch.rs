@@ -5,8 +5,9 @@
 use crate::bringup::Stage;
 use crate::cli::{Global, WatchArgs};
 use crate::cluster::watch::{self, Announcement, Change, Ignored, Row, Table};
-use crate::commands::inputs::{existing_secrets, load_plan, timeout_arg};
+use crate::commands::inputs::{existing_secrets, load_plan_for, timeout_arg};
 use crate::errors::{EXIT_FAILURE, EXIT_NOT_FOUND};
+use crate::plan::Purpose;
 use anyhow::Result;
 use serde_json::json;
 use std::io::{IsTerminal, Write};
@@ -23,7 +24,7 @@ enum Output {
 }
 
 pub fn run(global: &Global, args: &WatchArgs) -> Result<i32> {
-    let plan = load_plan(global)?;
+    let plan = load_plan_for(global, Purpose::NoSeeds)?;
     let timeout = args.timeout.map(timeout_arg).transpose()?;
     let secrets = existing_secrets(&plan)?;
     let mut table = Table::new(plan.nodes.iter().map(|n| (n.hostname.clone(), n.role)));

@@ -165,7 +165,10 @@ const KEEP: usize = 8;
 
 impl<'f> Cached<'f> {
     fn new(file: &'f File, start: u64, len: u64) -> Self {
-        assert!(len % CACHE_BLOCK == 0, "CIDATA is sized in whole MiB");
+        assert!(
+            len.is_multiple_of(CACHE_BLOCK),
+            "CIDATA is sized in whole MiB"
+        );
         Cached {
             file,
             start,

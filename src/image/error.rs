@@ -11,6 +11,17 @@ pub enum ImageError {
     )]
     NotUbuntu2204 { iso: PathBuf, found: String },
     #[error(
+        "{iso} is the Ubuntu {found} ISO (its /.disk/info), but the profile's ubuntu.release \
+         is {profile}: the disk-safety rule and the image's record follow the release, so \
+         they must agree; set `ubuntu.release: {found}` with that ISO's iso_url and \
+         iso_sha256, or use the {profile} ISO"
+    )]
+    OtherRelease {
+        iso: PathBuf,
+        found: String,
+        profile: String,
+    },
+    #[error(
         "{iso}: the new /boot/grub/grub.cfg needs {needed} bytes but the ISO reserves only \
          {room} for it; this ISO cannot be patched in place (use the official 22.04.5 ISO)"
     )]

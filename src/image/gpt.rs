@@ -193,7 +193,7 @@ pub fn plan_append(
     guid: [u8; 16],
 ) -> Result<Appended, GptError> {
     assert!(
-        size % ALIGN == 0 && size > 0,
+        size.is_multiple_of(ALIGN) && size > 0,
         "partition size must be whole MiB"
     );
     let mbr = Mbr::read(file)?;

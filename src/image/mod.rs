@@ -27,7 +27,7 @@ pub mod ubuntu;
 pub use error::ImageError;
 pub use identity::Identity;
 pub use patch::Patch;
-pub use ubuntu::{DISK_INFO, EXPECTED_RELEASE, GRUB_CFG, GRUB_EFI_CFG, MD5SUM_TXT};
+pub use ubuntu::{iso_release, DISK_INFO, EXPECTED_RELEASE, GRUB_CFG, GRUB_EFI_CFG, MD5SUM_TXT};
 
 pub use crate::progress::ProgressStyle;
 pub use inspect::{inspect, Inspection};
@@ -126,7 +126,11 @@ pub fn plan(iso: &Path, targets: &[Target], force: bool) -> Result<Planned> {
     };
     let mut file = File::open(iso).with_context(|| format!("opening {}", iso.display()))?;
     let iso_len = file.metadata()?.len();
-    let found = IsoFiles::read(&mut file, iso)?;
+    let releases: Vec<&str> = targets
+        .iter()
+        .map(|t| t.identity.ubuntu_release.as_str())
+        .collect();
+    let found = IsoFiles::read(&mut file, iso, &releases)?;
     let mut images = Vec::with_capacity(targets.len());
     for t in targets {
         let menu = grub::render(&String::from_utf8_lossy(&found.grub_cfg), t.identity)?;
@@ -193,7 +197,9 @@ struct IsoFiles {
 }
 
 impl IsoFiles {
-    fn read(file: &mut File, iso_path: &Path) -> Result<IsoFiles> {
+    /// `releases`: what the profile says the ISO is (the disk-safety rule followed it),
+    /// checked against the ISO's own `/.disk/info` before anything else is read.
+    fn read(file: &mut File, iso_path: &Path, releases: &[&str]) -> Result<IsoFiles> {
         let layout = |e: Box<dyn std::error::Error + Send + Sync>| ImageError::Layout {
             iso: iso_path.to_path_buf(),
             source: e,
@@ -208,6 +214,15 @@ impl IsoFiles {
             return Err(ImageError::NotUbuntu2204 {
                 iso: iso_path.to_path_buf(),
                 found: info.lines().next().unwrap_or("").to_string(),
+            }
+            .into());
+        }
+        let found = iso_release(&info);
+        if let Some(profile) = releases.iter().find(|r| **r != found) {
+            return Err(ImageError::OtherRelease {
+                iso: iso_path.to_path_buf(),
+                found: found.to_string(),
+                profile: profile.to_string(),
             }
             .into());
         }

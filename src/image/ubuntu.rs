@@ -10,3 +10,12 @@ pub const MD5SUM_TXT: &str = "/md5sum.txt";
 pub const GRUB_EFI_CFG: &str = "/boot/grub/x86_64-efi/grub.cfg";
 /// What `/.disk/info` starts with on every 22.04.x live-server ISO.
 pub const EXPECTED_RELEASE: &str = "Ubuntu-Server 22.04";
+
+/// The point release `/.disk/info` names: `22.04.1` in
+/// `Ubuntu-Server 22.04.1 LTS "Jammy Jellyfish" - Release amd64 (20220809.1)`.
+pub fn iso_release(disk_info: &str) -> &str {
+    disk_info
+        .strip_prefix("Ubuntu-Server ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("")
+}

@@ -74,10 +74,11 @@ pub fn render(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Seed> {
     write_files.extend(discovery.files);
 
     let installed = InstalledConfig {
-        // subiquity appends this list to the one it makes from `identity` (its
-        // merge_cloud_init_config extends lists): both describe the same user, so the
-        // admin is right whichever entry cloud-init applies, and this first boot can be
-        // tested with cloud-init alone.
+        // Without `identity`, subiquity names the installed system nothing (no
+        // /etc/hostname of its own) and creates no user: both come from here, once, and
+        // this first boot can be tested with cloud-init alone.
+        hostname: node.hostname.clone(),
+        manage_etc_hosts: "localhost".into(),
         users: vec![AdminUser {
             name: plan.ssh.user.clone(),
             groups: vec!["adm".into(), "sudo".into()],
@@ -113,13 +114,9 @@ pub fn render(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Seed> {
         disk_description => disk_description(node),
         keyboard => Keyboard { layout: "us".into() },
         refresh_installer => BTreeMap::from([("update", false)]),
-        identity => Identity {
-            hostname: node.hostname.clone(),
-            username: plan.ssh.user.clone(),
-            password: secrets.admin_password_hash.clone(),
-        },
-        ssh => Ssh { install_server: true, allow_pw: false, authorized_keys: vec![public_key] },
-        network => network(plan, node),
+        // No authorized-keys here: without `identity`, subiquity would give them to root.
+        ssh => Ssh { install_server: true, allow_pw: false },
+        network => network(plan, node)?,
         storage => storage(node),
         packages => packages(node),
         late_commands => late_commands(plan),
@@ -250,7 +247,7 @@ fn packages(node: &NodePlan) -> Vec<String> {
 }
 
 /// Netplan v2: the pinned NIC when the profile gives a MAC, else every wired NIC (en*).
-fn network(plan: &Plan, node: &NodePlan) -> Value {
+fn network(plan: &Plan, node: &NodePlan) -> Result<Value> {
     let mut iface = Mapping::new();
     let mut matcher = Mapping::new();
     match (&node.mac, &node.connection) {
@@ -285,8 +282,14 @@ fn network(plan: &Plan, node: &NodePlan) -> Value {
     let (section, name) = match &node.connection {
         NodeConnection::Ethernet => ("ethernets", "lan"),
         NodeConnection::Wifi { ssid, password } => {
+            let password = password.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "internal: {}'s Wi-Fi password was not resolved",
+                    node.hostname
+                )
+            })?;
             let mut ap = Mapping::new();
-            ap.insert("password".into(), password.clone().into());
+            ap.insert("password".into(), password.into());
             let mut aps = Mapping::new();
             aps.insert(ssid.clone().into(), Value::Mapping(ap));
             iface.insert("access-points".into(), Value::Mapping(aps));
@@ -298,7 +301,7 @@ fn network(plan: &Plan, node: &NodePlan) -> Value {
     let mut net = Mapping::new();
     net.insert("version".into(), 2.into());
     net.insert(section.into(), Value::Mapping(ifaces));
-    Value::Mapping(net)
+    Ok(Value::Mapping(net))
 }
 
 /// The whole target disk, chosen by the profile's match or, without one, the largest
@@ -340,23 +343,20 @@ struct Keyboard {
 }
 
 #[derive(Serialize)]
-struct Identity {
-    hostname: String,
-    username: String,
-    password: String,
-}
-
-#[derive(Serialize)]
 #[serde(rename_all = "kebab-case")]
 struct Ssh {
     install_server: bool,
     allow_pw: bool,
-    authorized_keys: Vec<String>,
 }
 
 /// The cloud-config the installed system runs on its first boot.
 #[derive(Serialize)]
 struct InstalledConfig {
+    /// /etc/hostname, on first boot.
+    hostname: String,
+    /// `localhost`: cloud-init adds the `127.0.1.1 <hostname>` line to /etc/hosts (what
+    /// subiquity writes when it names the system).
+    manage_etc_hosts: String,
     users: Vec<AdminUser>,
     ssh_pwauth: bool,
     ssh_deletekeys: bool,

@@ -47,7 +47,9 @@ impl Cluster {
         std::fs::create_dir_all(&home).unwrap();
         let plan = chocoimg::plan::load(&profile, &out_root).expect("test profile is valid");
         let secrets =
-            chocoimg::secrets::load_or_create(&plan.secrets_path(), &["master1", "nodo1"]).unwrap();
+            chocoimg::secrets::load_or_create(&plan.secrets_path(), &["master1", "nodo1"])
+                .unwrap()
+                .secrets;
         Cluster {
             dir,
             profile,
