@@ -122,9 +122,9 @@ pub(crate) struct Master {
     pub(crate) host: Host,
     pub(crate) root: PathBuf,
     pub(crate) services: PathBuf,
-    cacerts: PathBuf,
+    pub(crate) cacerts: PathBuf,
     pub(crate) pki: crate::support::k3s::Pki,
-    _k3s: crate::support::k3s::Standin,
+    pub(crate) _k3s: crate::support::k3s::Standin,
 }
 
 pub(crate) fn start_master(c: &Cluster, lan: &mut Lan) -> Master {
@@ -178,7 +178,7 @@ pub(crate) fn start_master(c: &Cluster, lan: &mut Lan) -> Master {
     master
 }
 
-fn announce(lan: &Lan, m: &Master) -> String {
+pub(crate) fn announce(lan: &Lan, m: &Master) -> String {
     ok(lan
         .cmd(&m.host, "sh")
         .arg(m.root.join(LIB).join("announce.sh"))
@@ -189,12 +189,25 @@ fn announce(lan: &Lan, m: &Master) -> String {
         .env("CHOCOIMG_AVAHI_SERVICES", &m.services))
 }
 
-fn ca_of(path: &Path) -> String {
+/// The K3s config drop-in join.sh wrote under `root`.
+pub(crate) fn read_dropin(root: &Path) -> String {
+    std::fs::read_to_string(root.join("etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml"))
+        .unwrap()
+}
+
+pub(crate) fn ca_of(path: &Path) -> String {
     chocoimg::proof::ca_hash(&std::fs::read(path).unwrap())
 }
 
 /// Publishes a hand-made `_k3s._tcp` announcement from `dir` (an Avahi services folder).
-fn publish_fake(dir: &Path, file: &str, name: &str, cluster: &str, ca: &str, proof: &str) {
+pub(crate) fn publish_fake(
+    dir: &Path,
+    file: &str,
+    name: &str,
+    cluster: &str,
+    ca: &str,
+    proof: &str,
+) {
     std::fs::write(
         dir.join(file),
         format!(
@@ -393,7 +406,7 @@ pub(crate) fn run_join(lan: &Lan, nodo: &Host, root: &Path, state: &Path) -> std
 
 /// nodo1's rendered join.sh, with its paths under `root` and systemctl faked in `state`;
 /// with `hosts`, in a private mount namespace whose /etc/hosts is that file.
-fn join_command(
+pub(crate) fn join_command(
     lan: &Lan,
     nodo: &Host,
     root: &Path,

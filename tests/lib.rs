@@ -4,6 +4,7 @@ mod artifacts;
 mod cluster;
 mod flash;
 mod flash_vm;
+mod hostile_lan;
 mod house;
 mod image;
 mod profile;

@@ -4,7 +4,8 @@
 //! kubeconfig's CA; rename `default` to the cluster and point it at master1; merge it
 //! into kubectl's kubeconfig keeping every other entry (0600, backup, atomic write).
 //! Nothing is written until every check has passed. The document itself is `kubeconfig`.
-use crate::cluster::discover::{self, Browse};
+use crate::cluster::discover::{self, Browse, Choice, Verdict};
+use crate::cluster::k3s_api::{get_cacerts, url_host, API_PORT};
 use crate::cluster::kubeconfig::{
     adopt, another_clusters_entry, cluster_ca, current_context, destination, merge,
     same_certificates, K3S_KUBECONFIG,
@@ -19,28 +20,33 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// K3s's API port.
-pub const API_PORT: u16 = 6443;
 /// Where master1 is, and the CA hash it announced (none with `--server`).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub address: String,
     pub announced_ca: Option<String>,
+    /// The instance that announced it (None with `--server`).
+    pub instance: Option<String>,
+    /// What discovery noticed on the way (several addresses, a name taken by another).
+    pub notes: Vec<String>,
 }
 
-/// Finds master1: `server` when given, else the first verified mDNS answer.
-/// `Err(heard)` when nothing verified answered within `timeout` (`heard`: how many
-/// other announcements did).
+/// Finds master1: `server` when given, else the one verified server mDNS finds
+/// (`discover::choose`). `Err(heard)` when nothing verified answered within `timeout`
+/// (`heard`: every announcement that did); an error when verified servers with different
+/// CAs answered, or when master1's own announcement gave no address that holds its CA.
 pub fn locate(
     plan: &Plan,
     secrets: &Secrets,
     server: Option<&str>,
     timeout: Duration,
-) -> Result<std::result::Result<Target, usize>> {
+) -> Result<std::result::Result<Target, Vec<discover::Server>>> {
     if let Some(server) = server {
         return Ok(Ok(Target {
             address: address_of(server)?,
             announced_ca: None,
+            instance: None,
+            notes: Vec::new(),
         }));
     }
     let servers = discover::browse(
@@ -51,13 +57,42 @@ pub fn locate(
             stop_at_first_verified: true,
         },
     )?;
-    let found = servers.iter().find_map(|s| {
-        s.usable_address().map(|a| Target {
-            address: a.to_string(),
-            announced_ca: s.ca.clone(),
-        })
-    });
-    Ok(found.ok_or(servers.len()))
+    match discover::choose(&servers, &plan.server().hostname) {
+        Choice::One {
+            address,
+            instance,
+            ca,
+            notes,
+        } => Ok(Ok(Target {
+            address: address.to_string(),
+            announced_ca: Some(ca),
+            instance: Some(instance),
+            notes,
+        })),
+        Choice::Conflict(msg) => bail!("{msg}"),
+        Choice::Nothing => {
+            // Our own announcement, but no address it gives holds its CA: a check that
+            // failed (exit 1), not "nothing found".
+            let refused: Vec<String> = servers
+                .iter()
+                .filter(|s| s.verdict == Verdict::Verified)
+                .flat_map(|s| {
+                    s.unproven
+                        .iter()
+                        .map(move |(a, why)| format!("{} at {a}: {why}", s.instance))
+                })
+                .collect();
+            if refused.is_empty() {
+                return Ok(Err(servers));
+            }
+            bail!(
+                "{} announced itself with a valid proof, but every address it gave is \
+                 refused (something else may be answering there):\n  {}",
+                plan.server().hostname,
+                refused.join("\n  ")
+            )
+        }
+    }
 }
 
 /// `--server`'s address: an IP as given, a name resolved here (IPv4 first). The kubeconfig
@@ -212,35 +247,6 @@ pub fn fetch(
         backup,
         replaced,
     })
-}
-
-fn url_host(address: &str) -> String {
-    if address.contains(':') && !address.starts_with('[') {
-        format!("[{address}]")
-    } else {
-        address.to_string()
-    }
-}
-
-/// GET `/cacerts` without trusting anything yet: its hash is what we check.
-fn get_cacerts(address: &str) -> Result<Vec<u8>> {
-    let url = format!("https://{}:{API_PORT}/cacerts", url_host(address));
-    let client = reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building the HTTPS client")?;
-    let resp = client
-        .get(&url)
-        .send()
-        .with_context(|| format!("fetching {url} (is K3s running on that machine?)"))?;
-    if !resp.status().is_success() {
-        bail!("{url} answered {}", resp.status());
-    }
-    Ok(resp
-        .bytes()
-        .with_context(|| format!("reading {url}"))?
-        .to_vec())
 }
 
 /// The operator's private key: the profile's public key path without `.pub`, or the

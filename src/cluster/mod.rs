@@ -3,6 +3,9 @@
 //! (`seed::node`): nothing here lands on a node.
 pub mod discover;
 pub mod fetch;
+pub mod k3s_api;
 pub mod kubeconfig;
+pub mod mdns;
 pub mod status;
+pub mod txt;
 pub mod watch;

@@ -28,7 +28,6 @@ pub struct Announcement {
     /// When the node entered the stage (Unix seconds, the node's clock).
     pub since: Option<u64>,
     pub reason: Option<String>,
-    #[serde(flatten)]
     pub verdict: Verdict,
 }
 
@@ -204,7 +203,8 @@ impl Table {
         }
         self.last.insert(a.instance.clone(), a.clone());
         match a.verdict {
-            Verdict::Forged => return Some(Change::Ignored(Ignored::Forged)),
+            // A TXT the shared rule cannot read is as unusable as a forged one.
+            Verdict::Forged | Verdict::Malformed => return Some(Change::Ignored(Ignored::Forged)),
             Verdict::ForeignCluster => return Some(Change::Ignored(Ignored::ForeignCluster)),
             Verdict::Verified => {}
         }

@@ -1,7 +1,7 @@
 //! `chocoimg discover`: list the K3s servers announced on the LAN, judged by our proof.
 //! Exit 0 when a verified server of our cluster answered, 4 when none did.
 use crate::cli::{DiscoverArgs, Global};
-use crate::cluster::discover::{self, Browse, Verdict};
+use crate::cluster::discover::{self, Browse, Choice};
 use crate::commands::inputs::{existing_secrets, load_plan_for, timeout_arg};
 use crate::errors::EXIT_NOT_FOUND;
 use crate::plan::Purpose;
@@ -18,21 +18,30 @@ pub fn run(global: &Global, args: &DiscoverArgs) -> anyhow::Result<i32> {
             stop_at_first_verified: args.first,
         },
     )?;
-    let verified = servers.iter().any(|s| s.usable_address().is_some());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&servers)?);
     } else if !servers.is_empty() {
         print_table(&servers);
     }
-    if verified {
-        Ok(0)
-    } else {
-        let heard = servers.len();
-        eprintln!(
-            "{}",
-            discover::nothing_found_hint(&plan.cluster, timeout, heard)
-        );
-        Ok(EXIT_NOT_FOUND)
+    match discover::choose(&servers, &plan.server().hostname) {
+        Choice::One { notes, .. } => {
+            for note in notes {
+                eprintln!("note: {note}");
+            }
+            Ok(0)
+        }
+        // Refuse to guess: listed above, the user picks with --server.
+        Choice::Conflict(msg) => {
+            eprintln!("{msg}");
+            Ok(crate::errors::EXIT_FAILURE)
+        }
+        Choice::Nothing => {
+            eprintln!(
+                "{}",
+                discover::nothing_found_hint(&plan.cluster, timeout, &servers)
+            );
+            Ok(EXIT_NOT_FOUND)
+        }
     }
 }
 
@@ -49,13 +58,7 @@ fn print_table(servers: &[discover::Server]) {
                     .collect::<Vec<_>>()
                     .join(",")
             };
-            let status = match &s.verdict {
-                Verdict::ForeignCluster => format!(
-                    "foreign cluster ({})",
-                    s.cluster.as_deref().unwrap_or("unnamed")
-                ),
-                v => v.label().to_string(),
-            };
+            let status = s.status();
             [
                 s.instance.clone(),
                 addr,

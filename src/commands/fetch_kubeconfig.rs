@@ -26,14 +26,17 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
         Err(heard) => {
             eprintln!(
                 "{}",
-                discover::nothing_found_hint(&plan.cluster, timeout, heard)
+                discover::nothing_found_hint(&plan.cluster, timeout, &heard)
             );
             return Ok(EXIT_NOT_FOUND);
         }
     };
-    let how = match &target.announced_ca {
-        Some(_) => "found over mDNS, proof verified",
-        None => "given with --server",
+    for note in &target.notes {
+        eprintln!("note: {note}");
+    }
+    let how = match &target.instance {
+        Some(i) => format!("announced as {i:?} over mDNS, proof verified, holds the announced CA"),
+        None => "given with --server".into(),
     };
     eprintln!("{} at {} ({how})", plan.server().hostname, target.address);
     let done = fetch::fetch(

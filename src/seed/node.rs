@@ -58,6 +58,11 @@ impl NodeSetup {
     }
 }
 
+/// nodo1's reading of avahi-browse's answers: the TXT rule of `cluster::txt`, in Python
+/// (on every Ubuntu node), so the agent token reaches the HMAC through the environment.
+/// Not a template: join.sh runs it from its own folder.
+pub const ANNOUNCEMENT_PY: &str = include_str!("../../templates/node/announcement.py");
+
 /// Renders one node template with `ctx`.
 pub fn render(name: &str, ctx: minijinja::Value) -> Result<String> {
     templates::render(&format!("node/{name}"), ctx)
@@ -158,6 +163,12 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
                 ),
             });
             files.push(file(format!("{LIB_DIR}/join.sh"), "0755", "join.sh")?);
+            // Not a template: join.sh runs it from its own folder.
+            files.push(NodeFile {
+                path: format!("{LIB_DIR}/announcement.py"),
+                permissions: "0755".into(),
+                content: ANNOUNCEMENT_PY.into(),
+            });
             files.push(file(
                 "/etc/systemd/system/chocoimg-join.service".into(),
                 "0644",

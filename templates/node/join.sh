@@ -21,31 +21,26 @@ token=$(cat "$TOKEN_FILE")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# The value of KEY in avahi-browse's TXT field: "k=v" "k=v" ...
-txt_value() {
-    printf '%s\n' "$2" | sed -n "s/.*\"$1=\([^\"]*\)\".*/\1/p" | head -n 1
-}
+# nodo1's reading of the answers, by the rule the laptop applies too (announcement.py).
+JUDGE="$(dirname "$0")/announcement.py"
+TAB=$(printf '\t')
 
-# Prints "ADDRESS CA" for every verified answer, and logs why others are ignored.
+# Prints "ADDRESS CA" for every answer whose TXT is verified and whose address serves
+# that CA, and logs why the others are ignored.
 # avahi-browse -p lines: =;iface;proto;name;type;domain;host;address;port;"k=v" ...
 verified_answers() {
     timeout 20 avahi-browse -rptk _k3s._tcp 2>"$tmp/browse.err" >"$tmp/browse" || true
-    while IFS=';' read -r kind _iface proto name _type _domain _host address _port txt; do
-        if [ "$kind" != "=" ] || [ "$proto" != IPv4 ]; then
-            continue
-        fi
-        case $address in '' | *[!0-9.]*) continue ;; esac
-        cluster=$(txt_value cluster "$txt")
-        ca=$(txt_value ca "$txt")
-        proof=$(txt_value proof "$txt")
-        if [ "$cluster" != "$CLUSTER" ]; then
-            log "ignoring $name at $address: it announces another cluster ($cluster)" >&2
-        elif ! is_sha256 "$ca" || [ "$proof" != "$(chocoimg_proof "$CLUSTER" "$ca" "$token")" ]; then
-            log "ignoring $name at $address: forged announcement (its proof does not check)" >&2
-        else
+    # The agent token goes to python through the environment only (not its command line).
+    CHOCOIMG_HMAC_KEY="$token" /usr/bin/python3 "$JUDGE" "$CLUSTER" <"$tmp/browse" >"$tmp/judged"
+    while IFS="$TAB" read -r verdict address ca name why; do
+        if [ "$verdict" != verified ]; then
+            log "ignoring $name at $address: $why" >&2
+        elif why=$(/usr/bin/python3 "$JUDGE" prove "$address" "$ca"); then
             printf '%s %s\n' "$address" "$ca"
+        else
+            log "ignoring $name at $address: its proof checks, but $why" >&2
         fi
-    done <"$tmp/browse" | sort -u
+    done <"$tmp/judged" | sort -u
 }
 
 # The IPv4 address of a name or address. K3s (a static binary) resolves names without
@@ -63,6 +58,32 @@ current_address() {
 current_ca() {
     [ -f "$DROPIN" ] || return 0
     sed -n 's|^token: "K10\([0-9a-f]*\)::.*|\1|p' "$DROPIN"
+}
+
+# Picks "ADDRESS CA" from the verified answers on stdin, never silently: one CA only (the
+# one this node joined, or on a first join the only one announced); at several addresses,
+# the current one if still there, else the lowest, and says so.
+choose() {
+    sort -u >"$tmp/answers"
+    pinned=$(current_ca)
+    if [ -n "$pinned" ]; then
+        others=$(awk -v ca="$pinned" '$2 != ca { print $1 }' "$tmp/answers" | tr '\n' ' ')
+        [ -z "$others" ] ||
+            log "a server of cluster $CLUSTER with another CA answers at ${others% }; keeping the CA this node joined ($pinned). If master1 was reinstalled, delete $DROPIN" >&2
+        awk -v ca="$pinned" '$2 == ca' "$tmp/answers" >"$tmp/candidates"
+    elif [ "$(cut -d' ' -f2 "$tmp/answers" | sort -u | wc -l)" -gt 1 ]; then
+        log "servers of cluster $CLUSTER with valid proofs but different CAs answer ($(tr '\n' ',' <"$tmp/answers" | sed 's/,$//')): a reinstalled or a stale master1? Not joining either until one remains (or set server_address in the profile)" >&2
+        return 1
+    else
+        cp "$tmp/answers" "$tmp/candidates"
+    fi
+    [ -s "$tmp/candidates" ] || return 1
+    pick=$(awk -v cur="$current" '$1 == cur' "$tmp/candidates" | head -n 1)
+    [ -n "$pick" ] || pick=$(sort -t. -k1,1n -k2,2n -k3,3n -k4,4n "$tmp/candidates" | head -n 1)
+    if [ "$(wc -l <"$tmp/candidates")" -gt 1 ]; then
+        log "master1 answers at $(cut -d' ' -f1 "$tmp/candidates" | tr '\n' ' ')with the same CA; using ${pick% *}" >&2
+    fi
+    printf '%s\n' "$pick"
 }
 
 current=$(current_address)
@@ -93,10 +114,7 @@ else
     try=1
     while :; do
         verified_answers >"$tmp/found"
-        if [ -s "$tmp/found" ]; then
-            # Stay with the current address while it is still announced.
-            pick=$(awk -v cur="$current" '$1 == cur' "$tmp/found" | head -n 1)
-            [ -n "$pick" ] || pick=$(head -n 1 "$tmp/found")
+        if pick=$(choose <"$tmp/found"); then
             address=${pick% *}
             ca=${pick#* }
             break

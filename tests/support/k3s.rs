@@ -206,6 +206,66 @@ pub fn pki(dir: &Path, cn: &str, sans: &[&str]) -> Pki {
 }
 
 impl Pki {
+    /// Another server certificate (and key) from this CA, for `ip`, in `dir`.
+    pub fn another_server_cert(&self, dir: &Path, ip: &str) -> (PathBuf, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca_key = self.ca.with_file_name("ca.key");
+        std::fs::write(
+            dir.join("ext.cnf"),
+            format!("[s]\nsubjectAltName=IP:{ip}\n"),
+        )
+        .unwrap();
+        let (ca, ca_key) = (self.ca.display().to_string(), ca_key.display().to_string());
+        openssl(
+            dir,
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "server.key",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-subj",
+                "/CN=k3s",
+                "-key",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "30",
+                "-in",
+                "server.csr",
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-extfile",
+                "ext.cnf",
+                "-extensions",
+                "s",
+                "-out",
+                "server.crt",
+            ],
+        );
+        (dir.join("server.crt"), dir.join("server.key"))
+    }
+
     /// A K3s-style admin kubeconfig (`default` names, 127.0.0.1) for this PKI.
     pub fn k3s_kubeconfig(&self) -> String {
         use base64::Engine;

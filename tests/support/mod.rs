@@ -44,3 +44,4 @@ pub fn require_tool(tool: &str) {
     );
 }
 pub mod replica;
+pub mod txt_cases;
