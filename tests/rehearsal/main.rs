@@ -100,12 +100,12 @@ fn apply_mutation(seeds: &mut BTreeMap<&str, NodeSeed>) {
         return;
     }
     match m.as_str() {
-        // A typo'd TXT key: every announcement then looks forged to the join.
+        // A typo'd verdict: the join then ignores every announcement, verified or not.
         "join-broken" => mutate_file(
             seeds.get_mut(AGENT).unwrap(),
             "/usr/local/lib/chocoimg/join.sh",
-            "txt_value proof ",
-            "txt_value prof ",
+            "\"$verdict\" != verified",
+            "\"$verdict\" != verifed",
         ),
         // The announce unit no longer waits for K3s to be started (ready).
         "announce-unordered" => mutate_file(
