@@ -16,7 +16,8 @@ SUITE=bookworm
 MIRROR=http://deb.debian.org/debian
 # systemd-sysv: minbase has no /sbin/init. python3-cffi-backend: debootstrap misses the
 # virtual python3-cffi-backend-api-* cloud-init needs. locales: cloud-init's locale module.
-PACKAGES=systemd,systemd-sysv,udev,dbus,cloud-init,netplan.io,avahi-daemon,avahi-utils,python3,python3-cffi-backend,openssh-server,curl,openssl,ca-certificates,iproute2,locales,sudo,procps,linux-image-amd64
+# grub-common: grub-editenv, which the late-commands run in the target (as Ubuntu has it).
+PACKAGES=systemd,systemd-sysv,udev,dbus,cloud-init,netplan.io,avahi-daemon,avahi-utils,python3,python3-cffi-backend,openssh-server,curl,openssl,ca-certificates,iproute2,locales,sudo,procps,grub-common,linux-image-amd64
 IMAGE_SIZE=3G
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -73,9 +74,8 @@ rm -rf "$tree"/var/cache/apt/archives/*.deb "$tree"/var/lib/apt/lists/*
 cp -L "$tree/vmlinuz" "$work/vmlinuz"
 cp -L "$tree/initrd.img" "$work/initrd.img"
 # Straight from the tree: no loop device, no mount.
-mkfs.ext4 -q -L rehearsal-root -d "$tree" "$work/rootfs.ext4" "$IMAGE_SIZE"
+mkfs.ext4 -q -L rehearsal-root -d "$tree" "$work/rootfs.ext4" "$IMAGE_SIZE" >/dev/null
 rm -rf "$tree"
-cp "$work/debootstrap.log" "$work/debootstrap.log.keep" 2>/dev/null || true
 mkdir -p "$out.tmp"
 mv "$work/vmlinuz" "$work/initrd.img" "$work/rootfs.ext4" "$out.tmp/"
 echo "built $(date -u +%FT%TZ) in $(($(date +%s) - started)) s" >"$out.tmp/done"

@@ -193,6 +193,7 @@ fn make_rootfs(base: &Path, dir: &Path) -> PathBuf {
     let units = "/etc/systemd/system";
     let cmds = format!(
         "write {g}/rehearsal-installer /usr/local/sbin/rehearsal-installer\n\
+         write {g}/curtin /usr/local/sbin/curtin\n\
          write {g}/rehearsal-installer.service {units}/rehearsal-installer.service\n\
          symlink {units}/sysinit.target.wants/rehearsal-installer.service {units}/rehearsal-installer.service\n\
          write {g}/rehearsal-report /usr/local/sbin/rehearsal-report\n\
