@@ -16,6 +16,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/meta-data.yaml"),
     ),
     ("grub.cfg", include_str!("../templates/grub.cfg")),
+    (
+        "installer/guard.sh",
+        include_str!("../templates/installer/guard.sh"),
+    ),
     ("node/lib.sh", include_str!("../templates/node/lib.sh")),
     (
         "node/avahi-config.sh",
@@ -60,6 +64,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/node/avahi-daemon-dropin.conf"),
     ),
     ("node/sudoers", include_str!("../templates/node/sudoers")),
+    (
+        "node/chocoimg-boot.tmpfiles",
+        include_str!("../templates/node/chocoimg-boot.tmpfiles"),
+    ),
 ];
 
 /// The environment, built once per process.

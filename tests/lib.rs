@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod flash;
 mod flash_vm;
+mod guard;
 mod hostile_lan;
 mod house;
 mod image;
