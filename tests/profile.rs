@@ -3,32 +3,35 @@
 use crate::support::workspace::Workspace;
 use std::path::Path;
 
-fn default_profile() -> String {
-    std::fs::read_to_string(crate::support::repo().join("profiles/chocolandiadc-mvp.yaml")).unwrap()
+fn shipped_profile(file: &str) -> String {
+    std::fs::read_to_string(crate::support::repo().join("profiles").join(file)).unwrap()
 }
 
-/// The default profile with one text replacement (which must apply).
-fn with(from: &str, to: &str) -> String {
-    let p = default_profile();
-    assert!(
-        p.contains(from),
-        "the default profile no longer contains {from:?}; update the test"
-    );
-    p.replacen(from, to, 1)
+fn default_profile() -> String {
+    shipped_profile("chocolandiadc-mvp.yaml")
 }
 
 fn ha_profile() -> String {
-    std::fs::read_to_string(crate::support::repo().join("profiles/chocolandiadc-ha.yaml")).unwrap()
+    shipped_profile("chocolandiadc-ha.yaml")
 }
 
-/// The HA profile with one text replacement (which must apply).
-fn ha_with(from: &str, to: &str) -> String {
-    let p = ha_profile();
+/// `profile` with one text replacement (which must apply).
+fn replaced(profile: String, from: &str, to: &str) -> String {
     assert!(
-        p.contains(from),
-        "the HA profile no longer contains {from:?}; update the test"
+        profile.contains(from),
+        "the shipped profile no longer contains {from:?}; update the test"
     );
-    p.replacen(from, to, 1)
+    profile.replacen(from, to, 1)
+}
+
+/// The default profile with one text replacement.
+fn with(from: &str, to: &str) -> String {
+    replaced(default_profile(), from, to)
+}
+
+/// The HA profile with one text replacement.
+fn ha_with(from: &str, to: &str) -> String {
+    replaced(ha_profile(), from, to)
 }
 
 const HA_MASTER3: &str =
