@@ -255,6 +255,9 @@ fn packages(node: &NodePlan) -> Vec<String> {
 }
 
 /// Netplan v2: the pinned NIC when the profile gives a MAC, else every wired NIC (en*).
+/// The node's netplan (autoinstall `network:`): its NIC with DHCP or the static address
+/// or, on a `vlan` network, the NIC untagged and unaddressed with the VLAN on it
+/// (netplan `vlans:`) holding the address.
 fn network(plan: &Plan, node: &NodePlan) -> Result<Value> {
     let mut iface = Mapping::new();
     let mut matcher = Mapping::new();
@@ -264,6 +267,47 @@ fn network(plan: &Plan, node: &NodePlan) -> Result<Value> {
         (None, NodeConnection::Wifi { .. }) => matcher.insert("name".into(), "wl*".into()),
     };
     iface.insert("match".into(), Value::Mapping(matcher));
+    let (section, name) = match &node.connection {
+        NodeConnection::Ethernet => ("ethernets", "lan"),
+        NodeConnection::Wifi { ssid, password } => {
+            let password = password.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "internal: {}'s Wi-Fi password was not resolved",
+                    node.hostname
+                )
+            })?;
+            let mut ap = Mapping::new();
+            ap.insert("password".into(), password.into());
+            let mut aps = Mapping::new();
+            aps.insert(ssid.clone().into(), Value::Mapping(ap));
+            iface.insert("access-points".into(), Value::Mapping(aps));
+            ("wifis", "wlan")
+        }
+    };
+    let mut net = Mapping::new();
+    net.insert("version".into(), 2.into());
+    match plan.network.vlan {
+        None => address_config(plan, node, &mut iface),
+        Some(id) => {
+            // The plan allows a VLAN only on a wired NIC.
+            iface.insert("dhcp4".into(), false.into());
+            let mut vlan = Mapping::new();
+            vlan.insert("id".into(), id.into());
+            vlan.insert("link".into(), name.into());
+            address_config(plan, node, &mut vlan);
+            let mut vlans = Mapping::new();
+            vlans.insert(format!("vlan{id}").into(), Value::Mapping(vlan));
+            net.insert("vlans".into(), Value::Mapping(vlans));
+        }
+    }
+    let mut ifaces = Mapping::new();
+    ifaces.insert(name.into(), Value::Mapping(iface));
+    net.insert(section.into(), Value::Mapping(ifaces));
+    Ok(Value::Mapping(net))
+}
+
+/// DHCP, or the static address with the network's gateway and DNS, on `iface`.
+fn address_config(plan: &Plan, node: &NodePlan, iface: &mut Mapping) {
     match &node.address {
         Address::Dhcp => {
             iface.insert("dhcp4".into(), true.into());
@@ -287,29 +331,6 @@ fn network(plan: &Plan, node: &NodePlan) -> Result<Value> {
             iface.insert("nameservers".into(), Value::Mapping(ns));
         }
     }
-    let (section, name) = match &node.connection {
-        NodeConnection::Ethernet => ("ethernets", "lan"),
-        NodeConnection::Wifi { ssid, password } => {
-            let password = password.clone().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "internal: {}'s Wi-Fi password was not resolved",
-                    node.hostname
-                )
-            })?;
-            let mut ap = Mapping::new();
-            ap.insert("password".into(), password.into());
-            let mut aps = Mapping::new();
-            aps.insert(ssid.clone().into(), Value::Mapping(ap));
-            iface.insert("access-points".into(), Value::Mapping(aps));
-            ("wifis", "wlan")
-        }
-    };
-    let mut ifaces = Mapping::new();
-    ifaces.insert(name.into(), Value::Mapping(iface));
-    let mut net = Mapping::new();
-    net.insert("version".into(), 2.into());
-    net.insert(section.into(), Value::Mapping(ifaces));
-    Ok(Value::Mapping(net))
 }
 
 /// The whole target disk, chosen by the profile's match or, without one, the largest
