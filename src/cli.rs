@@ -101,6 +101,15 @@ pub enum Command {
     /// SHA-256 against `<node>.img.sha256` ("verified"); on macOS it ejects the stick.
     /// Exit 0 verified, 2 refused, 1 the write or the verification failed (or Ctrl-C).
     Flash(FlashArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// bash: `chocoimg completions bash > ~/.local/share/bash-completion/completions/chocoimg`.
+    /// zsh: write it as `_chocoimg` into a folder of $fpath. fish: write it to
+    /// ~/.config/fish/completions/chocoimg.fish.
+    Completions(CompletionsArgs),
+    /// Print the manual page as roff: `chocoimg man | man -l -`, or `chocoimg man build`
+    /// for one command's page.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +230,20 @@ impl FetchKubeconfigArgs {
         }
         Only::parse_from(["fetch-kubeconfig"]).args
     }
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The command whose page to print (e.g. build) [default: chocoimg's own page]
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
 }
 
 #[derive(Debug, Args)]

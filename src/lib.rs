@@ -13,6 +13,7 @@ pub mod commands;
 pub mod errors;
 pub mod flash;
 pub mod fsutil;
+pub mod guard;
 pub mod image;
 pub mod labels;
 pub mod plan;

@@ -24,6 +24,8 @@ fn main() {
             other => other,
         },
         Command::Flash(a) => commands::flash::run(g, a),
+        Command::Completions(a) => commands::manual::completions(a),
+        Command::Man(a) => commands::manual::man(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

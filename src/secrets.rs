@@ -117,7 +117,7 @@ impl Secrets {
         if !hex64(&self.agent_token) {
             return Some("agent_token is not 64 hex digits".into());
         }
-        if sha_crypt::sha512_check(&self.admin_password, &self.admin_password_hash).is_err() {
+        if !verify_password(&self.admin_password, &self.admin_password_hash) {
             return Some("admin_password_hash is not the hash of admin_password".into());
         }
         for (node, key) in &self.host_keys {
@@ -319,11 +319,30 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// SHA-512 crypt, `$6$<16-character salt>$<hash>`: the form `mkpasswd -m sha-512` and
+/// `openssl passwd -6` print. sha-crypt 0.6 spells out the default `rounds=5000$`; it is
+/// dropped (crypt(3) reads its absence as 5000) so new hashes look like the old ones.
 fn sha512_crypt(password: &str) -> Result<String> {
-    let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT)
-        .map_err(|e| anyhow::anyhow!("sha512-crypt parameters: {e:?}"))?;
-    sha_crypt::sha512_simple(password, &params)
-        .map_err(|e| anyhow::anyhow!("hashing the admin password: {e:?}"))
+    use sha_crypt::PasswordHasher;
+    let mut salt = [0u8; 12]; // 16 characters of crypt's base64
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let hash = sha_crypt::ShaCrypt::SHA512
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?
+        .to_string();
+    let default_rounds = format!("$6$rounds={}$", sha_crypt::Params::RECOMMENDED_ROUNDS);
+    Ok(match hash.strip_prefix(&default_rounds) {
+        Some(rest) => format!("$6${rest}"),
+        None => hash,
+    })
+}
+
+/// Whether `password` matches a SHA-512 crypt `hash` (either spelling of the rounds).
+fn verify_password(password: &str, hash: &str) -> bool {
+    use sha_crypt::PasswordVerifier;
+    sha_crypt::ShaCrypt::SHA512
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
 }
 
 /// Creates an SSH key pair at `private_path` (and `.pub` beside it) unless both exist;
@@ -357,12 +376,30 @@ mod tests {
         assert_eq!(a.server_token, b.server_token);
         assert_eq!(a.host_keys["master1"], b.host_keys["master1"]);
         assert!(b.host_keys.contains_key("nodo1"));
-        assert!(sha_crypt::sha512_check(&a.admin_password, &a.admin_password_hash).is_ok());
+        assert!(verify_password(&a.admin_password, &a.admin_password_hash));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
         assert!(!format!("{a:?}").contains(&a.server_token));
+    }
+
+    /// Hashes made before sha-crypt 0.6 (and by `openssl passwd -6`) still verify, and new
+    /// ones keep their shape: `$6$`, a 16-character salt, `$`, 86 characters.
+    #[test]
+    fn password_hashes_keep_their_format() {
+        let openssl = "$6$0123456789abcdef$.O.Ky7ljl0jLttFJO/5NjXN.XJQMRnCU.mDwNnqVK.LsmTqI6dybDsrPf1Ei4Sq.522kr0kvLHSQyylxJmU9./";
+        assert!(verify_password("hunter2-chocoimg", openssl));
+        assert!(!verify_password("hunter3-chocoimg", openssl));
+        let new = sha512_crypt("hunter2-chocoimg").unwrap();
+        let fields: Vec<&str> = new.split('$').collect();
+        assert_eq!(fields[..2], ["", "6"], "{new}");
+        assert_eq!(
+            (fields.len(), fields[2].len(), fields[3].len()),
+            (4, 16, 86),
+            "{new}"
+        );
+        assert!(verify_password("hunter2-chocoimg", &new));
     }
 }

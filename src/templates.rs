@@ -16,6 +16,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/meta-data.yaml"),
     ),
     ("grub.cfg", include_str!("../templates/grub.cfg")),
+    (
+        "installer/guard.sh",
+        include_str!("../templates/installer/guard.sh"),
+    ),
     ("node/lib.sh", include_str!("../templates/node/lib.sh")),
     (
         "node/avahi-config.sh",

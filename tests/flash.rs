@@ -520,3 +520,29 @@ fn flash_on_a_terminal_asks_for_the_device_name() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("verified"));
     assert!(lo.contents()[..data.len()] == data[..]);
 }
+
+#[test]
+fn flash_as_a_user_who_may_not_write_the_disk_says_sudo() {
+    require_tool("setpriv");
+    let t = tempfile::tempdir().unwrap();
+    // The image is readable by everyone; the loop device, as every disk, only by root.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (img, _) = image(t.path(), MIB);
+    for f in ["test.img", "test.img.sha256"] {
+        std::fs::set_permissions(t.path().join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let lo = LoopDevice::new(t.path(), "disk", 8 * MIB);
+    let before = lo.contents();
+    // A copy of the binary the user can run wherever the checkout lives.
+    let bin = t.path().join("chocoimg");
+    std::fs::copy(env!("CARGO_BIN_EXE_chocoimg"), &bin).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["flash", s(&img), s(&lo.dev), "--yes", "--allow-fixed-disk"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_refused(&out, &["needs root", "sudo"], &before, &lo.contents());
+}

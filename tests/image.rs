@@ -1,6 +1,7 @@
 //! The USB image, checked by tools nobody here wrote (xorriso, sgdisk, fsck.vfat, blkid,
 //! mtools) and booted in QEMU under UEFI (OVMF) and BIOS (SeaBIOS). The Ubuntu ISO is
 //! a replica (support::replica) because the real one cannot be had here.
+use crate::support::installed::{self, Holds};
 use crate::support::replica::{self, Variant};
 use crate::support::{chocoimg, require_tool};
 use chocoimg::artifacts::PayloadFile;
@@ -203,6 +204,15 @@ fn check_with_foreign_tools(variant: Variant) {
         menu.contains("linux\t/casper/vmlinuz autoinstall ---"),
         "{menu}"
     );
+    // The reinstall guard: GRUB looks for the installed node's marker first.
+    assert!(
+        menu.contains("search --no-floppy --file --set=chocoimg_disk /etc/chocoimg/node.env"),
+        "{menu}"
+    );
+    assert!(
+        menu.contains("linux\t/casper/vmlinuz autoinstall chocoimg.reinstall ---"),
+        "{menu}"
+    );
     assert!(menu.contains("set timeout=10"));
     assert!(!menu.contains("set timeout=30"));
     assert!(menu.contains("Try or Install Ubuntu Server"));
@@ -286,6 +296,12 @@ fn check_with_foreign_tools(variant: Variant) {
         .unwrap()
         .starts_with("Ubuntu-Server 22.04.5"));
     assert!(j["kernel_line"].as_str().unwrap().contains("autoinstall"));
+    assert_eq!(j["reinstall_title"], "Reinstall master1 - ERASES the disk");
+    assert_eq!(
+        j["reinstall_kernel_line"],
+        "/casper/vmlinuz autoinstall chocoimg.reinstall ---"
+    );
+    assert_eq!(j["reinstall_title"], built.reinstall_title.as_str());
 }
 
 #[test]
@@ -552,13 +568,37 @@ fn clean_log(raw: &[u8]) -> String {
     out
 }
 
-/// Boots `img` as a USB stick (TCG: no KVM here) and returns the cleaned serial log.
-fn boot(img: &Path, uefi: bool, dir: &Path) -> String {
+/// How a test boots the stick: beside which second disk, and what it does at the
+/// keyboard.
+struct Boot<'a> {
+    uefi: bool,
+    /// The machine's internal disk (attached copy-on-write: never changed).
+    disk: &'a Path,
+    /// Keys typed once this text is on the screen.
+    keys: Option<(&'a str, &'a [u8])>,
+    /// Switch the machine off once this text is on the screen (else it must power off
+    /// by itself, as the replica's initramfs does).
+    stop_at: Option<&'a str>,
+}
+
+/// GRUB's menu keys over the serial terminal (VT100): down, then Enter.
+const DOWN_ENTER: &[u8] = b"\x1b[B\r";
+
+/// Boots `img` as a USB stick (TCG: no KVM here) and returns the cleaned screen text.
+/// The screen is the serial port: OVMF mirrors its console there, and SeaBIOS does with
+/// `etc/sercon-port` (so GRUB's menu and messages show under BIOS too); both read keys
+/// from it. QEMU connects to a socket the test listens on.
+fn boot(img: &Path, b: &Boot, dir: &Path) -> String {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
     require_tool("qemu-system-x86_64");
-    require_tool("timeout");
-    let log = dir.join(if uefi { "uefi.log" } else { "bios.log" });
-    let mut cmd = Command::new("timeout");
-    cmd.args(["--kill-after=10", "400", "qemu-system-x86_64"])
+    let name = if b.uefi { "uefi" } else { "bios" };
+    let sock = dir.join(format!("{name}.serial"));
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "10", "qemu-system-x86_64"])
         .args([
             "-accel",
             "tcg",
@@ -569,16 +609,27 @@ fn boot(img: &Path, uefi: bool, dir: &Path) -> String {
             "-no-reboot",
         ])
         .args(["-display", "none", "-monitor", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
+        .arg("-chardev")
+        .arg(format!("socket,id=screen,path={}", sock.display()))
+        .args(["-serial", "chardev:screen"])
         .arg("-drive")
         .arg(format!(
             "if=none,id=stick,file={},format=raw",
             img.display()
         ))
         .args(["-device", "qemu-xhci,id=xhci"])
-        .args(["-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=1"]);
-    if uefi {
+        .args(["-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=1"])
+        .arg("-drive")
+        .arg(format!(
+            "if=none,id=disk,file={},format=raw,snapshot=on",
+            b.disk.display()
+        ))
+        // In the boot order after the stick, as an installed machine's disk is: OVMF
+        // connects only the devices QEMU's boot order names, so GRUB would not see it
+        // otherwise (a firmware's "fast boot" can do the same: then the installer's
+        // early-command is the guard that holds).
+        .args(["-device", "ide-hd,drive=disk,bus=ide.0,bootindex=2"]);
+    if b.uefi {
         let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
         let vars = Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd");
         assert!(
@@ -597,41 +648,222 @@ fn boot(img: &Path, uefi: bool, dir: &Path) -> String {
                 "if=pflash,format=raw,unit=1,file={}",
                 my_vars.display()
             ));
+    } else {
+        // SeaBIOS reads the port as a little-endian integer: COM1, 0x3f8.
+        let port = dir.join("sercon-port");
+        std::fs::write(&port, 0x3f8u16.to_le_bytes()).unwrap();
+        cmd.arg("-fw_cfg")
+            .arg(format!("name=etc/sercon-port,file={}", port.display()));
     }
-    let status = cmd
+    let stderr = dir.join(format!("{name}.qemu-stderr"));
+    let mut child = cmd
         .stdin(std::process::Stdio::null())
-        .status()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
         .expect("running qemu");
-    let text = clean_log(&std::fs::read(&log).unwrap_or_default());
-    assert!(
-        status.success(),
-        "qemu did not power off by itself ({status}); serial log:\n{text}"
-    );
+    // A bound on a hung machine, not a timing check (a boot takes 15-60 s alone, minutes
+    // when several share the two cores).
+    let started = std::time::Instant::now();
+    let give_up = started + std::time::Duration::from_secs(1200);
+    let qemu_said = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    let mut screen = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(st) = child.try_wait().unwrap() {
+                    panic!(
+                        "qemu ended ({st}) before opening its serial port: {}",
+                        qemu_said()
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("accepting qemu's serial port: {e}"),
+        }
+    };
+    screen.set_nonblocking(false).unwrap();
+    screen
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let (mut raw, mut buf) = (Vec::new(), [0u8; 4096]);
+    let (mut typed, mut stopped) = (false, false);
+    loop {
+        match screen.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        let text = clean_log(&raw);
+        if let Some((when, keys)) = b.keys {
+            if !typed && text.contains(when) {
+                screen.write_all(keys).unwrap();
+                typed = true;
+            }
+        }
+        if b.stop_at.is_some_and(|at| text.contains(at)) {
+            stopped = true;
+            break;
+        }
+        if std::time::Instant::now() > give_up {
+            break;
+        }
+    }
+    // A machine that powers off closes the port just before QEMU exits: wait for it.
+    while !stopped && std::time::Instant::now() < give_up {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let text = clean_log(&raw);
+    std::fs::write(dir.join(format!("{name}.log")), &text).unwrap();
+    match b.stop_at {
+        Some(at) => assert!(
+            stopped,
+            "the screen never showed {at:?} ({:?}); it shows:\n{text}",
+            started.elapsed()
+        ),
+        None => assert!(
+            status.success(),
+            "qemu did not power off by itself ({status} after {:?}): {}; screen:\n{text}",
+            started.elapsed(),
+            qemu_said()
+        ),
+    }
+    if let Some((when, _)) = b.keys {
+        assert!(typed, "the screen never showed {when:?}:\n{text}");
+    }
     text
 }
 
-fn check_boot(uefi: bool) {
-    // The image `chocoimg build` makes, carrying the seed `chocoimg render` makes.
-    let (ws, img) = cli_built_image(Variant::Joliet);
-    let user_data = rendered_user_data(&ws, "master1");
-    let log = boot(&img, uefi, ws.path());
-    let cmdline = log
-        .lines()
-        .find_map(|l| {
-            l.split_once(replica::CMDLINE_MARK)
-                .map(|(_, c)| c.to_string())
-        })
-        .unwrap_or_else(|| panic!("the initramfs never printed its command line:\n{log}"));
-    let words: Vec<&str> = cmdline.split_whitespace().collect();
-    assert!(words.contains(&"autoinstall"), "{cmdline}\n{log}");
-    assert!(!cmdline.contains("console=ttyS0"), "{cmdline}");
+/// The kernel command line the replica's initramfs printed, if a kernel started.
+fn booted_cmdline(log: &str) -> Option<String> {
+    log.lines().find_map(|l| {
+        l.split_once(replica::CMDLINE_MARK)
+            .map(|(_, c)| c.trim().to_string())
+    })
+}
+
+/// The user-data the replica's initramfs read off CIDATA.
+fn user_data_read(log: &str) -> &str {
     let begin = log
         .find(replica::USER_DATA_BEGIN)
         .unwrap_or_else(|| panic!("no user-data read off CIDATA:\n{log}"));
     let rest = &log[begin + replica::USER_DATA_BEGIN.len()..];
     let end = rest.find(replica::USER_DATA_END).expect("end marker");
-    assert_eq!(rest[..end].trim(), user_data.trim(), "{log}");
+    rest[..end].trim()
+}
+
+/// A freshly unboxed machine (a blank internal disk): the stick installs unattended.
+fn check_boot(uefi: bool) {
+    // The image `chocoimg build` makes, carrying the seed `chocoimg render` makes.
+    let (ws, img) = cli_built_image(Variant::Joliet);
+    let user_data = ws.rendered_user_data("master1");
+    let disk = ws.path().join("blank.img");
+    installed::write_disk(&disk, &Holds::Blank);
+    let boot_setup = Boot {
+        uefi,
+        disk: &disk,
+        keys: None,
+        stop_at: None,
+    };
+    let log = boot(&img, &boot_setup, ws.path());
+    let cmdline = booted_cmdline(&log)
+        .unwrap_or_else(|| panic!("the initramfs never printed its command line:\n{log}"));
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    assert!(words.contains(&"autoinstall"), "{cmdline}\n{log}");
+    assert!(
+        !words.contains(&chocoimg::guard::REINSTALL_ARG),
+        "{cmdline}"
+    );
+    assert!(!cmdline.contains("console=ttyS0"), "{cmdline}");
+    assert_eq!(user_data_read(&log), user_data.trim(), "{log}");
     assert!(log.contains(replica::DONE_MARK));
+}
+
+/// A machine that holds an installed node: the stick's default stops with a message
+/// naming it, no kernel starts; the reinstall entry, chosen at the keyboard, installs.
+fn check_guard(uefi: bool) {
+    let (ws, img) = cli_built_image(Variant::Joliet);
+    let user_data = ws.rendered_user_data("master1");
+    // UEFI: nodo1 of this cluster; BIOS: a node of another chocoimg cluster.
+    let late = if uefi {
+        installed::late_commands(&ws.rendered_user_data("nodo1"))
+    } else {
+        chocoimg::guard::late_commands("homelab", "worker7", "agent")
+    };
+    let (node, cluster) = if uefi {
+        ("nodo1", CLUSTER)
+    } else {
+        ("worker7", "homelab")
+    };
+    let disk = ws.path().join("installed.img");
+    installed::write_disk(
+        &disk,
+        &Holds::Node {
+            late_commands: &late,
+            uefi,
+        },
+    );
+    // The message's last line: the whole message is on the screen by then.
+    let reinstall = chocoimg::guard::reinstall_title("master1");
+    let last_line = format!("'{reinstall}'.");
+    let log = boot(
+        &img,
+        &Boot {
+            uefi,
+            disk: &disk,
+            keys: None,
+            stop_at: Some(&last_line),
+        },
+        ws.path(),
+    );
+    assert_eq!(booted_cmdline(&log), None, "a kernel started:\n{log}");
+    let message = format!("chocoimg: this machine holds node {node} of cluster {cluster}");
+    assert!(log.contains(&message), "{log}");
+    assert!(log.contains("Nothing was erased"), "{log}");
+
+    // At the keyboard: the second entry, "Reinstall master1 - ERASES the disk".
+    let log = boot(
+        &img,
+        &Boot {
+            uefi,
+            disk: &disk,
+            keys: Some((&reinstall, DOWN_ENTER)),
+            stop_at: None,
+        },
+        ws.path(),
+    );
+    assert!(
+        log.contains(&format!(
+            "Stop: this machine holds node {node} of cluster {cluster}"
+        )),
+        "{log}"
+    );
+    let cmdline = booted_cmdline(&log)
+        .unwrap_or_else(|| panic!("the reinstall entry started no kernel:\n{log}"));
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    assert!(words.contains(&"autoinstall"), "{cmdline}");
+    assert!(words.contains(&chocoimg::guard::REINSTALL_ARG), "{cmdline}");
+    assert_eq!(user_data_read(&log), user_data.trim(), "{log}");
+}
+
+#[test]
+fn image_stops_under_uefi_on_a_machine_that_holds_a_node_and_reinstalls_when_chosen() {
+    check_guard(true);
+}
+
+#[test]
+fn image_stops_under_bios_on_a_machine_that_holds_a_node_and_reinstalls_when_chosen() {
+    check_guard(false);
 }
 
 /// `chocoimg build --node master1` on a replica, with K3s from a loopback mirror.
@@ -645,13 +877,6 @@ fn cli_built_image(variant: Variant) -> (crate::support::workspace::Workspace, P
     ws.ok(&["build", "--node", "master1", "--iso", iso.to_str().unwrap()]);
     let img = ws.out().join(CLUSTER).join("master1.img");
     (ws, img)
-}
-
-/// What `chocoimg render` writes as the node's user-data.
-fn rendered_user_data(ws: &crate::support::workspace::Workspace, node: &str) -> String {
-    let dir = ws.path().join("rendered");
-    ws.ok(&["render", "--node", node, "--out", dir.to_str().unwrap()]);
-    std::fs::read_to_string(dir.join(node).join("user-data")).unwrap()
 }
 
 #[test]
@@ -856,6 +1081,10 @@ fn image_cli_build_end_to_end_on_the_replica() {
     // inspect, text and JSON.
     let inspected = ws.ok(&["inspect", img.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&inspected.stdout).into_owned();
+    assert!(
+        text.contains("reinstall: \"Reinstall master1 - ERASES the disk\""),
+        "{text}"
+    );
 
     // No secret reaches the terminal, from build or inspect.
     let secrets = chocoimg::secrets::load(&dir.join("secrets.yaml")).unwrap();
@@ -1283,10 +1512,7 @@ fn image_cli_build_output_agrees_with_foreign_tools() {
         .unwrap();
     let part = tmp.path().join("cidata.img");
     partition_bytes(&img, p.number, &part);
-    assert_eq!(
-        check_cidata_volume(&part),
-        rendered_user_data(&ws, "master1")
-    );
+    assert_eq!(check_cidata_volume(&part), ws.rendered_user_data("master1"));
 }
 
 /// The same node, built by the CLI on ext4, tmpfs and loop-mounted btrfs and XFS, is

@@ -1,9 +1,11 @@
 //! One integration test binary driving the real `chocoimg` and real peers.
 //! Each area adds its module here.
 mod artifacts;
+mod cli;
 mod cluster;
 mod flash;
 mod flash_vm;
+mod guard;
 mod hostile_lan;
 mod house;
 mod image;

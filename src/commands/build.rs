@@ -110,8 +110,9 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     println!(
         "\nWARNING: each image carries this cluster's secrets (K3s tokens, the node's SSH \
          host key, the admin password hash). Keep the images and sticks private and wipe \
-         a stick once its node is installed. A machine that boots the stick again is \
-         reinstalled."
+         a stick once its node is installed. A machine that boots a stick again while it \
+         holds a chocoimg node stops without erasing anything; to reinstall it, choose \
+         \"Reinstall <node> - ERASES the disk\" in the stick's boot menu."
     );
     Ok(0)
 }
@@ -139,6 +140,10 @@ fn print_flashing(built: &image::Built, manifest: &std::path::Path) {
     );
     println!("  record  {}", manifest.display());
     println!("  boots   \"{}\"", built.boot_title);
+    println!(
+        "          (on a machine that holds a chocoimg node: stops; \"{}\" at the keyboard)",
+        built.reinstall_title
+    );
     println!("  flash it to a USB stick (everything on the stick is erased):");
     println!(
         "    chocoimg flash --node {}   (finds the stick, refuses other disks, verifies)",

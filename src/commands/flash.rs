@@ -42,7 +42,9 @@ pub fn run(global: &Global, args: &FlashArgs) -> Result<i32> {
     confirm(&target, &image, args.yes, interactive)?;
     let target = match target {
         Target::Disk(d) if !d.mounts.is_empty() => {
-            Target::Disk(flash::unmount(&d).map_err(as_bad_input)?)
+            let d = flash::unmount(&d).map_err(as_bad_input)?;
+            writer::wait_exclusive(&d.path).map_err(as_bad_input)?;
+            Target::Disk(d)
         }
         t => t,
     };

@@ -16,6 +16,14 @@ pub fn run(_global: &Global, args: &InspectArgs) -> anyhow::Result<i32> {
     println!("Ubuntu:    {} ({})", id.ubuntu_release, found.iso_release);
     println!("boots:     \"{}\"", found.boot_title);
     println!("kernel:    {}", found.kernel_line);
+    match (&found.reinstall_title, &found.reinstall_kernel_line) {
+        (Some(title), Some(kernel)) => {
+            println!("guard:     stops on a machine that holds a chocoimg node");
+            println!("reinstall: \"{title}\" ({kernel})");
+        }
+        // Built before the reinstall guard: say what such a stick does.
+        _ => println!("guard:     none (a machine that boots this stick is reinstalled)"),
+    }
     println!("built by:  chocoimg {}", id.chocoimg_version);
     Ok(0)
 }

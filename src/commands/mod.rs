@@ -6,6 +6,7 @@ pub mod fetch_kubeconfig;
 pub mod flash;
 pub mod inputs;
 pub mod inspect;
+pub mod manual;
 pub mod render;
 pub mod status;
 pub mod validate;

@@ -58,6 +58,8 @@ pub enum Refusal {
     Busy,
     /// `--to-file` given the image itself.
     IsTheImage,
+    /// Opening it for writing was not permitted.
+    NoPermission,
 }
 
 impl fmt::Display for Refusal {
@@ -122,6 +124,11 @@ impl fmt::Display for Refusal {
                 f,
                 "it is not a disk (not a block device); give the stick's device \
                  (`chocoimg flash --list`)"
+            ),
+            Refusal::NoPermission => write!(
+                f,
+                "this user may not write it; writing a whole disk needs root: run the same \
+                 command with sudo"
             ),
             Refusal::IsTheImage => write!(
                 f,

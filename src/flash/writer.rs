@@ -3,9 +3,13 @@
 //! Order matters for a stick that is pulled or interrupted half-way: the first and the
 //! last MiB of the stick are zeroed first (no partition table, primary or backup, and
 //! no boot sector left from before), the image is written from its second MiB on, and
-//! its first MiB only once the rest is on the stick and the image read matches its
-//! SHA-256. Until then the stick cannot boot half an installer. After `fsync`, the stick
-//! is read back (bypassing the page cache) and its SHA-256 compared.
+//! its first MiB only once the rest is on the stick. Until then the stick cannot boot
+//! half an installer. After `fsync`, the stick is read back (bypassing the page cache)
+//! and its SHA-256 compared with `<image>.sha256`; a stick that fails is zeroed again.
+//! With a `.sha256`, the image is not hashed while it is written: the read-back check
+//! covers a damaged image too (its file is hashed only then, to say which side is at
+//! fault), and the write costs no more CPU than `dd` (the laptop may be busy). Without
+//! one, the image is hashed as it is read, and the read-back must match that.
 use crate::progress::{Meter, ProgressStyle};
 use anyhow::{Context, Result};
 use sha2::Digest;
@@ -156,6 +160,11 @@ fn open_target(req: &WriteRequest) -> Result<Opened> {
             reasons: vec![super::Refusal::Busy],
         }
         .into()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(super::Refused {
+            target: req.target.to_path_buf(),
+            reasons: vec![super::Refusal::NoPermission],
+        }
+        .into()),
         Err(e) => Err(e).with_context(|| format!("opening {} for writing", req.target.display())),
     }
 }
@@ -188,6 +197,22 @@ pub fn probe_exclusive(target: &Path) -> Result<()> {
         cancel: &cancel,
     };
     open_target(&req).map(drop)
+}
+
+/// [`probe_exclusive`] right after an unmount: the kernel may let go of an unmounted
+/// filesystem's device a moment after `umount` returns (and a desktop's automounter
+/// may glance at it), so a busy answer is retried for up to five seconds.
+pub fn wait_exclusive(target: &Path) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match probe_exclusive(target) {
+            Err(e) if e.downcast_ref::<super::Refused>().is_some() && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Writes the first `len` bytes of `buf` at `offset`. Direct I/O writes whole blocks:
@@ -227,7 +252,8 @@ pub fn write(req: &WriteRequest) -> Result<Written> {
         .sync_data()
         .with_context(|| format!("syncing {}", target.display()))?;
 
-    // 2. The image from its second MiB on, read and hashed in a second thread.
+    // 2. The image from its second MiB on, read (and hashed, without a .sha256) in a
+    //    second thread.
     let meter = Meter::new(&format!("writing {}", target.display()), size, req.progress);
     let image_path = req.image.path.clone();
     let (full_tx, full_rx) = mpsc::sync_channel::<(Aligned, usize, u64)>(2);
@@ -236,13 +262,16 @@ pub fn write(req: &WriteRequest) -> Result<Written> {
         empty_tx.send(Aligned::new(CHUNK)).expect("receiver alive");
     }
     let mut head_copy = Aligned::new(HEAD as usize);
-    let reader = std::thread::spawn(move || -> Result<(String, Aligned)> {
+    let hash_source = req.image.expected_sha256.is_none();
+    let reader = std::thread::spawn(move || -> Result<(Option<String>, Aligned)> {
         let img =
             File::open(&image_path).with_context(|| format!("opening {}", image_path.display()))?;
-        let mut hasher = sha2::Sha256::new();
+        let mut hasher = hash_source.then(sha2::Sha256::new);
         read_full(&img, &mut head_copy.buf()[..head_len], 0)
             .with_context(|| format!("reading {}", image_path.display()))?;
-        hasher.update(&head_copy.buf()[..head_len]);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&head_copy.buf()[..head_len]);
+        }
         let mut offset = head_len as u64;
         while offset < size {
             let Ok(mut buf) = empty_rx.recv() else {
@@ -251,13 +280,15 @@ pub fn write(req: &WriteRequest) -> Result<Written> {
             let len = (size - offset).min(CHUNK as u64) as usize;
             read_full(&img, &mut buf.buf()[..len], offset)
                 .with_context(|| format!("reading {}", image_path.display()))?;
-            hasher.update(&buf.buf()[..len]);
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf.buf()[..len]);
+            }
             if full_tx.send((buf, len, offset)).is_err() {
                 break;
             }
             offset += len as u64;
         }
-        Ok((hex::encode(hasher.finalize()), head_copy))
+        Ok((hasher.map(|h| hex::encode(h.finalize())), head_copy))
     });
     let mut failure = None;
     let mut pause_at = test_hook("CHOCOIMG_TEST_PAUSE_AFTER");
@@ -286,21 +317,11 @@ pub fn write(req: &WriteRequest) -> Result<Written> {
         return Err(err);
     }
     let (image_sha, mut head) = read?;
-    let (expected, against_file) = match &req.image.expected_sha256 {
-        Some(e) => (e.clone(), true),
-        None => (image_sha.clone(), false),
+    let (expected, against_file) = match (&req.image.expected_sha256, image_sha) {
+        (Some(e), _) => (e.clone(), true),
+        (None, Some(read)) => (read, false),
+        (None, None) => unreachable!("hashed when there is no .sha256"),
     };
-    if image_sha != expected {
-        meter.finish();
-        let _ = out.file.sync_data();
-        return Err(WriteError::ImageChanged {
-            image: req.image.path.clone(),
-            target,
-            expected,
-            actual: image_sha,
-        }
-        .into());
-    }
     out.file
         .sync_data()
         .with_context(|| format!("syncing {}", target.display()))?;
@@ -327,6 +348,17 @@ pub fn write(req: &WriteRequest) -> Result<Written> {
         // A stick that does not hold the image must not boot as an installer.
         let _ = write_at(&out, &mut zeros, HEAD as usize, 0);
         let _ = out.file.sync_all();
+        // Which side is at fault: the image (changed since its .sha256) or the stick.
+        let image_now = crate::fsutil::sha256_file(&req.image.path)?;
+        if image_now != expected {
+            return Err(WriteError::ImageChanged {
+                image: req.image.path.clone(),
+                target,
+                expected,
+                actual: image_now,
+            }
+            .into());
+        }
         return Err(WriteError::VerifyFailed {
             target,
             expected,

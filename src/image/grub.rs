@@ -1,8 +1,11 @@
-//! The GRUB menu on the stick: a first entry that installs this node unattended, then
-//! the ISO's own entries, unchanged but for their timeout.
+//! The GRUB menu on the stick: a first entry that installs this node unattended (or,
+//! on a machine that already holds a chocoimg node, one that stops: see crate::guard),
+//! the entry that reinstalls on purpose, then the ISO's own entries, unchanged but for
+//! their timeout.
 use super::error::ImageError;
 use super::identity::Identity;
 use super::ubuntu::GRUB_CFG;
+use crate::guard;
 use minijinja::context;
 /// Seconds before the install entry starts by itself.
 pub const TIMEOUT_SECS: u32 = 10;
@@ -15,6 +18,9 @@ pub struct BootMenu {
     pub title: String,
     /// The first entry's `linux` arguments (kernel path and command line).
     pub kernel_line: String,
+    /// The entry that installs over an installed node, and its `linux` arguments.
+    pub reinstall_title: String,
+    pub reinstall_kernel_line: String,
 }
 
 /// Renders the menu for `id` from the ISO's `original` grub.cfg. The first original
@@ -23,7 +29,9 @@ pub fn render(original: &str, id: &Identity) -> Result<BootMenu, ImageError> {
     let first = first_entry(original).ok_or_else(|| ImageError::GrubLayout {
         detail: "it has no menuentry with a `linux` and an `initrd` line".into(),
     })?;
-    let kernel_line = with_autoinstall(&first.linux);
+    let kernel_line = with_words(&first.linux, &["autoinstall"]);
+    let reinstall_kernel_line = with_words(&first.linux, &["autoinstall", guard::REINSTALL_ARG]);
+    let reinstall_title = guard::reinstall_title(&id.node);
     let title = format!(
         "Install {} ({}) of {} - ERASES the target disk",
         id.node, id.role, id.cluster
@@ -49,6 +57,9 @@ pub fn render(original: &str, id: &Identity) -> Result<BootMenu, ImageError> {
                 timeout => TIMEOUT_SECS,
                 title => title,
                 kernel_line => kernel_line,
+                marker => guard::MARKER,
+                reinstall_title => reinstall_title,
+                reinstall_kernel_line => reinstall_kernel_line,
                 initrd_line => first.initrd,
                 original => kept.trim(),
             })
@@ -60,6 +71,8 @@ pub fn render(original: &str, id: &Identity) -> Result<BootMenu, ImageError> {
         text,
         title,
         kernel_line,
+        reinstall_title,
+        reinstall_kernel_line,
     })
 }
 
@@ -73,6 +86,22 @@ pub struct Entry {
 
 /// The first `menuentry` that has both a `linux` and an `initrd` line.
 pub fn first_entry(cfg: &str) -> Option<Entry> {
+    entries(cfg).into_iter().next()
+}
+
+/// The entry that reinstalls over an installed node (its kernel gets the guard's
+/// argument), if the menu has one.
+pub fn reinstall_entry(cfg: &str) -> Option<Entry> {
+    entries(cfg).into_iter().find(|e| {
+        e.linux
+            .split_whitespace()
+            .any(|w| w == guard::REINSTALL_ARG)
+    })
+}
+
+/// Every top-level `menuentry` (inside an `if` too) with a `linux` and an `initrd` line.
+fn entries(cfg: &str) -> Vec<Entry> {
+    let mut found = Vec::new();
     let mut current: Option<Entry> = None;
     let mut depth = 0i32;
     for line in cfg.lines() {
@@ -97,12 +126,12 @@ pub fn first_entry(cfg: &str) -> Option<Entry> {
             depth = 0;
             if let Some(e) = current.take() {
                 if !e.linux.is_empty() && !e.initrd.is_empty() {
-                    return Some(e);
+                    found.push(e);
                 }
             }
         }
     }
-    None
+    found
 }
 
 fn entry_title(line: &str) -> String {
@@ -130,24 +159,17 @@ pub fn goes_on_to_main_menu(cfg: &str) -> bool {
     })
 }
 
-/// `autoinstall` goes before `---` (arguments after it are the installed system's).
-fn with_autoinstall(linux: &str) -> String {
+/// `extra` words go before `---` (arguments after it are the installed system's), each
+/// once.
+fn with_words(linux: &str, extra: &[&str]) -> String {
     let words: Vec<&str> = linux.split_whitespace().collect();
-    if words.contains(&"autoinstall") {
-        return words.join(" ");
-    }
-    let mut out: Vec<&str> = Vec::with_capacity(words.len() + 1);
-    match words.iter().position(|w| *w == "---") {
-        Some(i) => {
-            out.extend(&words[..i]);
-            out.push("autoinstall");
-            out.extend(&words[i..]);
-        }
-        None => {
-            out.extend(&words);
-            out.push("autoinstall");
-        }
-    }
+    let split = words
+        .iter()
+        .position(|w| *w == "---")
+        .unwrap_or(words.len());
+    let mut out: Vec<&str> = words[..split].to_vec();
+    out.extend(extra.iter().filter(|w| !words.contains(w)));
+    out.extend(&words[split..]);
     out.join(" ")
 }
 
@@ -201,12 +223,35 @@ mod tests {
 
     #[test]
     fn autoinstall_goes_before_the_separator_once() {
+        let auto = |l| with_words(l, &["autoinstall"]);
+        assert_eq!(auto("/k quiet --- x"), "/k quiet autoinstall --- x");
+        assert_eq!(auto("/k"), "/k autoinstall");
+        assert_eq!(auto("/k autoinstall ---"), "/k autoinstall ---");
         assert_eq!(
-            with_autoinstall("/k quiet --- x"),
-            "/k quiet autoinstall --- x"
+            with_words("/k autoinstall ---", &["autoinstall", "chocoimg.reinstall"]),
+            "/k autoinstall chocoimg.reinstall ---"
         );
-        assert_eq!(with_autoinstall("/k"), "/k autoinstall");
-        assert_eq!(with_autoinstall("/k autoinstall ---"), "/k autoinstall ---");
+    }
+
+    #[test]
+    fn only_the_reinstall_entry_passes_the_guard() {
+        let m = render(UBUNTU, &id()).unwrap();
+        assert_eq!(m.reinstall_title, "Reinstall master1 - ERASES the disk");
+        assert_eq!(
+            m.reinstall_kernel_line,
+            "/casper/vmlinuz autoinstall chocoimg.reinstall ---"
+        );
+        assert!(!m.kernel_line.contains(guard::REINSTALL_ARG));
+        let again = reinstall_entry(&m.text).unwrap();
+        assert_eq!(again.title, m.reinstall_title);
+        assert_eq!(again.linux, m.reinstall_kernel_line);
+        // The stop entry comes first in the menu and boots nothing.
+        let stop = m.text.find("menuentry \"Stop: ").unwrap();
+        assert!(stop < m.text.find(&m.title).unwrap());
+        assert!(m
+            .text
+            .contains(&format!("--set=chocoimg_disk {}", guard::MARKER)));
+        assert!(reinstall_entry(UBUNTU).is_none());
     }
 
     #[test]
@@ -230,5 +275,17 @@ mod tests {
             render("set timeout=5\n", &id()),
             Err(ImageError::GrubLayout { .. })
         ));
+    }
+
+    #[test]
+    fn the_menu_fits_the_block_of_the_22_04_5_menu_with_long_names() {
+        // Ubuntu 22.04.5's grub.cfg is 574 bytes and owns one 2048-byte block; the
+        // ISO's menu cannot grow past it (names of 63 characters do not fit: build says so).
+        let original = format!("{UBUNTU}{}\n", "#".repeat(574 - UBUNTU.len() - 1));
+        let mut long = id();
+        long.node = "n".repeat(24);
+        long.cluster = "c".repeat(24);
+        let m = render(&original, &long).unwrap();
+        assert!(m.text.len() <= 2048, "{} bytes", m.text.len());
     }
 }

@@ -14,8 +14,14 @@ pub struct Inspection {
     pub identity: Identity,
     /// `/.disk/info` of the ISO inside.
     pub iso_release: String,
+    /// The first entry that boots a kernel (on a machine that holds a chocoimg node,
+    /// an entry that stops comes before it).
     pub boot_title: String,
     pub kernel_line: String,
+    /// The entry that reinstalls over an installed node (none on images from before the
+    /// reinstall guard).
+    pub reinstall_title: Option<String>,
+    pub reinstall_kernel_line: Option<String>,
     pub cidata_partition: usize,
 }
 
@@ -60,13 +66,17 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     let cfg = iso
         .read_file(GRUB_CFG, 1 << 20)
         .map_err(|e| not_ours(e.to_string()))?;
-    let entry = grub::first_entry(&String::from_utf8_lossy(&cfg))
-        .ok_or_else(|| not_ours("its grub.cfg has no boot entry".into()))?;
+    let cfg = String::from_utf8_lossy(&cfg);
+    let entry =
+        grub::first_entry(&cfg).ok_or_else(|| not_ours("its grub.cfg has no boot entry".into()))?;
+    let reinstall = grub::reinstall_entry(&cfg);
     Ok(Inspection {
         identity,
         iso_release: info,
         boot_title: entry.title,
         kernel_line: entry.linux,
+        reinstall_title: reinstall.as_ref().map(|e| e.title.clone()),
+        reinstall_kernel_line: reinstall.map(|e| e.linux),
         cidata_partition: part.number,
     })
 }

@@ -87,6 +87,8 @@ pub struct Built {
     pub cidata_partition: usize,
     pub boot_title: String,
     pub kernel_line: String,
+    /// The entry that reinstalls over an installed node (never the default).
+    pub reinstall_title: String,
     /// How many directory records of grub.cfg were updated.
     pub grub_records: usize,
     /// The ISO's bytes were cloned (reflink/clonefile: shared, copy-on-write extents),
@@ -528,6 +530,7 @@ impl Unfinished {
             cidata_partition: a.number,
             boot_title: c.menu.title,
             kernel_line: c.menu.kernel_line,
+            reinstall_title: c.menu.reinstall_title,
             grub_records: c.grub_records,
             cloned,
         })

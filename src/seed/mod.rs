@@ -119,7 +119,8 @@ pub fn render(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Seed> {
         network => network(plan, node)?,
         storage => storage(node),
         packages => packages(node),
-        late_commands => late_commands(plan),
+        early_commands => vec![crate::guard::early_command(&node.hostname)?],
+        late_commands => late_commands(plan, node),
         installed => installed,
     };
     let user_data = templates::render("user-data.yaml", ctx)?;
@@ -219,7 +220,7 @@ fn first_boot(
     cmds
 }
 
-fn late_commands(plan: &Plan) -> Vec<String> {
+fn late_commands(plan: &Plan, node: &NodePlan) -> Vec<String> {
     let m = CIDATA_MOUNT;
     let mut cmds = vec![
         format!("mkdir -p {m}"),
@@ -235,6 +236,11 @@ fn late_commands(plan: &Plan) -> Vec<String> {
         ));
     }
     cmds.push(format!("umount {m}"));
+    cmds.extend(crate::guard::late_commands(
+        &plan.cluster,
+        &node.hostname,
+        &node.role.to_string(),
+    ));
     cmds
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 pub mod http;
+pub mod installed;
 pub mod k3s;
 pub mod loopdev;
 pub mod netns;
@@ -32,3 +33,16 @@ pub fn require_tool(tool: &str) {
 }
 pub mod replica;
 pub mod txt_cases;
+
+/// Runs `cmd`, panicking with its output unless it succeeds.
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

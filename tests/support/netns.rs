@@ -40,16 +40,7 @@ pub struct Avahi {
     pub log: PathBuf,
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use super::run_ok as run;
 
 fn ip(args: &[&str]) {
     run(Command::new("ip").args(args));

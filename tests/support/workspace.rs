@@ -74,6 +74,13 @@ impl Workspace {
         out
     }
 
+    /// What `chocoimg render` writes as `node`'s user-data (into ./rendered).
+    pub fn rendered_user_data(&self, node: &str) -> String {
+        let dir = self.path().join("rendered");
+        self.ok(&["render", "--node", node, "--out", dir.to_str().unwrap()]);
+        std::fs::read_to_string(dir.join(node).join("user-data")).unwrap()
+    }
+
     /// The rendered seed file of a node (after `render`).
     pub fn seed_file(&self, cluster: &str, node: &str, name: &str) -> PathBuf {
         self.out().join(cluster).join(node).join("seed").join(name)
