@@ -14,7 +14,8 @@
 # random bytes, copied onto each filesystem; K3s is a 64 MiB random stand-in served
 # from 127.0.0.1 (a real K3s cannot be had here), so CIDATA holds 64 MiB of payload.
 # The K3s files are fetched into out/cache once, before the timed runs, as on a
-# user's second build. Every run starts with `sync` (no write-back left over) and a
+# user's second build; so is the ISO (from the same loopback server), for the
+# "cached" runs: the same build without --iso, whose ISO is not hashed again. Every run starts with `sync` (no write-back left over) and a
 # warm page cache for the input.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +57,7 @@ size=$(stat -c %s "$iso")
 # The K3s stand-in, on loopback only.
 version=v1.28.15+k3s1
 mkdir -p "$work/mirror/k3s/$version" "$work/mirror/install/$version"
+ln -s "$PWD/$iso" "$work/mirror/ubuntu.iso"
 head -c $((64 << 20)) /dev/urandom >"$work/mirror/k3s/$version/k3s"
 (cd "$work/mirror/k3s/$version" && sha256sum k3s >sha256sum-amd64.txt)
 printf '#!/bin/sh\necho stand-in\n' >"$work/mirror/install/$version/install.sh"
@@ -64,7 +66,7 @@ port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1
   >/dev/null 2>&1 &
 server=$!
 base="http://127.0.0.1:$port"
-sed -e "s|^  iso_url:.*|  iso_url: http://127.0.0.1:9/ubuntu.iso|" \
+sed -e "s|^  iso_url:.*|  iso_url: $base/ubuntu.iso|" \
   -e "s|^  iso_sha256:.*|  iso_sha256: $iso_sha|" \
   -e "s|^  version: v.*|  version: $version\n  release_base_url: $base/k3s\n  install_script_url: \"$base/install/{version}/install.sh\"|" \
   profiles/chocolandiadc-mvp.yaml >"$work/profile.yaml"
@@ -72,12 +74,12 @@ mkdir -p "$work/home/.ssh"
 cp tests/data/operator_id_ed25519.pub "$work/home/.ssh/id_ed25519.pub"
 for _ in $(seq 50); do curl -sf "$base/k3s/$version/sha256sum-amd64.txt" >/dev/null && break; sleep 0.1; done
 
-# Runs "$@" under /usr/bin/time after a sync; prints "seconds max_rss_kib".
+# Runs "$@" under /usr/bin/time after a sync; prints "seconds max_rss_kib cpu_seconds".
 measure() {
   sync
-  /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null 2>"$work/stderr" ||
+  /usr/bin/time -f '%e %M %U %S' -o "$work/time" "$@" >/dev/null 2>"$work/stderr" ||
     { cat "$work/stderr" >&2; return 1; }
-  cat "$work/time"
+  awk '{printf "%s %s %.2f\n", $1, $2, $3 + $4}' "$work/time"
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # The command a user runs, in the filesystem mounted at $1.
@@ -109,19 +111,29 @@ for fs in $filesystems; do
   sync
   cat "$mnt/input.iso" "$work/mirror/k3s/$version/k3s" >/dev/null # warm, alike for every run
   build "$mnt" >/dev/null 2>&1 # secrets, K3s into the cache, lock: what a second build finds
+  # The ISO downloaded into the cache too (and recorded as verified), for the runs
+  # without --iso.
+  env HOME="$work/home" CHOCOIMG_OUT="$mnt/out" "$bin" -p "$work/profile.yaml" \
+    build --node master1 --force >/dev/null 2>&1
 
   : >"$work/cp" ; : >"$work/build" ; : >"$work/xo" ; : >"$work/rss" ; : >"$work/ratio" ; : >"$work/xratio"
+  : >"$work/cpu" ; : >"$work/cpcpu" ; : >"$work/cached" ; : >"$work/cratio"
   for _ in $(seq "$runs"); do
     # shellcheck disable=SC2016 # expanded by the inner sh
-    read -r c _ < <(measure sh -c 'cp "$1" "$2" && sync "$2"' sh "$mnt/input.iso" "$mnt/copy.img")
+    read -r c _ ccpu < <(measure sh -c 'cp "$1" "$2" && sync "$2"' sh "$mnt/input.iso" "$mnt/copy.img")
     rm -f "$mnt/copy.img"
-    read -r b rss < <(measure env HOME="$work/home" CHOCOIMG_OUT="$mnt/out" "$bin" \
+    read -r b rss bcpu < <(measure env HOME="$work/home" CHOCOIMG_OUT="$mnt/out" "$bin" \
       -p "$work/profile.yaml" build --node master1 --iso "$mnt/input.iso" --force)
+    read -r k _ _ < <(measure env HOME="$work/home" CHOCOIMG_OUT="$mnt/out" "$bin" \
+      -p "$work/profile.yaml" build --node master1 --force)
+    echo "$k" >>"$work/cached"
+    awk -v a="$k" -v b="$c" 'BEGIN {printf "%.3f\n", a/b}' >>"$work/cratio"
     # shellcheck disable=SC2016 # expanded by the inner sh
     read -r x _ < <(measure sh -c 'xorriso -indev "$1" -outdev "$2" -map "$3" /boot/grub/grub.cfg \
       -boot_image any replay -commit -end && sync "$2"' sh \
       "$mnt/input.iso" "$mnt/remaster.iso" "$work/grub.cfg")
     rm -f "$mnt/remaster.iso"
+    echo "$ccpu" >>"$work/cpcpu"; echo "$bcpu" >>"$work/cpu"
     echo "$c" >>"$work/cp"; echo "$b" >>"$work/build"; echo "$x" >>"$work/xo"; echo "$rss" >>"$work/rss"
     awk -v a="$b" -v b="$c" 'BEGIN {printf "%.3f\n", a/b}' >>"$work/ratio"
     awk -v a="$b" -v b="$x" 'BEGIN {printf "%.3f\n", a/b}' >>"$work/xratio"
@@ -132,17 +144,22 @@ for fs in $filesystems; do
     -p "$work/profile.yaml" build --node master1 --iso "$mnt/input.iso" --force >/dev/null 2>&1
   calls=$(awk '$NF == "total" {print $(NF-2)}' "$work/strace")
   shared=$(filefrag -v "$mnt/out/chocolandiadc-mvp/master1.img" 2>/dev/null | grep -c shared || true)
-  res[$fs]="$(median <"$work/cp") $(median <"$work/build") $(median <"$work/xo") $(median <"$work/ratio") $(median <"$work/xratio") $(sort -n "$work/rss" | tail -n1) $calls $shared $(sort -n "$work/build" | head -n1) $(sort -n "$work/build" | tail -n1)"
+  res[$fs]="$(median <"$work/cp") $(median <"$work/build") $(median <"$work/xo") $(median <"$work/ratio") $(median <"$work/xratio") $(sort -n "$work/rss" | tail -n1) $calls $shared $(sort -n "$work/build" | head -n1) $(sort -n "$work/build" | tail -n1) $(median <"$work/cpcpu") $(median <"$work/cpu") $(median <"$work/cached") $(median <"$work/cratio")"
   umount "$mnt"
   rm -f "$img"
 done
 
 echo "input: replica ISO of $((size >> 20)) MiB + 64 MiB K3s stand-in, $runs paired runs, medians"
-printf '%-6s %9s %9s %9s %11s %11s %9s %9s %8s %14s\n' fs "cp+sync" build xorriso "build/cp" "build/xo" "RSS MiB" syscalls shared "build min-max"
+printf '%-6s %9s %9s %9s %11s %11s %9s %9s %8s %14s %9s %9s %9s %11s\n' fs "cp+sync" build \
+  xorriso "build/cp" "build/xo" "RSS MiB" syscalls shared "build min-max" "cp CPU" \
+  "build CPU" cached "cached/cp"
 for fs in $filesystems; do
-  read -r c b x r xr rss calls shared bmin bmax <<<"${res[$fs]}"
-  printf '%-6s %8ss %8ss %8ss %10sx %10sx %9s %9s %8s %6s-%ss\n' "$fs" "$c" "$b" "$x" "$r" "$xr" \
-    "$((rss / 1024))" "$calls" "$shared" "$bmin" "$bmax"
+  read -r c b x r xr rss calls shared bmin bmax ccpu bcpu k kr <<<"${res[$fs]}"
+  printf '%-6s %8ss %8ss %8ss %10sx %10sx %9s %9s %8s %6s-%ss %8ss %8ss %8ss %10sx\n' "$fs" \
+    "$c" "$b" "$x" "$r" "$xr" "$((rss / 1024))" "$calls" "$shared" "$bmin" "$bmax" "$ccpu" \
+    "$bcpu" "$k" "$kr"
 done
 echo "(build/cp and build/xo: medians of the per-pair ratios; shared: extents filefrag"
-echo " reports shared with another file, i.e. cloned from the input)"
+echo " reports shared with another file, i.e. cloned from the input; CPU: user+sys"
+echo " seconds, less sensitive than wall time to what else runs on the machine; cached:"
+echo " the same build without --iso, the ISO in out/cache already verified: not hashed again)"

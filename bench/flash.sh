@@ -51,7 +51,7 @@ measure() {
   cat "$work/time"
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-spread() { sort -n "$1" | awk '{a[NR]=$1} END {printf "%s %s", a[1], a[NR]}'; }
+spread() { sort -n "$1" | awk '{a[NR]=$1} END {printf "%s %s\n", a[1], a[NR]}'; }
 
 : >"$work/pairs"; : >"$work/dd"; : >"$work/ddread"; : >"$work/ddsha"; : >"$work/flash"; : >"$work/fwrite"; : >"$work/fread"
 iflag=()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages the test suite drives for real (Avahi, sshd,
 # cloud-init, xorriso, gdisk, dosfstools, mtools, QEMU, OVMF, GRUB, busybox, shellcheck,
-# kubectl, man-db and the three shells `chocoimg completions` is tested with)
+# kubectl, man-db and the three shells `chocoimg completions` is tested with; debootstrap,
+# qemu-img and debugfs for the rehearsal's guests)
 # and the python zeroconf module used as a second mDNS implementation.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -9,7 +10,8 @@ pkgs=(avahi-daemon avahi-utils dbus iproute2 openssh-server openssh-client
   qemu-system-x86 ovmf grub-efi-amd64-bin grub-pc-bin grub-common mtools dosfstools xorriso
   busybox-static cpio gdisk fdisk kmod cloud-init shellcheck util-linux
   python3-zeroconf python3-jsonschema openssl ca-certificates zstd sudo time curl passwd
-  systemd strace btrfs-progs xfsprogs e2fsprogs man-db groff-base zsh fish)
+  systemd strace btrfs-progs xfsprogs e2fsprogs man-db groff-base zsh fish debootstrap
+  qemu-utils binutils bsdutils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -64,6 +64,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/node/avahi-daemon-dropin.conf"),
     ),
     ("node/sudoers", include_str!("../templates/node/sudoers")),
+    (
+        "node/chocoimg-boot.tmpfiles",
+        include_str!("../templates/node/chocoimg-boot.tmpfiles"),
+    ),
 ];
 
 /// The environment, built once per process.

@@ -2,24 +2,12 @@
 //! network namespaces; the laptop commands run as the real binary inside them.
 use crate::support::k3s::{fake_systemctl, pki, standin, Cluster};
 use crate::support::netns::{Host, Lan};
-use crate::support::{chocoimg, require_tool};
+use crate::support::{chocoimg, ok, require_tool};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 pub(crate) const LIB: &str = "usr/local/lib/chocoimg";
-
-pub(crate) fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn rendered_node_scripts_pass_shellcheck() {
@@ -95,6 +83,37 @@ fn sudoers_dropin_passes_visudo() {
     let p = c.dir.path().join("sudoers");
     std::fs::write(&p, &f.content).unwrap();
     ok(Command::new("visudo").arg("-cf").arg(&p));
+}
+
+/// The nodes' tmpfiles.d rule, run by the real systemd-tmpfiles as at boot: the last
+/// boot's announcements are removed (K3s's on master1, the stage on both), and nothing
+/// else, so Avahi cannot publish them as current before the scripts looked at this boot.
+#[test]
+fn last_boots_announcements_are_removed_at_boot_by_tmpfiles() {
+    use chocoimg::seed::node::{BOOT_TMPFILES_PATH, SERVICE_FILE_PATH, STAGE_SERVICE_FILE_PATH};
+    require_tool("systemd-tmpfiles");
+    let c = Cluster::new("chocotest", "chocotest", None);
+    for (node, removed) in [
+        ("master1", vec![SERVICE_FILE_PATH, STAGE_SERVICE_FILE_PATH]),
+        ("nodo1", vec![STAGE_SERVICE_FILE_PATH]),
+    ] {
+        let root = c.install_node_files(node, &c.dir.path().join(node));
+        let under = |p: &str| root.join(p.trim_start_matches('/'));
+        let services = under("/etc/avahi/services");
+        std::fs::create_dir_all(&services).unwrap();
+        for p in [SERVICE_FILE_PATH, STAGE_SERVICE_FILE_PATH] {
+            std::fs::write(under(p), "<service-group/>").unwrap();
+        }
+        std::fs::write(services.join("other.service"), "<service-group/>").unwrap();
+        ok(Command::new("systemd-tmpfiles")
+            .arg(format!("--root={}", root.display()))
+            .args(["--create", "--remove", "--boot"])
+            .arg(under(BOOT_TMPFILES_PATH)));
+        for p in [SERVICE_FILE_PATH, STAGE_SERVICE_FILE_PATH] {
+            assert_eq!(under(p).exists(), !removed.contains(&p), "{node}: {p}");
+        }
+        assert!(services.join("other.service").exists(), "{node}");
+    }
 }
 
 /// master1 on the LAN: Avahi configured by the rendered avahi-config.sh, the K3s

@@ -2,10 +2,10 @@
 //! master1 and nodo1 (systemctl and `k3s kubectl` stood in: no systemd or K3s can run in
 //! a namespace), Avahi publishes what it writes, and `chocoimg watch` runs as the real
 //! binary in the laptop's namespace.
-use crate::cluster::{add_nodo1, ok, private_file, run_join, start_master, start_sshd, LIB};
+use crate::cluster::{add_nodo1, private_file, run_join, start_master, start_sshd, LIB};
 use crate::support::k3s::{fake_systemctl, Cluster};
 use crate::support::netns::{Host, Lan};
-use crate::support::{chocoimg, require_tool};
+use crate::support::{chocoimg, ok, require_tool};
 use serde_json::Value;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

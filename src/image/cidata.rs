@@ -116,23 +116,28 @@ impl Write for Window<'_> {
     }
 }
 
+/// A seek inside a window of `len` bytes whose position is `pos` (both disks below).
+fn seek_within(len: u64, pos: &mut u64, to: SeekFrom) -> io::Result<u64> {
+    let new = match to {
+        SeekFrom::Start(n) => Some(n),
+        SeekFrom::End(d) => len.checked_add_signed(d),
+        SeekFrom::Current(d) => pos.checked_add_signed(d),
+    };
+    match new {
+        Some(n) => {
+            *pos = n;
+            Ok(n)
+        }
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "seek before the start of the CIDATA partition",
+        )),
+    }
+}
+
 impl Seek for Window<'_> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(n) => Some(n),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match new {
-            Some(n) => {
-                self.pos = n;
-                Ok(n)
-            }
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start of the CIDATA partition",
-            )),
-        }
+        seek_within(self.len, &mut self.pos, to)
     }
 }
 
@@ -279,21 +284,7 @@ impl Write for Cached<'_> {
 
 impl Seek for Cached<'_> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(n) => Some(n),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match new {
-            Some(n) => {
-                self.pos = n;
-                Ok(n)
-            }
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start of the CIDATA partition",
-            )),
-        }
+        seek_within(self.len, &mut self.pos, to)
     }
 }
 

@@ -28,6 +28,10 @@ pub const NODE_PASSWORD_PATH: &str = "/etc/rancher/node/password";
 pub const SERVICE_FILE_PATH: &str = "/etc/avahi/services/chocoimg-k3s.service";
 /// Where every node's stage announcement is written.
 pub const STAGE_SERVICE_FILE_PATH: &str = "/etc/avahi/services/chocoimg-node.service";
+/// The tmpfiles.d rule that removes the announcements (K3s's on master1, the stage on
+/// every node) at boot, before Avahi starts: the last boot's must not be published as
+/// current before the scripts have looked at this boot.
+pub const BOOT_TMPFILES_PATH: &str = "/etc/tmpfiles.d/chocoimg-announcements.conf";
 
 /// A file the installed system gets on first boot (cloud-init `write_files`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +82,8 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
         user => plan.ssh.user,
         lib_dir => LIB_DIR,
         join_dropin => JOIN_DROPIN_PATH,
+        service_file => SERVICE_FILE_PATH,
+        stage_service_file => STAGE_SERVICE_FILE_PATH,
     };
     let file = |path: String, permissions: &str, template: &str| -> Result<NodeFile> {
         Ok(NodeFile {
@@ -113,6 +119,7 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
             "0644",
             "chocoimg-stage.timer",
         )?,
+        file(BOOT_TMPFILES_PATH.into(), "0644", "chocoimg-boot.tmpfiles")?,
     ];
     let units: &[&str] = match node.role {
         Role::Server => {
