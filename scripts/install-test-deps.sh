@@ -2,7 +2,8 @@
 # Installs the Debian/Ubuntu packages the test suite drives for real (Avahi, sshd,
 # cloud-init, xorriso, gdisk, dosfstools, mtools, QEMU, OVMF, GRUB, busybox, shellcheck,
 # kubectl, man-db and the three shells `chocoimg completions` is tested with; debootstrap,
-# qemu-img and debugfs for the rehearsal's guests)
+# qemu-img and debugfs for the rehearsal's guests; netplan.io, whose `netplan generate`
+# checks the seeds' VLAN netplan)
 # and the python zeroconf module used as a second mDNS implementation.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -11,7 +12,7 @@ pkgs=(avahi-daemon avahi-utils dbus iproute2 openssh-server openssh-client
   busybox-static cpio gdisk fdisk kmod cloud-init shellcheck util-linux
   python3-zeroconf python3-jsonschema openssl ca-certificates zstd sudo time curl passwd
   systemd strace btrfs-progs xfsprogs e2fsprogs man-db groff-base zsh fish debootstrap
-  qemu-utils binutils bsdutils)
+  qemu-utils binutils bsdutils netplan.io)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,9 @@
 //! The plan: a profile checked and resolved into per-node values. Every later step
 //! (seed, image, cluster tools) reads only this. `resolve` writes nothing.
-use crate::profile::{self, Connection, Datastore, DiskSpec, Mode, Problems, Profile, Role};
+use crate::errors::BadInput;
+use crate::profile::{
+    self, Connection, Datastore, DiskSpec, Mode, NetworkKind, Problems, Profile, Role,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -13,6 +16,7 @@ pub struct Plan {
     pub profile_path: PathBuf,
     pub profile_sha256: String,
     pub cluster: String,
+    pub mode: Mode,
     pub k3s: K3sPin,
     pub ubuntu: UbuntuPin,
     pub network: Network,
@@ -70,7 +74,9 @@ impl UbuntuPin {
 
 #[derive(Debug, Clone)]
 pub struct Network {
-    pub kind: String,
+    pub kind: NetworkKind,
+    /// `kind: vlan`: the VLAN id (1-4094) tagged on each node's wired NIC.
+    pub vlan: Option<u16>,
     pub prefix_len: u8,
     pub subnet: Ipv4Addr,
     pub gateway: Ipv4Addr,
@@ -149,11 +155,26 @@ impl Plan {
             })
     }
 
+    /// The server: the only one, or in `ha` the profile's first (the designated init
+    /// server of the bootstrap to come).
     pub fn server(&self) -> &NodePlan {
         self.nodes
             .iter()
             .find(|n| n.role == Role::Server)
-            .expect("a checked plan has exactly one server")
+            .expect("a checked plan has at least one server")
+    }
+
+    /// Seeds and images exist only for modes whose bootstrap is built. `ha` validates,
+    /// but its servers need the bootstrap decided by discovery (issue 11): a seed that
+    /// always says `cluster-init` would start a second cluster when re-flashed.
+    pub fn refuse_unbuilt_mode(&self) -> Result<(), BadInput> {
+        match self.mode {
+            Mode::SingleServer => Ok(()),
+            Mode::Ha => Err(BadInput(format!(
+                "{}: {HA_NOT_BUILT}",
+                self.profile_path.display()
+            ))),
+        }
     }
 
     pub fn secrets_path(&self) -> PathBuf {
@@ -165,6 +186,9 @@ impl Plan {
         self.out_dir.join(format!("{}.img", node.hostname))
     }
 }
+
+/// Why an `ha` profile validates but builds nothing yet (said by validate, render, build).
+pub const HA_NOT_BUILT: &str = "cluster.mode: ha validates, but building HA images is not supported yet: the bootstrap that lets servers decide cluster-init by discovery (one join at a time, the cluster's CA recorded by the laptop) is not built, and a seed that always cluster-inits could split the cluster in two when re-flashed; build a `single-server` profile for now";
 
 /// The default output root: `$CHOCOIMG_OUT`, else `out` in the current folder.
 pub fn default_out_root() -> PathBuf {
@@ -250,7 +274,7 @@ pub fn resolve(
 ) -> Result<Plan, Problems> {
     let mut problems = Problems::new(profile_path);
     let p = &mut problems;
-    let cluster = check_cluster(p, &profile.cluster);
+    let (cluster, mode) = check_cluster(p, &profile.cluster);
     let k3s = check_k3s(p, &profile.k3s);
     let ubuntu = check_ubuntu(p, &profile.ubuntu);
     let network = check_network(p, &profile.network);
@@ -282,6 +306,7 @@ pub fn resolve(
         cache_dir: out_root.join("cache"),
         lock_path: profile_path.with_extension("lock"),
         cluster,
+        mode,
         k3s,
         ubuntu,
         network: network.expect("no problems means the network parsed"),
@@ -290,22 +315,18 @@ pub fn resolve(
     })
 }
 
-/// `cluster:`: its name, and the modes that are supported.
-fn check_cluster(p: &mut Problems, c: &profile::ClusterSpec) -> String {
+/// `cluster:`: its name, and the mode with the datastore it needs.
+fn check_cluster(p: &mut Problems, c: &profile::ClusterSpec) -> (String, Mode) {
     let cluster = c.name.clone();
     if !is_rfc1123_label(&cluster) {
         p.push("cluster.name", format!("{cluster:?} is not a valid name; use lowercase letters, digits and '-', at most 63, e.g. chocolandiadc-mvp"));
     }
-    if c.mode == Mode::Ha {
-        p.push(
-            "cluster.mode",
-            "mode `ha` (3 servers with embedded etcd) is not supported yet; use `single-server`",
-        );
+    match (c.mode, c.datastore) {
+        (Mode::SingleServer, Datastore::Sqlite) | (Mode::Ha, Datastore::Etcd) => {}
+        (Mode::SingleServer, Datastore::Etcd) => p.push("cluster.datastore", "a single-server cluster uses `sqlite`; `etcd` comes with `mode: ha` (three or more servers)"),
+        (Mode::Ha, Datastore::Sqlite) => p.push("cluster.datastore", "`mode: ha` needs `datastore: etcd`: servers share the cluster's state through embedded etcd, which sqlite cannot do"),
     }
-    if c.datastore == Datastore::Etcd && c.mode == Mode::SingleServer {
-        p.push("cluster.datastore", "a single-server cluster uses `sqlite`; `etcd` comes with mode `ha`, which is not supported yet");
-    }
-    cluster
+    (cluster, c.mode)
 }
 
 /// `k3s:`: the version and each role's labels and config keys.
@@ -369,8 +390,17 @@ fn check_node_count(p: &mut Problems, profile: &Profile) {
         .iter()
         .filter(|n| n.role == Role::Server)
         .count();
-    if profile.cluster.mode == Mode::SingleServer && servers != 1 {
-        p.push("nodes", format!("a single-server cluster needs exactly one node with `role: server`, found {servers}"));
+    match profile.cluster.mode {
+        Mode::SingleServer if servers != 1 => {
+            p.push("nodes", format!("a single-server cluster needs exactly one node with `role: server`, found {servers}"));
+        }
+        // etcd keeps writing only while a majority (quorum) answers: 3 servers survive one
+        // loss, 4 also only one (quorum 3), 2 none (quorum 2).
+        Mode::Ha if servers < 3 || servers % 2 == 0 => {
+            let quorum = servers / 2 + 1;
+            p.push("nodes", format!("`mode: ha` needs an odd number of servers, at least 3, found {servers}: etcd stays writable only while a quorum (a majority) of servers is up, and {servers} servers need {quorum} of them, so they survive {} down; use 3 servers (survive one) or 5 (survive two)", servers - quorum.min(servers)));
+        }
+        _ => {}
     }
     if profile.nodes.is_empty() {
         p.push(
@@ -520,6 +550,10 @@ fn node_connection(p: &mut Problems, ctx: &NodeContext, n: &profile::NodeSpec) -
             );
             NodeConnection::Ethernet
         }
+        (Connection::Wifi, Some(_)) if ctx.profile.network.kind == NetworkKind::Vlan => {
+            p.push(ctx.key("connection"), "`network.kind: vlan` tags the VLAN on a wired NIC; use `connection: ethernet` for this node");
+            NodeConnection::Ethernet
+        }
         (Connection::Wifi, Some(w)) => {
             if w.ssid.is_empty() || w.ssid.len() > 32 {
                 p.push(ctx.key("wifi.ssid"), "an SSID has 1 to 32 characters");
@@ -633,45 +667,82 @@ const OWNED_K3S_KEYS: &[&str] = &[
     "disable",
 ];
 
+/// `network:`: the Eero's flat LAN (its defaults), or a cluster VLAN with its own
+/// id, subnet, gateway and DNS.
 fn check_network(p: &mut Problems, n: &profile::NetworkSpec) -> Option<Network> {
-    if n.kind != "eero-flat" {
-        p.push(
-            "network.kind",
-            format!(
-                "{:?} is not supported; the only network kind is `eero-flat`",
-                n.kind
-            ),
-        );
-    }
-    let Some((subnet, prefix_len)) = parse_cidr(&n.subnet) else {
+    let vlan = match (n.kind, &n.vlan) {
+        (NetworkKind::EeroFlat, None) => None,
+        (NetworkKind::EeroFlat, Some(_)) => {
+            p.push(
+                "network.vlan",
+                "only used with `kind: vlan`; remove it or set `network.kind: vlan`",
+            );
+            None
+        }
+        (NetworkKind::Vlan, None) => {
+            p.push(
+                "network.vlan",
+                "`kind: vlan` needs the VLAN's id, e.g. `vlan: {id: 20}`",
+            );
+            None
+        }
+        (NetworkKind::Vlan, Some(v)) => match u16::try_from(v.id) {
+            Ok(id) if (1..=4094).contains(&id) => Some(id),
+            _ => {
+                p.push("network.vlan.id", format!("{} is not a VLAN id; 802.1Q ids are 1 to 4094 (0 and 4095 are reserved), e.g. 20", v.id));
+                None
+            }
+        },
+    };
+    let (subnet_text, gateway_text) = match n.kind {
+        NetworkKind::EeroFlat => (
+            n.subnet
+                .clone()
+                .unwrap_or_else(|| profile::EERO_SUBNET.into()),
+            n.gateway
+                .clone()
+                .unwrap_or_else(|| profile::EERO_GATEWAY.into()),
+        ),
+        NetworkKind::Vlan => {
+            // The Eero's defaults would be wrong on a VLAN: its subnet is its own.
+            for (key, value) in [
+                ("network.subnet", &n.subnet),
+                ("network.gateway", &n.gateway),
+            ] {
+                if value.is_none() {
+                    p.push(key, "`kind: vlan` needs the VLAN's own subnet and gateway, e.g. `subnet: 10.100.20.0/24` and `gateway: 10.100.20.1`");
+                }
+            }
+            (n.subnet.clone()?, n.gateway.clone()?)
+        }
+    };
+    let Some((subnet, prefix_len)) = parse_cidr(&subnet_text) else {
         p.push(
             "network.subnet",
-            format!(
-                "{:?} is not an IPv4 network in CIDR form like 192.168.4.0/24",
-                n.subnet
-            ),
+            format!("{subnet_text:?} is not an IPv4 network in CIDR form like 192.168.4.0/24"),
         );
         return None;
     };
-    let gateway = match n.gateway.parse::<Ipv4Addr>() {
+    let gateway = match gateway_text.parse::<Ipv4Addr>() {
         Ok(g) if in_subnet(g, subnet, prefix_len) => g,
         Ok(g) => {
             p.push(
                 "network.gateway",
-                format!("{g} is outside network.subnet {}", n.subnet),
+                format!("{g} is outside network.subnet {subnet_text}"),
             );
             return None;
         }
         Err(_) => {
             p.push(
                 "network.gateway",
-                format!("{:?} is not an IPv4 address like 192.168.4.1", n.gateway),
+                format!("{gateway_text:?} is not an IPv4 address like 192.168.4.1"),
             );
             return None;
         }
     };
     let mut dns = Vec::new();
-    for (i, d) in n.dns.iter().enumerate() {
+    let dns_text = n.dns.clone().unwrap_or_else(|| vec![gateway.to_string()]);
+    for (i, d) in dns_text.iter().enumerate() {
         match d.parse() {
             Ok(a) => dns.push(a),
             Err(_) => p.push(
@@ -680,8 +751,12 @@ fn check_network(p: &mut Problems, n: &profile::NetworkSpec) -> Option<Network> 
             ),
         }
     }
+    if n.kind == NetworkKind::Vlan && vlan.is_none() {
+        return None;
+    }
     Some(Network {
-        kind: n.kind.clone(),
+        kind: n.kind,
+        vlan,
         prefix_len,
         subnet: Ipv4Addr::from(u32::from(subnet) & netmask(prefix_len)),
         gateway,

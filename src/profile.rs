@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// The Eero mesh LAN's defaults for `network.kind: eero-flat`.
+pub const EERO_SUBNET: &str = "192.168.4.0/24";
+pub const EERO_GATEWAY: &str = "192.168.4.1";
+
 /// The profile a fresh checkout ships with, used when no other is named.
 pub const DEFAULT_PROFILE: &str = "profiles/chocolandiadc-mvp.yaml";
 
@@ -45,7 +49,8 @@ pub struct ClusterSpec {
 pub enum Mode {
     #[default]
     SingleServer,
-    /// Three servers with embedded etcd (the seed's feature 001); recognised, not built yet.
+    /// An odd number (>= 3) of servers with embedded etcd (the seed's feature 001). Checked
+    /// by the plan; images are not built until the split-brain-safe bootstrap exists.
     Ha,
 }
 
@@ -122,27 +127,39 @@ impl Default for UbuntuSpec {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// The network the nodes live on. `subnet`, `gateway` and `dns` default to the Eero's
+/// for `eero-flat`; a `vlan` network names its own (at least subnet and gateway).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct NetworkSpec {
-    #[serde(default = "default_network_kind")]
-    pub kind: String,
-    #[serde(default = "default_subnet")]
-    pub subnet: String,
-    #[serde(default = "default_gateway")]
-    pub gateway: String,
-    #[serde(default = "default_dns")]
-    pub dns: Vec<String>,
+    #[serde(default)]
+    pub kind: NetworkKind,
+    /// `kind: vlan` only: the cluster VLAN, tagged on each node's wired NIC.
+    #[serde(default)]
+    pub vlan: Option<VlanSpec>,
+    #[serde(default)]
+    pub subnet: Option<String>,
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// Default: the gateway.
+    #[serde(default)]
+    pub dns: Option<Vec<String>>,
 }
 
-impl Default for NetworkSpec {
-    fn default() -> Self {
-        NetworkSpec {
-            kind: default_network_kind(),
-            subnet: default_subnet(),
-            gateway: default_gateway(),
-            dns: default_dns(),
-        }
-    }
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkKind {
+    /// One flat LAN, DHCP from the Eero mesh (the MVP).
+    #[default]
+    EeroFlat,
+    /// A tagged 802.1Q VLAN on the node's wired NIC (the HA cluster's network).
+    Vlan,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct VlanSpec {
+    /// The 802.1Q VLAN id, 1-4094. Wide here so an out-of-range id is refused by the
+    /// plan with its reason, not by the parser.
+    pub id: i64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -243,18 +260,6 @@ fn default_iso_url() -> String {
 }
 fn default_iso_sha256() -> String {
     DEFAULT_ISO_SHA256.into()
-}
-fn default_network_kind() -> String {
-    "eero-flat".into()
-}
-fn default_subnet() -> String {
-    "192.168.4.0/24".into()
-}
-fn default_gateway() -> String {
-    "192.168.4.1".into()
-}
-fn default_dns() -> Vec<String> {
-    vec!["192.168.4.1".into()]
 }
 fn default_address() -> String {
     "dhcp".into()

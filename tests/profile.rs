@@ -3,19 +3,39 @@
 use crate::support::workspace::Workspace;
 use std::path::Path;
 
-fn default_profile() -> String {
-    std::fs::read_to_string(crate::support::repo().join("profiles/chocolandiadc-mvp.yaml")).unwrap()
+fn shipped_profile(file: &str) -> String {
+    std::fs::read_to_string(crate::support::repo().join("profiles").join(file)).unwrap()
 }
 
-/// The default profile with one text replacement (which must apply).
-fn with(from: &str, to: &str) -> String {
-    let p = default_profile();
-    assert!(
-        p.contains(from),
-        "the default profile no longer contains {from:?}; update the test"
-    );
-    p.replacen(from, to, 1)
+fn default_profile() -> String {
+    shipped_profile("chocolandiadc-mvp.yaml")
 }
+
+fn ha_profile() -> String {
+    shipped_profile("chocolandiadc-ha.yaml")
+}
+
+/// `profile` with one text replacement (which must apply).
+fn replaced(profile: String, from: &str, to: &str) -> String {
+    assert!(
+        profile.contains(from),
+        "the shipped profile no longer contains {from:?}; update the test"
+    );
+    profile.replacen(from, to, 1)
+}
+
+/// The default profile with one text replacement.
+fn with(from: &str, to: &str) -> String {
+    replaced(default_profile(), from, to)
+}
+
+/// The HA profile with one text replacement.
+fn ha_with(from: &str, to: &str) -> String {
+    replaced(ha_profile(), from, to)
+}
+
+const HA_MASTER3: &str =
+    "  - hostname: master3\n    role: server\n    connection: ethernet\n    address: dhcp\n";
 
 const NODO1_DHCP: &str = "  - hostname: nodo1\n    role: agent\n    connection: ethernet     # or wifi, with `wifi: {ssid: NAME, password_env: VAR}`\n    address: dhcp\n";
 
@@ -47,7 +67,22 @@ fn cases() -> Vec<Case> {
         Case { rule: "static IP needs a MAC", profile: nodo1("    address: 192.168.4.20/24\n"), expect: &["nodes[1].mac", "static address needs"] },
         Case { rule: "no server", profile: with("role: server", "role: agent"), expect: &["nodes", "exactly one node with `role: server`, found 0"] },
         Case { rule: "two servers", profile: with("role: agent", "role: server"), expect: &["nodes", "found 2"] },
-        Case { rule: "ha not supported yet", profile: with("mode: single-server", "mode: ha"), expect: &["cluster.mode", "not supported yet"] },
+        // Issue 11: `ha` is checked (not refused as a whole any more).
+        Case { rule: "ha with sqlite (MVP profile)", profile: with("mode: single-server", "mode: ha"), expect: &["cluster.datastore", "needs `datastore: etcd`"] },
+        Case { rule: "ha with sqlite", profile: ha_with("datastore: etcd", "datastore: sqlite"), expect: &["cluster.datastore", "needs `datastore: etcd`"] },
+        Case { rule: "etcd without ha", profile: with("datastore: sqlite", "datastore: etcd"), expect: &["cluster.datastore", "single-server cluster uses `sqlite`"] },
+        Case { rule: "ha with 2 servers", profile: ha_with(HA_MASTER3, ""), expect: &["nodes", "odd number of servers", "found 2", "quorum"] },
+        Case { rule: "ha with 4 servers", profile: ha_with(HA_MASTER3, &format!("{HA_MASTER3}{}", HA_MASTER3.replace("master3", "master4"))), expect: &["nodes", "odd number of servers", "found 4", "quorum"] },
+        Case { rule: "ha: duplicate hostname", profile: ha_with("hostname: master3", "hostname: master2"), expect: &["nodes[2].hostname", "already used"] },
+        Case { rule: "VLAN id 0", profile: ha_with("vlan: {id: 20}", "vlan: {id: 0}"), expect: &["network.vlan.id", "1 to 4094"] },
+        Case { rule: "VLAN id 4095", profile: ha_with("vlan: {id: 20}", "vlan: {id: 4095}"), expect: &["network.vlan.id", "1 to 4094"] },
+        Case { rule: "VLAN id huge", profile: ha_with("vlan: {id: 20}", "vlan: {id: 70000}"), expect: &["network.vlan.id", "1 to 4094"] },
+        Case { rule: "VLAN without its id", profile: ha_with("  vlan: {id: 20}", "  # no vlan"), expect: &["network.vlan", "`vlan: {id: 20}`"] },
+        Case { rule: "VLAN without its subnet", profile: ha_with("  subnet: 10.100.20.0/24\n", ""), expect: &["network.subnet", "own subnet"] },
+        Case { rule: "VLAN id on the flat LAN", profile: with("  subnet: 192.168.4.0/24", "  vlan: {id: 20}\n  subnet: 192.168.4.0/24"), expect: &["network.vlan", "only used with `kind: vlan`"] },
+        Case { rule: "unknown network kind", profile: with("kind: eero-flat", "kind: mesh"), expect: &["network.kind", "unknown variant"] },
+        Case { rule: "static address outside the VLAN subnet", profile: ha_with("hostname: nodo1\n    role: agent\n    connection: ethernet\n    address: dhcp", "hostname: nodo1\n    role: agent\n    connection: ethernet\n    mac: aa:bb:cc:dd:ee:04\n    address: 192.168.4.20/24"), expect: &["nodes[3].address", "not inside network.subnet 10.100.20.0/24"] },
+        Case { rule: "Wi-Fi on a VLAN", profile: ha_with("hostname: nodo1\n    role: agent\n    connection: ethernet", "hostname: nodo1\n    role: agent\n    connection: wifi\n    wifi: {ssid: casa, password_env: CHOCOIMG_TEST_WIFI_HA}"), expect: &["nodes[3].connection", "wired NIC"] },
         Case { rule: "K3s version format", profile: with("version: v1.28.15+k3s1", "version: 1.28"), expect: &["k3s.version", "vX.Y.Z+k3sN"] },
         Case { rule: "one K3s version for all nodes", profile: nodo1("    k3s_version: v1.29.1+k3s1\n"), expect: &["nodes[1].k3s_version", "one K3s version"] },
         Case { rule: "Wi-Fi needs an SSID", profile: nodo1("    connection: wifi\n"), expect: &["nodes[1].wifi", "ssid"] },
@@ -296,4 +331,48 @@ fn a_profile_that_is_not_utf8_is_refused_naming_the_line() {
         err.contains(&format!("{}:{line}", ws.profile.display())) && err.contains("UTF-8"),
         "line {line}: {err}"
     );
+}
+
+/// Issue 11: the HA profile validates (with a note that it cannot be built yet), and
+/// `render`/`build` refuse it with exit 2, writing nothing: no seed that could
+/// cluster-init a second cluster exists until the discovery bootstrap does.
+#[test]
+fn the_ha_profile_validates_but_is_not_built() {
+    let ws = Workspace::with_profile(&ha_profile());
+    let out = ws.run(&["validate"]);
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        stdout.contains("chocolandiadc-ha is valid")
+            && stdout.contains("master3 (server)")
+            && stdout.contains("nodo1 (agent)"),
+        "{stdout}"
+    );
+    assert!(
+        err.contains("building HA images is not supported yet: the bootstrap"),
+        "{err}"
+    );
+    for cmd in [
+        &["render", "--all"][..],
+        &["build", "--all"][..],
+        &["render", "--node", "master2"][..],
+    ] {
+        let out = ws.run(cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(
+            err.contains(
+                "mode: ha validates, but building HA images is not supported yet: the bootstrap"
+            ),
+            "{cmd:?}: {err}"
+        );
+        assert!(
+            ws.files_in_out().is_empty(),
+            "{cmd:?} wrote {:?}",
+            ws.files_in_out()
+        );
+    }
 }

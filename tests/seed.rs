@@ -378,16 +378,16 @@ fn first_boot_in_real_cloud_init_writes_config_user_and_host_key() {
         let announcement =
             std::fs::read_to_string(result.join("etc/avahi/services/chocoimg-node.service"))
                 .unwrap_or_else(|_| panic!("{node}: no stage announced:\n{log}"));
-        let txt: std::collections::BTreeMap<String, String> = announcement
+        let strings: Vec<&str> = announcement
             .lines()
             .filter_map(|l| {
                 l.trim()
                     .strip_prefix("<txt-record>")?
                     .strip_suffix("</txt-record>")
             })
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let txt: std::collections::BTreeMap<&str, &str> =
+            strings.iter().filter_map(|kv| kv.split_once('=')).collect();
         let want = if node == "master1" {
             "starting-k3s"
         } else {
@@ -397,11 +397,12 @@ fn first_boot_in_real_cloud_init_writes_config_user_and_host_key() {
         assert_eq!(txt["node"], node);
         assert_eq!(
             chocoimg::cluster::watch::judge(
-                &txt,
+                &strings,
                 CLUSTER,
                 secrets["agent_token"].as_str().unwrap()
-            ),
-            chocoimg::cluster::discover::Verdict::Verified,
+            )
+            .0,
+            chocoimg::cluster::txt::Verdict::Verified,
             "{node}: {announcement}"
         );
     }

@@ -507,13 +507,10 @@ fn an_agent_without_a_server_reports_failed_after_the_wait() {
         Some("no verified master1 found for 0 minutes")
     );
     // The laptop's judge takes what the node wrote.
-    let map = txt
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
+    let strings: Vec<String> = txt.iter().map(|(k, v)| format!("{k}={v}")).collect();
     assert_eq!(
-        chocoimg::cluster::watch::judge(&map, "chocotest", &c.secrets.agent_token),
-        chocoimg::cluster::discover::Verdict::Verified
+        chocoimg::cluster::watch::judge(&strings, "chocotest", &c.secrets.agent_token).0,
+        chocoimg::cluster::txt::Verdict::Verified
     );
     assert!(!run("0").contains("stage "), "the failure stays as it was");
     assert_eq!(agent.announcement(), failed);

@@ -579,4 +579,32 @@ mod tests {
         assert_eq!(a[1].txt, Some(vec![b"a=2".to_vec()]));
         assert_eq!(a[0].label(), "master1");
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::image::fuzz_tests::config())]
+
+        /// Issue 8 item 15: any bytes, or a real answer with bytes changed, end in an
+        /// error or records; never a panic (a longer run: PROPTEST_CASES=200000).
+        #[test]
+        fn fuzz_parse_message_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            damage in proptest::collection::vec((0usize..200, proptest::prelude::any::<u8>()), 0..8),
+        ) {
+            let _ = parse_message(&bytes);
+            let mut m = vec![0x12, 0x34, 0x84, 0, 0, 0, 0, 3, 0, 0, 0, 0];
+            m.extend(record(b"\x04_k3s\x04_tcp\x05local\x00", TYPE_PTR, b"\x07master1\xc0\x0c"));
+            m.extend(record(b"\x07master1\xc0\x0c", TYPE_TXT, b"\x05a=b c\x00\x03k=v"));
+            m.extend(record(b"\x07master1\xc0\x0c", TYPE_SRV, b"\0\0\0\0\x19\x2b\xc0\x1c"));
+            for (at, b) in damage {
+                if at < m.len() {
+                    m[at] = b;
+                }
+            }
+            if let Ok(records) = parse_message(&m) {
+                let mut heard = Heard::default();
+                heard.add("10.99.0.1".parse().unwrap(), records, Duration::ZERO);
+                let _ = heard.announcements(&Name::parse("_k3s._tcp.local."));
+            }
+        }
+    }
 }

@@ -194,4 +194,33 @@ mod tests {
             Err(Malformed::Duplicate("cluster".into()))
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::image::fuzz_tests::config())]
+
+        /// Issue 8 item 15: any TXT strings get a verdict, never a panic, and the same
+        /// verdict in any order (the rule does not depend on which copy comes first).
+        #[test]
+        fn fuzz_judge_any_strings_in_any_order(
+            strings in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+                    proptest::sample::select(vec![
+                        b"cluster=c1".to_vec(), b"CLUSTER=evil".to_vec(), b"txtvers=1".to_vec(),
+                        b"role=server".to_vec(), b"ca=".to_vec(), b"proof".to_vec(), b"=x".to_vec(),
+                    ]),
+                ],
+                0..12,
+            ),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let judged = judge(&strings, "c1", "tok");
+            let mut shuffled = strings.clone();
+            let n = shuffled.len();
+            for i in 0..n {
+                shuffled.swap(i, (seed as usize).wrapping_add(i * 7) % n);
+            }
+            proptest::prop_assert_eq!(judge(&shuffled, "c1", "tok").verdict, judged.verdict);
+        }
+    }
 }

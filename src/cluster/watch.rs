@@ -4,22 +4,31 @@
 //! agent token ([`proof::StageClaim`]). The laptop judges each announcement like master1's
 //! (ours and proven, another cluster's, or forged), keeps one row per profile node, and
 //! never lets an older stage replace a newer one (a replayed announcement).
-use super::discover::Verdict;
+use super::mdns;
+use super::txt::{self, Txt, Verdict};
 use crate::bringup::{Stage, MAX_REASON, SERVICE_TYPE};
 use crate::profile::Role;
 use crate::proof;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-/// One stage announcement heard on the LAN, with our verdict. The claimed fields are
-/// kept as announced (also when forged) so the user sees what was claimed.
+/// The keys of a stage announcement (read by the shared TXT rule, [`txt::Txt`]).
+pub const STAGE_KEYS: &[&str] = &[
+    "txtvers", "cluster", "node", "stage", "since", "reason", "proof",
+];
+
+/// One stage announcement heard on the LAN (one responder's, one TXT), with our verdict.
+/// The claimed fields are kept as announced (also when forged) so the user sees what
+/// was claimed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Announcement {
     /// The DNS-SD instance label (the announcing host's name; anyone can pick it).
     pub instance: String,
+    /// The address the answer came from.
+    pub responder: String,
     /// IPv4 addresses of the announcing host, sorted.
     pub addresses: Vec<Ipv4Addr>,
     pub cluster: Option<String>,
@@ -29,14 +38,24 @@ pub struct Announcement {
     pub since: Option<u64>,
     pub reason: Option<String>,
     pub verdict: Verdict,
+    /// Why it is not verified (empty when it is).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub why: String,
 }
 
-/// Judges a stage TXT record: another cluster's, ours with a proof that checks, or
-/// forged (a bad proof, or a record that is not well formed).
-pub fn judge(txt: &BTreeMap<String, String>, cluster: &str, agent_token: &str) -> Verdict {
-    let get = |k: &str| txt.get(k).map(String::as_str);
-    if get("cluster") != Some(cluster) {
-        return Verdict::ForeignCluster;
+/// Judges a stage announcement's TXT strings by the shared rule (a key we use twice, or
+/// a value that is not UTF-8: malformed), then: another cluster's, ours with a proof
+/// that checks, or forged (a bad proof, or fields that are not well formed).
+pub fn judge<S: AsRef<[u8]>>(strings: &[S], cluster: &str, agent_token: &str) -> (Verdict, String) {
+    let txt = match Txt::parse(strings, STAGE_KEYS) {
+        Ok(t) => t,
+        Err(e) => return (Verdict::Malformed, e.to_string()),
+    };
+    if txt.get("cluster") != Some(cluster) {
+        return (
+            Verdict::ForeignCluster,
+            "it announces another cluster".into(),
+        );
     }
     let well_formed = |node: &str, stage: &str, since: &str, reason: &str| {
         let failed = stage == Stage::Failed.as_str();
@@ -49,53 +68,65 @@ pub fn judge(txt: &BTreeMap<String, String>, cluster: &str, agent_token: &str) -
             && reason.len() <= MAX_REASON
             && !reason.contains('|')
     };
-    let ok = match (
-        get("txtvers"),
-        get("node"),
-        get("stage"),
-        get("since"),
-        get("proof"),
-    ) {
-        (Some("1"), Some(node), Some(stage), Some(since), Some(p)) => {
-            let reason = get("reason").unwrap_or("");
-            well_formed(node, stage, since, reason)
-                && since.parse::<u64>().is_ok_and(|since| {
-                    let claim = proof::StageClaim {
-                        cluster,
-                        node,
-                        stage,
-                        since,
-                        reason,
-                    };
-                    claim.verify(agent_token, p)
-                })
-        }
-        _ => false,
+    let fields = (
+        txt.get("txtvers"),
+        txt.get("node"),
+        txt.get("stage"),
+        txt.get("since"),
+        txt.get("proof"),
+    );
+    let (Some("1"), Some(node), Some(stage), Some(since), Some(p)) = fields else {
+        return (
+            Verdict::Forged,
+            "not a txtvers=1 stage announcement with node, stage, since and proof".into(),
+        );
     };
-    if ok {
-        Verdict::Verified
+    let reason = txt.get("reason").unwrap_or("");
+    if !well_formed(node, stage, since, reason) {
+        return (Verdict::Forged, "its fields are not well formed".into());
+    }
+    let claim = proof::StageClaim {
+        cluster,
+        node,
+        stage,
+        since: since.parse().unwrap_or(u64::MAX),
+        reason,
+    };
+    if txt::is_sha256_hex(p) && claim.verify(agent_token, p) {
+        (Verdict::Verified, String::new())
     } else {
-        Verdict::Forged
+        (
+            Verdict::Forged,
+            "its proof does not check with this cluster's agent token".into(),
+        )
     }
 }
 
 impl Announcement {
-    pub fn from_txt(
+    /// Judges one responder's announcement (TXT strings as sent).
+    pub fn judge<S: AsRef<[u8]>>(
         instance: String,
+        responder: String,
         addresses: Vec<Ipv4Addr>,
-        txt: &BTreeMap<String, String>,
+        strings: &[S],
         cluster: &str,
         agent_token: &str,
     ) -> Announcement {
+        let (verdict, why) = judge(strings, cluster, agent_token);
+        // What it claims, for the user; nothing of a malformed one.
+        let txt = Txt::parse(strings, STAGE_KEYS).unwrap_or_default();
+        let get = |k: &str| txt.get(k).map(str::to_string);
         Announcement {
-            verdict: judge(txt, cluster, agent_token),
+            verdict,
+            why,
             instance,
+            responder,
             addresses,
-            cluster: txt.get("cluster").cloned(),
-            node: txt.get("node").cloned(),
-            stage: txt.get("stage").cloned(),
+            cluster: get("cluster"),
+            node: get("node"),
+            stage: get("stage"),
             since: txt.get("since").and_then(|s| s.parse().ok()),
-            reason: txt.get("reason").cloned(),
+            reason: get("reason"),
         }
     }
 
@@ -145,6 +176,8 @@ impl Row {
 pub enum Ignored {
     /// Claims our cluster, but its proof does not check.
     Forged,
+    /// Not readable by the shared TXT rule (a key twice, a value that is not UTF-8).
+    Malformed,
     /// Another cluster's node.
     ForeignCluster,
     /// Proven, but older than what this node already announced: a replay.
@@ -157,6 +190,7 @@ impl Ignored {
     pub fn label(self) -> &'static str {
         match self {
             Ignored::Forged => "forged",
+            Ignored::Malformed => "malformed",
             Ignored::ForeignCluster => "foreign cluster",
             Ignored::Replayed => "replayed (older than what the node announced since)",
             Ignored::UnknownNode => "not a node of this profile",
@@ -177,8 +211,8 @@ pub enum Change {
 #[derive(Debug, Clone)]
 pub struct Table {
     pub rows: Vec<Row>,
-    /// The last announcement per instance, to pass over repeats of the same one.
-    last: HashMap<String, Announcement>,
+    /// Every announcement applied, to pass over repeats (each round hears them again).
+    heard: HashSet<String>,
 }
 
 impl Table {
@@ -192,19 +226,18 @@ impl Table {
                     seen: None,
                 })
                 .collect(),
-            last: HashMap::new(),
+            heard: HashSet::new(),
         }
     }
 
-    /// Applies an announcement; None when it repeats the last one of its instance.
+    /// Applies an announcement; None when it was heard before.
     pub fn apply(&mut self, a: &Announcement) -> Option<Change> {
-        if self.last.get(&a.instance) == Some(a) {
+        if !self.heard.insert(format!("{a:?}")) {
             return None;
         }
-        self.last.insert(a.instance.clone(), a.clone());
         match a.verdict {
-            // A TXT the shared rule cannot read is as unusable as a forged one.
-            Verdict::Forged | Verdict::Malformed => return Some(Change::Ignored(Ignored::Forged)),
+            Verdict::Forged => return Some(Change::Ignored(Ignored::Forged)),
+            Verdict::Malformed => return Some(Change::Ignored(Ignored::Malformed)),
             Verdict::ForeignCluster => return Some(Change::Ignored(Ignored::ForeignCluster)),
             Verdict::Verified => {}
         }
@@ -249,59 +282,52 @@ impl Table {
     }
 }
 
-/// Browses `_chocoimg-node._tcp` over IPv4 and hands every judged announcement to
-/// `heard` until it returns false or `deadline` passes. Returns whether `heard` stopped it.
+/// How long one round of questions listens: the table is at most this stale.
+const ROUND: Duration = Duration::from_millis(1500);
+
+/// Browses `_chocoimg-node._tcp` over IPv4 with one-shot queries, in rounds (each round
+/// hears every node afresh, so a changed TXT replaces the old one), and hands every
+/// judged announcement to `heard` until it returns false or `deadline` passes. Returns
+/// whether `heard` stopped it.
 pub fn browse(
     cluster: &str,
     agent_token: &str,
     deadline: Option<Instant>,
     mut heard: impl FnMut(Announcement) -> Result<bool>,
 ) -> Result<bool> {
-    let daemon = mdns_sd::ServiceDaemon::new().context("starting the mDNS browser")?;
-    // IPv4 on the LAN only, as discover: the nodes announce A records only.
-    daemon
-        .disable_interface(vec![mdns_sd::IfKind::IPv6, mdns_sd::IfKind::LoopbackV4])
-        .context("limiting mDNS to IPv4")?;
-    let events = daemon
-        .browse(SERVICE_TYPE)
-        .context("browsing _chocoimg-node._tcp")?;
-    let stopped = loop {
-        // Without a deadline, wake now and then anyway (the channel may close).
-        let wait = match deadline {
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(w) if !w.is_zero() => w,
-                _ => break false,
-            },
-            None => Duration::from_secs(3600),
-        };
-        let event = match events.recv_timeout(wait) {
-            Ok(e) => e,
-            Err(_) if deadline.is_none() => continue,
-            Err(_) => break false,
-        };
-        let mdns_sd::ServiceEvent::ServiceResolved(svc) = event else {
-            continue;
-        };
-        let name = svc.get_fullname().to_string();
-        let instance = name
-            .strip_suffix(&format!(".{SERVICE_TYPE}"))
-            .unwrap_or(&name)
-            .to_string();
-        let mut addresses: Vec<Ipv4Addr> = svc.get_addresses_v4().into_iter().collect();
-        addresses.sort();
-        let txt: BTreeMap<String, String> = svc
-            .get_properties()
-            .iter()
-            .map(|p| (p.key().to_string(), p.val_str().to_string()))
-            .collect();
-        let a = Announcement::from_txt(instance, addresses, &txt, cluster, agent_token);
-        if !heard(a)? {
-            break true;
+    let querier = mdns::Querier::new()?;
+    let service = mdns::Name::parse(SERVICE_TYPE);
+    loop {
+        let mut round = mdns::Heard::default();
+        mdns::ask_for_instances(&querier, &service);
+        let mut end = Instant::now() + ROUND;
+        if let Some(d) = deadline {
+            end = end.min(d);
         }
-    };
-    // Best effort: the process may end right after; nothing to clean up on the LAN.
-    let _ = daemon.shutdown();
-    Ok(stopped)
+        // Half the round for the instances, the rest for what their answers lacked.
+        let half = Instant::now() + ROUND / 2;
+        querier.listen(&mut round, half.min(end));
+        querier.ask_missing(&round.announcements(&service));
+        querier.listen(&mut round, end);
+        for a in round.announcements(&service) {
+            // Not yet a TXT: the next round asks for it.
+            let Some(txt) = &a.txt else { continue };
+            let judged = Announcement::judge(
+                a.label(),
+                a.responder.to_string(),
+                a.ipv4.clone(),
+                txt,
+                cluster,
+                agent_token,
+            );
+            if !heard(judged)? {
+                return Ok(true);
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(false);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -310,43 +336,47 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000;
 
-    fn txt(
-        node: &str,
-        stage: &str,
-        since: u64,
-        reason: &str,
-        token: &str,
-    ) -> BTreeMap<String, String> {
-        let mut t: BTreeMap<String, String> = [
-            ("txtvers", "1".to_string()),
-            ("cluster", "c1".into()),
-            ("node", node.into()),
-            ("stage", stage.into()),
-            ("since", since.to_string()),
-            (
-                "proof",
-                proof::StageClaim {
-                    cluster: "c1",
-                    node,
-                    stage,
-                    since,
-                    reason,
-                }
-                .proof(token),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    /// The TXT strings stage.sh writes, proof made with `token`.
+    fn txt(node: &str, stage: &str, since: u64, reason: &str, token: &str) -> Vec<String> {
+        let claim = proof::StageClaim {
+            cluster: "c1",
+            node,
+            stage,
+            since,
+            reason,
+        };
+        let mut t = vec![
+            "txtvers=1".to_string(),
+            "cluster=c1".into(),
+            format!("node={node}"),
+            format!("stage={stage}"),
+            format!("since={since}"),
+        ];
         if !reason.is_empty() {
-            t.insert("reason".into(), reason.into());
+            t.push(format!("reason={reason}"));
         }
+        t.push(format!("proof={}", claim.proof(token)));
         t
     }
 
+    /// `t` with key `k` set to `v` (in place).
+    fn with(t: &[String], k: &str, v: &str) -> Vec<String> {
+        t.iter()
+            .map(|s| match s.split_once('=') {
+                Some((key, _)) if key == k => format!("{k}={v}"),
+                _ => s.clone(),
+            })
+            .collect()
+    }
+
+    fn verdict(t: &[String], cluster: &str, token: &str) -> Verdict {
+        judge(t, cluster, token).0
+    }
+
     fn heard(node: &str, stage: &str, since: u64, reason: &str, token: &str) -> Announcement {
-        Announcement::from_txt(
+        Announcement::judge(
             node.into(),
+            "10.0.0.1".into(),
             vec![Ipv4Addr::new(10, 0, 0, 1)],
             &txt(node, stage, since, reason, token),
             "c1",
@@ -357,35 +387,32 @@ mod tests {
     #[test]
     fn judges_stage_announcements() {
         let ok = txt("nodo1", "joined", NOW, "", "tok");
-        assert_eq!(judge(&ok, "c1", "tok"), Verdict::Verified);
-        assert_eq!(judge(&ok, "c2", "tok"), Verdict::ForeignCluster);
-        assert_eq!(judge(&ok, "c1", "other"), Verdict::Forged);
+        assert_eq!(verdict(&ok, "c1", "tok"), Verdict::Verified);
+        assert_eq!(verdict(&ok, "c2", "tok"), Verdict::ForeignCluster);
+        assert_eq!(verdict(&ok, "c1", "other"), Verdict::Forged);
         let failed = txt("nodo1", "failed", NOW, "K3s agent unit failed", "tok");
-        assert_eq!(judge(&failed, "c1", "tok"), Verdict::Verified);
-        // A failed stage without a reason, or a reason on another stage: malformed.
-        assert_eq!(
-            judge(&txt("nodo1", "failed", NOW, "", "tok"), "c1", "tok"),
-            Verdict::Forged
-        );
-        assert_eq!(
-            judge(&txt("nodo1", "joined", NOW, "why", "tok"), "c1", "tok"),
-            Verdict::Forged
-        );
-        // A proven stage nobody defined, a time that is no number: malformed.
-        assert_eq!(
-            judge(&txt("nodo1", "dancing", NOW, "", "tok"), "c1", "tok"),
-            Verdict::Forged
-        );
-        let mut t = ok.clone();
-        t.insert("since".into(), "+1800000000".into());
-        assert_eq!(judge(&t, "c1", "tok"), Verdict::Forged);
-        // The proof binds the time and the node.
-        let mut t = ok.clone();
-        t.insert("since".into(), (NOW + 1).to_string());
-        assert_eq!(judge(&t, "c1", "tok"), Verdict::Forged);
-        let mut t = ok;
-        t.insert("node".into(), "master1".into());
-        assert_eq!(judge(&t, "c1", "tok"), Verdict::Forged);
+        assert_eq!(verdict(&failed, "c1", "tok"), Verdict::Verified);
+        // A failed stage without a reason, or a reason on another stage: not well formed.
+        for bad in [
+            txt("nodo1", "failed", NOW, "", "tok"),
+            txt("nodo1", "joined", NOW, "why", "tok"),
+            // A proven stage nobody defined, a time that is no number.
+            txt("nodo1", "dancing", NOW, "", "tok"),
+            with(&ok, "since", "+1800000000"),
+            // The proof binds the time and the node.
+            with(&ok, "since", &(NOW + 1).to_string()),
+            with(&ok, "node", "master1"),
+        ] {
+            assert_eq!(verdict(&bad, "c1", "tok"), Verdict::Forged, "{bad:?}");
+        }
+        // The shared rule: a key we use twice, in any case, is malformed, whatever the
+        // copies say (two readers must never pick different ones).
+        let mut twice = ok.clone();
+        twice.push("Stage=failed".into());
+        assert_eq!(verdict(&twice, "c1", "tok"), Verdict::Malformed);
+        let mut twice = ok;
+        twice.push("stage=joined".into());
+        assert_eq!(verdict(&twice, "c1", "tok"), Verdict::Malformed);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
             airgap: args.airgap,
         },
     )?;
+    plan.refuse_unbuilt_mode()?;
     let nodes = select_nodes(&plan, &args.nodes)?;
     let outputs: Vec<PathBuf> = nodes.iter().map(|n| plan.image_path(n)).collect();
     // Before any download; `image::plan` asks again for the library's other callers.

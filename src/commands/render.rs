@@ -6,6 +6,7 @@ use anyhow::Result;
 
 pub fn run(global: &Global, args: &RenderArgs) -> Result<i32> {
     let plan = load_plan(global)?;
+    plan.refuse_unbuilt_mode()?;
     let nodes = select_nodes(&plan, &args.nodes)?;
     let secrets = prepare_secrets(&plan)?;
     // Every seed renders before any is written.

@@ -17,5 +17,8 @@ pub fn run(global: &Global, _args: &ValidateArgs) -> anyhow::Result<i32> {
         plan.ubuntu.release,
         nodes.join(", ")
     );
+    if plan.mode == crate::profile::Mode::Ha {
+        eprintln!("note: {}", crate::plan::HA_NOT_BUILT);
+    }
     Ok(0)
 }

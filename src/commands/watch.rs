@@ -147,6 +147,10 @@ impl Output {
             (Output::Json, Change::Ignored(why)) => {
                 let mut v = serde_json::to_value(a).expect("announcements serialise");
                 v["event"] = json!("ignored");
+                // `why`: the kind (forged, replayed, ...); `detail`: the judge's words.
+                if let Some(detail) = v.as_object_mut().and_then(|o| o.remove("why")) {
+                    v["detail"] = detail;
+                }
                 v["why"] = json!(why);
                 line(&v);
             }

@@ -117,13 +117,18 @@ impl Gpt {
         }
         let count = u32_at(&header, 80) as usize;
         let entry_size = u32_at(&header, 84) as usize;
-        if entry_size < 128 || count == 0 || count * entry_size > 1 << 20 {
+        // Checked: both come from the disk (a fuzzed header overflowed them).
+        let table_len = count.checked_mul(entry_size).filter(|&n| n <= 1 << 20);
+        let (true, false, Some(table_len)) = (entry_size >= 128, count == 0, table_len) else {
             return Err(GptError::BadGpt(format!(
                 "{count} entries of {entry_size} bytes"
             )));
-        }
-        let mut entries = vec![0u8; count * entry_size];
-        file.seek(SeekFrom::Start(u64_at(&header, 72) * SECTOR))?;
+        };
+        let table_at = u64_at(&header, 72)
+            .checked_mul(SECTOR)
+            .ok_or_else(|| GptError::BadGpt("partition entries beyond any disk".into()))?;
+        let mut entries = vec![0u8; table_len];
+        file.seek(SeekFrom::Start(table_at))?;
         file.read_exact(&mut entries)?;
         if crc32fast::hash(&entries) != u32_at(&header, 88) {
             return Err(GptError::BadGpt(

@@ -22,6 +22,9 @@ mod pass;
 pub mod patch;
 pub mod ubuntu;
 
+#[cfg(test)]
+pub(crate) mod fuzz_tests;
+
 // The parts' shared vocabulary lives in leaves the parts import, never in this file,
 // which imports the parts.
 pub use error::ImageError;

@@ -61,6 +61,8 @@ pub fn admin_public_key(plan: &Plan) -> Result<String> {
 
 /// Renders `node`'s seed. Pure: same plan and secrets, same bytes.
 pub fn render(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Seed> {
+    // The commands refuse first (before any secret is written); this guards the library.
+    plan.refuse_unbuilt_mode()?;
     let discovery = node::setup(plan, secrets, node)
         .with_context(|| format!("preparing discovery for {}", node.hostname))?;
     let public_key = admin_public_key(plan)?;
