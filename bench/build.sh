@@ -110,11 +110,14 @@ for fs in $filesystems; do
   cp --reflink=never "$iso" "$mnt/input.iso"
   sync
   cat "$mnt/input.iso" "$work/mirror/k3s/$version/k3s" >/dev/null # warm, alike for every run
-  build "$mnt" >/dev/null 2>&1 # secrets, K3s into the cache, lock: what a second build finds
+  # Secrets, K3s into the cache, lock: what a second build finds.
+  build "$mnt" >/dev/null 2>"$work/warm.log" ||
+    { echo "the first build on $fs failed:" >&2; cat "$work/warm.log" >&2; exit 1; }
   # The ISO downloaded into the cache too (and recorded as verified), for the runs
   # without --iso.
   env HOME="$work/home" CHOCOIMG_OUT="$mnt/out" "$bin" -p "$work/profile.yaml" \
-    build --node master1 --force >/dev/null 2>&1
+    build --node master1 --force >/dev/null 2>"$work/warm.log" ||
+    { echo "the build that downloads the ISO on $fs failed:" >&2; cat "$work/warm.log" >&2; exit 1; }
 
   : >"$work/cp" ; : >"$work/build" ; : >"$work/xo" ; : >"$work/rss" ; : >"$work/ratio" ; : >"$work/xratio"
   : >"$work/cpu" ; : >"$work/cpcpu" ; : >"$work/cached" ; : >"$work/cratio"
