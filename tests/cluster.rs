@@ -573,6 +573,51 @@ fn kubeconfig_for(pki: &crate::support::k3s::Pki, name: &str, server: &str) -> S
     serde_yaml_ng::to_string(&ours).unwrap()
 }
 
+/// The K3s API stand-in (none can run here) on loopback, client certificates required,
+/// serving `nodes`; and a kubeconfig for it. Returns the stand-in, the kubeconfig and
+/// the API's URL.
+fn status_api(
+    c: &Cluster,
+    pki: &crate::support::k3s::Pki,
+    nodes: &Path,
+) -> (crate::support::k3s::Standin, PathBuf, String) {
+    let path = |p: &Path| p.display().to_string();
+    let api = standin(
+        Command::new("/usr/bin/python3"),
+        &[
+            "--cert".into(),
+            path(&pki.server_cert),
+            "--key".into(),
+            path(&pki.server_key),
+            "--cacerts".into(),
+            path(&pki.ca),
+            "--client-ca".into(),
+            path(&pki.ca),
+            "--nodes".into(),
+            path(nodes),
+        ],
+    );
+    let kc = c.dir.path().join("kubeconfig");
+    let server = format!("https://127.0.0.1:{}", api.port);
+    std::fs::write(&kc, kubeconfig_for(pki, "chocotest", &server)).unwrap();
+    (api, kc, server)
+}
+
+/// `chocoimg status --kubeconfig KC [--json]`: exit code, stdout, stderr.
+fn run_status(c: &Cluster, kc: &Path, json: bool) -> (Option<i32>, String, String) {
+    let mut cmd = c.chocoimg();
+    cmd.arg("status").arg("--kubeconfig").arg(kc);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn status_reports_the_seeds_states_with_exit_codes() {
     let c = Cluster::new("chocotest", "chocotest", None);
@@ -587,39 +632,8 @@ fn status_reports_the_seeds_states_with_exit_codes() {
         nodes_json(&[("master1", "True"), ("nodo1", "False")]),
     )
     .unwrap();
-    // Stand-in for the K3s API (none can run here), on loopback, client certs required.
-    let path = |p: &Path| p.display().to_string();
-    let api = standin(
-        Command::new("/usr/bin/python3"),
-        &[
-            "--cert".into(),
-            path(&pki.server_cert),
-            "--key".into(),
-            path(&pki.server_key),
-            "--cacerts".into(),
-            path(&pki.ca),
-            "--client-ca".into(),
-            path(&pki.ca),
-            "--nodes".into(),
-            path(&nodes),
-        ],
-    );
-    let kc = c.dir.path().join("kubeconfig");
-    let server = format!("https://127.0.0.1:{}", api.port);
-    std::fs::write(&kc, kubeconfig_for(&pki, "chocotest", &server)).unwrap();
-    let status = |json: bool| {
-        let mut cmd = c.chocoimg();
-        cmd.arg("status").arg("--kubeconfig").arg(&kc);
-        if json {
-            cmd.arg("--json");
-        }
-        let out = cmd.output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let (api, kc, server) = status_api(&c, &pki, &nodes);
+    let status = |json: bool| run_status(&c, &kc, json);
     let (code, out, err) = status(true);
     assert_eq!(code, Some(3), "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -682,6 +696,77 @@ fn status_reports_the_seeds_states_with_exit_codes() {
     assert_eq!(code, Some(4), "{out}{err}");
     assert!(out.starts_with("cluster chocotest: unavailable"), "{out}");
     assert!(err.contains("did not answer"), "{err}");
+}
+
+/// Issue 11: with three servers (`mode: ha`), `status` shows the control plane against
+/// the etcd quorum of 2: 3/3 ready (exit 0), 2/3 degraded (exit 3), 1/3 unavailable
+/// (exit 4) even though the stand-in API still answers.
+#[test]
+fn status_reports_the_control_plane_quorum_of_three_servers() {
+    let c = Cluster::new("chocotest", "chocotest", None);
+    let ha = format!(
+        "cluster:\n  name: chocotest\n  mode: ha\n  datastore: etcd\nssh:\n  user: chocotest\n  public_key: {}.pub\nnodes:\n  - hostname: master1\n    role: server\n  - hostname: master2\n    role: server\n  - hostname: master3\n    role: server\n  - hostname: nodo1\n    role: agent\n",
+        c.ssh_key.display()
+    );
+    std::fs::write(&c.profile, ha).unwrap();
+    let pki = pki(
+        &c.dir.path().join("pki"),
+        "k3s-server-ca",
+        &["IP:127.0.0.1"],
+    );
+    let nodes = c.dir.path().join("nodes.json");
+    let set = |m2: &str, m3: &str| {
+        std::fs::write(
+            &nodes,
+            nodes_json(&[
+                ("master1", "True"),
+                ("master2", m2),
+                ("master3", m3),
+                ("nodo1", "True"),
+            ]),
+        )
+        .unwrap()
+    };
+    set("True", "True");
+    let (api, kc, _server) = status_api(&c, &pki, &nodes);
+    let status = |json: bool| run_status(&c, &kc, json);
+    let (code, out, err) = status(false);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("cluster chocotest: ready"), "{out}");
+    assert!(
+        out.contains("control plane: 3/3 servers Ready (quorum 2)"),
+        "{out}"
+    );
+
+    set("True", "False");
+    let (code, out, err) = status(false);
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(out.starts_with("cluster chocotest: degraded"), "{out}");
+    assert!(
+        out.contains("control plane: 2/3 servers Ready (quorum 2)"),
+        "{out}"
+    );
+    let (code, out, _) = status(true);
+    assert_eq!(code, Some(3));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["control_plane"]["ready"], 2);
+    assert_eq!(v["control_plane"]["quorum"], 2);
+
+    set("Unknown", "False");
+    let (code, out, err) = status(false);
+    assert_eq!(code, Some(4), "{out}{err}");
+    assert!(out.starts_with("cluster chocotest: unavailable"), "{out}");
+    assert!(
+        out.contains("control plane: 1/3 servers Ready (quorum 2)"),
+        "{out}"
+    );
+    assert!(err.contains("only 1 of 3 servers are Ready"), "{err}");
+    let (code, out, _) = status(true);
+    assert_eq!(code, Some(4));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "unavailable");
+    assert_eq!(v["control_plane"]["ready"], 1);
+    drop(api);
 }
 
 fn pki_other(c: &Cluster) -> crate::support::k3s::Pki {

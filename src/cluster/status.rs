@@ -1,7 +1,9 @@
 //! `status`: the seed's cluster states from the K3s API, with the kubeconfig that
 //! `fetch-kubeconfig` wrote. Cluster `ready` (API answers, every node Ready), `degraded`
 //! (API answers, some node not Ready), `unavailable` (no API); each node `Ready`,
-//! `NotReady` or `Unknown` from its `Ready` condition.
+//! `NotReady` or `Unknown` from its `Ready` condition. A cluster of several servers
+//! (`mode: ha`) also has a control plane: its Ready servers out of the etcd quorum (a
+//! majority); below quorum it is `unavailable` whatever the API still answers.
 use crate::cluster::kubeconfig;
 use crate::errors::{EXIT_DEGRADED, EXIT_UNAVAILABLE};
 use anyhow::{anyhow, Context, Result};
@@ -37,9 +39,37 @@ pub struct Status {
     pub state: ClusterState,
     pub server: String,
     pub nodes: Vec<NodeStatus>,
+    /// Several servers (`mode: ha`): Ready servers against the quorum.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlane>,
     /// Why the API could not be read (only when unavailable).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The servers of an etcd cluster: writable while `quorum` (a majority) are up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ControlPlane {
+    pub ready: usize,
+    pub servers: usize,
+    pub quorum: usize,
+}
+
+impl ControlPlane {
+    fn of(servers: &[String], nodes: &[NodeStatus]) -> Option<ControlPlane> {
+        (servers.len() > 1).then(|| ControlPlane {
+            ready: servers
+                .iter()
+                .filter(|s| {
+                    nodes
+                        .iter()
+                        .any(|n| &n.name == *s && n.state == NodeState::Ready)
+                })
+                .count(),
+            servers: servers.len(),
+            quorum: servers.len() / 2 + 1,
+        })
+    }
 }
 
 impl Status {
@@ -131,8 +161,14 @@ pub fn node_states(nodes: &serde_json::Value) -> Vec<(String, NodeState)> {
 }
 
 /// Asks the API for its nodes. `expected` (the profile's nodes) that the API does not
-/// know count as Unknown and not registered.
-pub fn check(api: &ApiAccess, expected: &[String], timeout: Duration) -> Status {
+/// know count as Unknown and not registered; `servers` (the profile's servers), when
+/// more than one, decide the control plane's quorum.
+pub fn check(
+    api: &ApiAccess,
+    expected: &[String],
+    servers: &[String],
+    timeout: Duration,
+) -> Status {
     match list_nodes(api, timeout) {
         Ok(json) => {
             let mut nodes: Vec<NodeStatus> = node_states(&json)
@@ -153,30 +189,38 @@ pub fn check(api: &ApiAccess, expected: &[String], timeout: Duration) -> Status 
                 }
             }
             let all_ready = !nodes.is_empty() && nodes.iter().all(|n| n.state == NodeState::Ready);
+            let control_plane = ControlPlane::of(servers, &nodes);
+            // Below quorum etcd takes no writes: the API's answer is a stale read.
+            let state = match control_plane {
+                Some(cp) if cp.ready < cp.quorum => ClusterState::Unavailable,
+                _ if all_ready => ClusterState::Ready,
+                _ => ClusterState::Degraded,
+            };
             Status {
-                state: if all_ready {
-                    ClusterState::Ready
-                } else {
-                    ClusterState::Degraded
-                },
+                state,
                 server: api.server.clone(),
                 nodes,
+                control_plane,
                 error: None,
             }
         }
-        Err(e) => Status {
-            state: ClusterState::Unavailable,
-            server: api.server.clone(),
-            nodes: expected
+        Err(e) => {
+            let nodes: Vec<NodeStatus> = expected
                 .iter()
                 .map(|name| NodeStatus {
                     name: name.clone(),
                     state: NodeState::Unknown,
                     registered: false,
                 })
-                .collect(),
-            error: Some(format!("{e:#}")),
-        },
+                .collect();
+            Status {
+                state: ClusterState::Unavailable,
+                server: api.server.clone(),
+                control_plane: ControlPlane::of(servers, &nodes),
+                nodes,
+                error: Some(format!("{e:#}")),
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `chocoimg status`: cluster ready/degraded/unavailable and each node, from the K3s API.
-//! Exit 0 ready, 3 degraded, 4 unavailable (1 error, 2 bad input).
+//! Exit 0 ready, 3 degraded, 4 unavailable (1 error, 2 bad input). With several servers
+//! it shows the control plane: Ready servers out of the etcd quorum.
 use crate::cli::{Global, StatusArgs};
 use crate::cluster::kubeconfig;
 use crate::cluster::status::{self, ClusterState};
@@ -23,6 +24,15 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
         .iter()
         .flat_map(|p| p.nodes.iter().map(|n| n.hostname.clone()))
         .collect();
+    let servers: Vec<String> = plan
+        .iter()
+        .flat_map(|p| {
+            p.nodes
+                .iter()
+                .filter(|n| n.role == crate::profile::Role::Server)
+        })
+        .map(|n| n.hostname.clone())
+        .collect();
     let path = match &args.kubeconfig {
         Some(p) => p.clone(),
         None => kubeconfig::destination(&kubeconfig::chain()?, &context),
@@ -42,7 +52,7 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("{} is not a kubeconfig", path.display()))?;
     let api = status::access(&doc, &context)
         .with_context(|| format!("reading context {context} of {}", path.display()))?;
-    let st = status::check(&api, &expected, Duration::from_secs(10));
+    let st = status::check(&api, &expected, &servers, Duration::from_secs(10));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
@@ -52,6 +62,12 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
             ClusterState::Unavailable => "unavailable",
         };
         println!("cluster {context}: {state} (API {})", st.server);
+        if let Some(cp) = &st.control_plane {
+            println!(
+                "  control plane: {}/{} servers Ready (quorum {})",
+                cp.ready, cp.servers, cp.quorum
+            );
+        }
         let width = st.nodes.iter().map(|n| n.name.len()).max().unwrap_or(0);
         for n in &st.nodes {
             let note = if n.registered {
@@ -60,6 +76,15 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
                 "  (not registered with the API)"
             };
             println!("  {:<width$}  {:?}{note}", n.name, n.state);
+        }
+        if let Some(cp) = st
+            .control_plane
+            .filter(|cp| cp.ready < cp.quorum && st.error.is_none())
+        {
+            eprintln!(
+                "only {} of {} servers are Ready and etcd needs {}: the cluster takes no writes until another server is back (if two are lost for good: `k3s server --cluster-reset` on the survivor)",
+                cp.ready, cp.servers, cp.quorum
+            );
         }
         if let Some(err) = &st.error {
             eprintln!(
