@@ -42,6 +42,39 @@ fn assert_cloud_init_schema_ok(path: &Path) {
     );
 }
 
+/// `autoinstall` must pass each of the six installers' autoinstall schemas.
+fn assert_installer_schemas_ok(node: &str, autoinstall: &Json) {
+    let schema_dir = repo().join("tests/data/autoinstall-schemas");
+    let mut schemas: Vec<_> = std::fs::read_dir(&schema_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    schemas.sort();
+    assert_eq!(
+        schemas.len(),
+        6,
+        "the six autoinstall schemas are in {}",
+        schema_dir.display()
+    );
+    for schema_path in &schemas {
+        let schema: Json =
+            serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+        let validator = jsonschema::draft7::new(&schema).expect("schema compiles");
+        let errors: Vec<String> = validator
+            .iter_errors(autoinstall)
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{node}: autoinstall fails {}:\n{}",
+            schema_path.display(),
+            errors.join("\n")
+        );
+    }
+}
+
 /// The top-level keys cloud-init's own schema knows (the `cloud-init schema` command does
 /// not reject unknown ones, so this is checked separately).
 fn cloud_init_known_keys() -> BTreeSet<String> {
@@ -72,20 +105,6 @@ print(json.dumps(sorted(keys)))
 fn seeds_pass_cloud_init_and_every_installer_schema() {
     let ws = rendered();
     let known = cloud_init_known_keys();
-    let schema_dir = repo().join("tests/data/autoinstall-schemas");
-    let mut schemas: Vec<_> = std::fs::read_dir(&schema_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    schemas.sort();
-    assert_eq!(
-        schemas.len(),
-        6,
-        "the six autoinstall schemas are in {}",
-        schema_dir.display()
-    );
 
     for node in NODES {
         let path = ws.seed_file(CLUSTER, node, "user-data");
@@ -109,21 +128,7 @@ fn seeds_pass_cloud_init_and_every_installer_schema() {
         );
 
         let autoinstall = to_json(&doc["autoinstall"]);
-        for schema_path in &schemas {
-            let schema: Json =
-                serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
-            let validator = jsonschema::draft7::new(&schema).expect("schema compiles");
-            let errors: Vec<String> = validator
-                .iter_errors(&autoinstall)
-                .map(|e| format!("{} at {}", e, e.instance_path))
-                .collect();
-            assert!(
-                errors.is_empty(),
-                "{node}: autoinstall fails {}:\n{}",
-                schema_path.display(),
-                errors.join("\n")
-            );
-        }
+        assert_installer_schemas_ok(node, &autoinstall);
         // What an unattended install cannot ask for must be there (the admin user comes
         // from `identity` or, as here, from the installed system's user-data).
         assert!(
@@ -657,7 +662,8 @@ fn the_installed_system_gets_the_admin_user_once() {
 /// Issue 11: on a `vlan` network the node's NIC carries the VLAN (netplan `vlans:`),
 /// DHCP or static inside the VLAN's subnet, and Debian's netplan.io accepts the seed's
 /// netplan: `netplan generate` in a temporary root writes systemd-networkd files with the
-/// VLAN on the NIC. A single-server profile, since `ha` seeds are not rendered yet.
+/// VLAN on the NIC; the seeds pass cloud-init's and every installer's schema. A
+/// single-server profile, since `ha` seeds are not rendered yet.
 #[test]
 fn vlan_netplan_is_accepted_by_netplan_generate() {
     require_tool("netplan");
@@ -679,7 +685,9 @@ fn vlan_netplan_is_accepted_by_netplan_generate() {
     for (node, static_address) in [("master1", true), ("nodo1", false)] {
         let user_data = ws.seed_file(CLUSTER, node, "user-data");
         assert_cloud_init_schema_ok(&user_data);
-        let network = yaml_file(&user_data)["autoinstall"]["network"].clone();
+        let doc = yaml_file(&user_data);
+        assert_installer_schemas_ok(node, &to_json(&doc["autoinstall"]));
+        let network = doc["autoinstall"]["network"].clone();
         assert_eq!(network["vlans"]["vlan20"]["id"], 20, "{node}: {network:?}");
         assert_eq!(network["vlans"]["vlan20"]["link"], "lan", "{node}");
         assert_eq!(network["ethernets"]["lan"]["dhcp4"], false, "{node}");
