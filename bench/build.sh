@@ -97,7 +97,10 @@ declare -A res
 for fs in $filesystems; do
   img=$work/$fs.img
   mnt=$work/mnt-$fs
-  truncate -s $((size * 3 + (2 << 30))) "$img"
+  # Room for, at once: the input copy, out/cache's ISO (the "cached" runs), the image
+  # being replaced (--force renames over it only at the end), the new one, the copy's
+  # and the remaster's outputs.
+  truncate -s $((size * 6 + (2 << 30))) "$img"
   case $fs in
     ext4) mkfs.ext4 -q -F "$img" ;;
     btrfs) mkfs.btrfs -q -f "$img" ;;
