@@ -89,14 +89,20 @@ nodes:
   - {hostname: master1, role: server}
   - {hostname: nodo1, role: agent}
 EOF
-TOKEN=$(openssl rand -hex 32)
-mkdir -p "$WORK/out/$CLUSTER"
-(
-	umask 077
-	printf 'server_token: "%s"\nagent_token: "%s"\nadmin_password: "x"\nadmin_password_hash: "x"\nhost_keys: {}\n' \
-		"$(openssl rand -hex 32)" "$TOKEN" >"$WORK/out/$CLUSTER/secrets.yaml"
-)
-CA=$(printf 'bench CA' | sha256sum | cut -d' ' -f1)
+# The cluster's secrets as chocoimg makes them (render creates them; the agent token keys the proof).
+CHOCOIMG_OUT="$WORK/out" HOME="$WORK" "$BIN" -p "$WORK/profile.yaml" render --all --out "$WORK/seed" >/dev/null
+TOKEN=$(sed -n 's/^agent_token: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$WORK/out/$CLUSTER/secrets.yaml")
+[ -n "$TOKEN" ] || { echo "no agent_token in $WORK/out/$CLUSTER/secrets.yaml" >&2; exit 1; }
+# A real CA and a server certificate: an address counts as verified only once it serves
+# the announced CA at /cacerts and completes TLS on 6443 with it (the K3s stand-in).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench-ca \
+	-keyout "$WORK/ca.key" -out "$WORK/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=master1 \
+	-keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
+openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" -CAcreateserial \
+	-days 2 -extfile <(printf "subjectAltName=DNS:master1\nbasicConstraints=CA:FALSE\n") \
+	-out "$WORK/server.crt" 2>/dev/null
+CA=$(sha256sum <"$WORK/ca.crt" | cut -d' ' -f1)
 PROOF=$(printf '%s' "chocoimg/v1|$CLUSTER|$CA" | openssl dgst -sha256 -mac HMAC -macopt "key:$TOKEN" | sed 's/^.*= *//')
 
 # --- master1 announces
@@ -112,6 +118,9 @@ cat >"$WORK/m/services/k3s.service" <<EOF
 <txt-record>ca=$CA</txt-record><txt-record>proof=$PROOF</txt-record>
 </service></service-group>
 EOF
+ip netns exec "$ID-m" /usr/bin/python3 "$PWD/tests/support/k3s_standin.py" --bind 0.0.0.0 --port 6443 \
+	--cert "$WORK/server.crt" --key "$WORK/server.key" --cacerts "$WORK/ca.crt" >/dev/null 2>&1 &
+PIDS+=($!)
 sleep 2 # probing and the first announcements
 
 start_dbus l
