@@ -244,10 +244,7 @@ pub fn fetch(
             why.join("\n  ")
         );
     };
-    let skipped = failed
-        .iter()
-        .map(|(t, e)| format!("{t}: {e:#}"))
-        .collect();
+    let skipped = failed.iter().map(|(t, e)| format!("{t}: {e:#}")).collect();
     let server_url = format!("https://{}:{API_PORT}", url_host(&target.address));
     let ours = adopt(&verified.k3s, &opts.name, &server_url)?;
 
