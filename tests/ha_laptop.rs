@@ -52,6 +52,15 @@ fn member(c: &Cluster, lan: &mut Lan, m1: &Master, name: &str) -> Master {
     })
 }
 
+/// A server named `name` of this cluster (valid proof) serving a CA of its own, `cn`.
+fn own_ca_server(c: &Cluster, lan: &mut Lan, name: &str, cn: &str) -> Master {
+    second_server(c, lan, name, |h| {
+        let p = pki(&h.dir.join("pki"), cn, &[&format!("IP:{}", h.ip)]);
+        let (cert, key) = (p.server_cert.clone(), p.server_key.clone());
+        (p, cert, key)
+    })
+}
+
 fn record_path(c: &Cluster) -> std::path::PathBuf {
     c.plan.out_dir.join("cluster-ca.sha256")
 }
@@ -116,15 +125,7 @@ fn discover_lists_every_server_records_the_ca_and_reports_a_split_brain() {
 
     // A server of the cluster (valid proof) serving another CA: a split brain, said
     // loudly, listed with its CA, exit 1; the record stays.
-    let stale = second_server(&c, &mut lan, "master3-stale", |h| {
-        let p = pki(
-            &h.dir.join("pki"),
-            "k3s-server-ca-second",
-            &[&format!("IP:{}", h.ip)],
-        );
-        let (cert, key) = (p.server_cert.clone(), p.server_key.clone());
-        (p, cert, key)
-    });
+    let stale = own_ca_server(&c, &mut lan, "master3-stale", "k3s-server-ca-second");
     let other = ca_of(&stale.cacerts);
     std::thread::sleep(Duration::from_millis(1500));
     for json in [false, true] {
@@ -175,15 +176,7 @@ fn discover_lists_every_server_records_the_ca_and_reports_a_split_brain() {
     drop(_m2);
     drop(_m3);
     drop(m1);
-    let solo = second_server(&c, &mut lan, "rebuilt", |h| {
-        let p = pki(
-            &h.dir.join("pki"),
-            "k3s-server-ca-third",
-            &[&format!("IP:{}", h.ip)],
-        );
-        let (cert, key) = (p.server_cert.clone(), p.server_key.clone());
-        (p, cert, key)
-    });
+    let solo = own_ca_server(&c, &mut lan, "rebuilt", "k3s-server-ca-third");
     std::thread::sleep(Duration::from_millis(1500));
     let out = laptop_run(&c, &lan, &laptop, &["discover", "--timeout", "4"]);
     let log = text(&out);
