@@ -164,6 +164,15 @@ impl Plan {
             .expect("a checked plan has at least one server")
     }
 
+    /// The servers' hostnames, in profile order (the first is the designated init server).
+    pub fn server_names(&self) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Server)
+            .map(|n| n.hostname.as_str())
+            .collect()
+    }
+
     /// Seeds and images exist only for modes whose bootstrap is built. `ha` validates,
     /// but its servers need the bootstrap decided by discovery (issue 11): a seed that
     /// always says `cluster-init` would start a second cluster when re-flashed.
