@@ -9,10 +9,13 @@ pub mod artifacts;
 pub mod bringup;
 pub mod cli;
 pub mod cluster;
+pub mod cluster_ca;
 pub mod commands;
 pub mod errors;
 pub mod flash;
 pub mod fsutil;
+#[cfg(test)]
+mod fuzz;
 pub mod guard;
 pub mod image;
 pub mod labels;
