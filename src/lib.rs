@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod bringup;
 pub mod cli;
 pub mod cluster;
+pub mod cluster_ca;
 pub mod commands;
 pub mod errors;
 pub mod flash;
