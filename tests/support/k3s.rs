@@ -80,7 +80,7 @@ impl Cluster {
     /// Renders `node`'s discovery files into `root` (paths kept below it) and returns
     /// the setup.
     pub fn node_setup(&self, node: &str) -> chocoimg::seed::node::NodeSetup {
-        chocoimg::seed::node::setup(&self.plan, &self.secrets, self.plan.node(node).unwrap())
+        chocoimg::seed::node::setup(&self.plan, &self.secrets, self.plan.node(node).unwrap(), None)
             .unwrap()
     }
 
