@@ -30,7 +30,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/node/announce.sh"),
     ),
     ("node/join.sh", include_str!("../templates/node/join.sh")),
-    ("node/browse.sh", include_str!("../templates/node/browse.sh")),
+    (
+        "node/browse.sh",
+        include_str!("../templates/node/browse.sh"),
+    ),
     (
         "node/bootstrap.sh",
         include_str!("../templates/node/bootstrap.sh"),

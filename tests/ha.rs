@@ -85,11 +85,6 @@ fn four_booted_at_once_make_one_cluster() {
     let refs: Vec<&Node> = servers.iter().collect();
     wait_whole_cluster(&refs, &nodo1, &journal);
     assert_one_cluster(&refs, &journal);
-    if std::env::var_os("CHOCOIMG_TEST_SHOW").is_some() {
-        eprintln!("{}", std::fs::read_to_string(&journal).unwrap());
-        for s in &servers { eprintln!("{}", s.logs()); }
-        eprintln!("{}", nodo1.logs());
-    }
     let ev = events(&journal);
     assert_eq!(count(&ev, "master1", "cluster-init"), 1, "{ev:?}");
     for s in ["master2", "master3"] {
@@ -104,4 +99,235 @@ fn four_booted_at_once_make_one_cluster() {
         dropin.contains(&format!("token: \"K10{}::node:", servers[0].ca().unwrap())),
         "{dropin}"
     );
+}
+
+/// How often `node`'s bootstrap has said it waits for a member.
+fn waits(node: &Node) -> usize {
+    std::fs::read_to_string(node.host.dir.join("timers.log"))
+        .unwrap_or_default()
+        .matches("chocoimg-bootstrap: waiting for a verified server")
+        .count()
+}
+
+/// The stage stage.sh announces for `node` now (its state under the node's folder).
+fn stage_of(lan: &Lan, node: &Node) -> String {
+    let units = node.host.dir.join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    std::fs::write(units.join("k3s.service"), "").unwrap();
+    let mut c = node.script(lan, "stage.sh");
+    c.env("CHOCOIMG_STATE_DIR", node.host.dir.join("stage"))
+        .env("CHOCOIMG_UNITS_DIR", &units)
+        .env("CHOCOIMG_K3S", "/bin/false");
+    crate::support::ok(&mut c);
+    let state = std::fs::read_to_string(node.host.dir.join("stage/stage")).unwrap();
+    state.lines().next().unwrap().to_string()
+}
+
+/// (b) master2 and master3 booted before master1: they wait (they may not start a
+/// cluster, and say so), and join once master1 has started it.
+#[test]
+fn servers_booted_before_the_first_wait_for_it() {
+    let c = Cluster::ha("chocoha", "chocoha");
+    let mut lan = Lan::new();
+    let journal = lan.dir.path().join("journal");
+    let mut servers: Vec<Node> = SERVERS
+        .iter()
+        .map(|n| Node::add(&c, &mut lan, n, None, &journal))
+        .collect();
+    for s in &mut servers[1..] {
+        s.start(&lan, &SERVER_SCRIPTS);
+    }
+    for s in &servers[1..] {
+        crate::support::netns::wait_for(
+            std::time::Duration::from_secs(120),
+            || waits(s) >= 2,
+            &format!("{} to wait twice", s.host.name),
+        );
+    }
+    assert!(events(&journal).is_empty(), "{:?}", events(&journal));
+    for s in &servers[1..] {
+        assert!(
+            !s.state.join("systemctl.log").exists(),
+            "{}: K3s was touched:\n{}",
+            s.host.name,
+            s.logs()
+        );
+        assert!(!s
+            .under("/etc/rancher/k3s/config.yaml.d/50-chocoimg-bootstrap.yaml")
+            .exists());
+        assert!(
+            s.logs()
+                .contains("only the first server may start the cluster"),
+            "{}",
+            s.logs()
+        );
+        assert_eq!(stage_of(&lan, s), "waiting-for-server");
+    }
+
+    servers[0].start(&lan, &SERVER_SCRIPTS);
+    let refs: Vec<&Node> = servers.iter().collect();
+    for s in &refs {
+        wait_announced(s);
+    }
+    assert_one_cluster(&refs, &journal);
+    let ev = events(&journal);
+    assert_eq!(count(&ev, "master1", "cluster-init"), 1, "{ev:?}");
+    for s in ["master2", "master3"] {
+        assert_eq!(count(&ev, s, "joined 10.99.0.1 "), 1, "{s}: {ev:?}");
+    }
+    assert_eq!(
+        stage_of(&lan, &servers[1]),
+        "joining",
+        "not Ready to stage.sh's kubectl"
+    );
+}
+
+/// (c) master1 re-flashed (its disk wiped) while master2 and master3 run: it joins them,
+/// and no second CA appears anywhere. The member list lives on in the others.
+#[test]
+fn a_reflashed_first_server_rejoins_and_never_starts_a_second_cluster() {
+    let c = Cluster::ha("chocoha", "chocoha");
+    let mut lan = Lan::new();
+    let journal = lan.dir.path().join("journal");
+    let mut servers: Vec<Node> = SERVERS
+        .iter()
+        .map(|n| Node::add(&c, &mut lan, n, None, &journal))
+        .collect();
+    for s in &mut servers {
+        s.start(&lan, &SERVER_SCRIPTS);
+    }
+    for s in &servers {
+        wait_announced(s);
+    }
+    let ca = servers[0].ca().unwrap();
+
+    servers[0].reflash(&c, None, &journal);
+    assert!(servers[0].ca().is_none() && !servers[0].announces());
+    servers[0].start(&lan, &SERVER_SCRIPTS);
+    let refs: Vec<&Node> = servers.iter().collect();
+    wait_events(&journal, &refs, "master1 to rejoin", |ev| {
+        count(ev, "master1", "joined ") == 1
+    });
+    wait_announced(&servers[0]);
+    assert_one_cluster(&refs, &journal);
+    assert_eq!(servers[0].ca().as_deref(), Some(ca.as_str()));
+    let ev = events(&journal);
+    assert!(
+        ev.iter()
+            .any(|(n, e)| n == "master1" && e.starts_with("joined 10.99.0.2 ")),
+        "master1 joins the lowest member address: {ev:?}"
+    );
+}
+
+/// (d) A forged announcement (a proof made without the agent token) and a replayed one
+/// (a valid proof and the real CA's /cacerts, from a host without the CA's key) are never
+/// joined, though both sit at a lower address than master1; nor do they keep master1
+/// from starting the cluster (they are not members).
+#[test]
+fn forged_and_replayed_server_announcements_are_never_joined() {
+    let c = Cluster::ha("chocoha", "chocoha");
+    let mut lan = Lan::new();
+    let journal = lan.dir.path().join("journal");
+    let mut forger = lan.add_host("forger");
+    let avahi = lan.start_avahi(&mut forger, None);
+    let real = pki(&forger.dir.join("real"), "k3s-server-ca", &["IP:127.0.0.1"]);
+    let own = pki(
+        &forger.dir.join("own"),
+        "k3s-server-ca",
+        &[&format!("IP:{}", forger.ip)],
+    );
+    let real_ca = crate::cluster::ca_of(&real.ca);
+    crate::cluster::publish_fake(
+        &avahi.services_dir,
+        "replayed.service",
+        "master1-replayed",
+        &c.plan.cluster,
+        &real_ca,
+        &chocoimg::proof::proof(&c.secrets.agent_token, &c.plan.cluster, &real_ca),
+    );
+    let own_ca = crate::cluster::ca_of(&own.ca);
+    crate::cluster::publish_fake(
+        &avahi.services_dir,
+        "forged.service",
+        "master1-forged",
+        &c.plan.cluster,
+        &own_ca,
+        &chocoimg::proof::proof("not-the-agent-token", &c.plan.cluster, &own_ca),
+    );
+    let _tls = standin(
+        lan.cmd(&forger, "/usr/bin/python3"),
+        &[
+            "--bind".into(),
+            "0.0.0.0".into(),
+            "--port".into(),
+            "6443".into(),
+            "--cert".into(),
+            own.server_cert.display().to_string(),
+            "--key".into(),
+            own.server_key.display().to_string(),
+            "--cacerts".into(),
+            real.ca.display().to_string(),
+        ],
+    );
+    let mut servers: Vec<Node> = SERVERS[..2]
+        .iter()
+        .map(|n| Node::add(&c, &mut lan, n, None, &journal))
+        .collect();
+    for s in &mut servers {
+        s.start(&lan, &SERVER_SCRIPTS);
+    }
+    let refs: Vec<&Node> = servers.iter().collect();
+    for s in &refs {
+        wait_announced(s);
+    }
+    assert_one_cluster(&refs, &journal);
+    let master1 = servers[0].host.ip.to_string();
+    let dropin = std::fs::read_to_string(
+        servers[1].under("/etc/rancher/k3s/config.yaml.d/50-chocoimg-bootstrap.yaml"),
+    )
+    .unwrap();
+    assert!(
+        dropin.contains(&format!("server: \"https://{master1}:6443\"")),
+        "{dropin}"
+    );
+    let logs = servers[1].logs();
+    assert!(logs.contains("forged announcement"), "{logs}");
+    assert!(logs.contains("its TLS does not chain"), "{logs}");
+    for s in &servers {
+        let logs = s.logs();
+        assert!(
+            !logs.contains(&format!("member of cluster chocoha at {} ", forger.ip)),
+            "{logs}"
+        );
+    }
+}
+
+/// (e) A seed carrying the cluster's CA as the laptop recorded it: with no member up,
+/// master1 waits and says for what, and never starts a cluster, whatever the window.
+#[test]
+fn with_a_recorded_ca_the_first_server_never_starts_a_cluster() {
+    let c = Cluster::ha("chocoha", "chocoha");
+    let mut lan = Lan::new();
+    let journal = lan.dir.path().join("journal");
+    let recorded = chocoimg::proof::ca_hash(b"the cluster's CA the laptop saw");
+    let master1 = Node::add(&c, &mut lan, "master1", Some(&recorded), &journal);
+    assert_eq!(
+        std::fs::read_to_string(master1.under("/etc/chocoimg/cluster-ca")).unwrap(),
+        format!("{recorded}\n")
+    );
+    for _ in 0..2 {
+        let out = master1.script(&lan, "bootstrap.sh").output().unwrap();
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{log}");
+        assert!(
+            log.contains(&format!("serving the recorded CA {recorded}"))
+                && log.contains("never starts a new cluster"),
+            "{log}"
+        );
+    }
+    assert!(!master1.state.join("systemctl.log").exists());
+    assert!(!master1
+        .under("/etc/rancher/k3s/config.yaml.d/50-chocoimg-bootstrap.yaml")
+        .exists());
+    assert!(events(&journal).is_empty());
 }

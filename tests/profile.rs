@@ -352,13 +352,18 @@ fn the_ha_profile_validates_and_renders_with_a_note_on_the_first_server() {
         "{stdout}"
     );
     assert!(err.contains("only the first server"), "{err}");
-    assert!(ws.files_in_out().is_empty(), "validate wrote {:?}", ws.files_in_out());
+    assert!(
+        ws.files_in_out().is_empty(),
+        "validate wrote {:?}",
+        ws.files_in_out()
+    );
 
     let out = ws.ok(&["render", "--all"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("note: no CA recorded").count(), 1, "{err}");
     assert!(
-        err.contains("master1 may start a new cluster") && err.contains("`chocoimg discover` first"),
+        err.contains("master1 may start a new cluster")
+            && err.contains("`chocoimg discover` first"),
         "{err}"
     );
     // An agent alone: nothing about starting a cluster.

@@ -12,7 +12,12 @@ pub fn run(global: &Global, args: &RenderArgs) -> Result<i32> {
     // Every seed renders before any is written.
     let seeds = nodes
         .into_iter()
-        .map(|node| Ok((node, seed::render(&plan, &secrets, node, cluster_ca.as_deref())?)))
+        .map(|node| {
+            Ok((
+                node,
+                seed::render(&plan, &secrets, node, cluster_ca.as_deref())?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     for (node, seed) in seeds {
         let dir = match &args.out {

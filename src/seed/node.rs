@@ -29,8 +29,7 @@ pub const AGENT_TOKEN_PATH: &str = "/etc/chocoimg/agent-token";
 /// `config.yaml`).
 pub const JOIN_DROPIN_PATH: &str = "/etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml";
 /// The K3s config drop-in an HA server's bootstrap writes (join a member, or cluster-init).
-pub const BOOTSTRAP_DROPIN_PATH: &str =
-    "/etc/rancher/k3s/config.yaml.d/50-chocoimg-bootstrap.yaml";
+pub const BOOTSTRAP_DROPIN_PATH: &str = "/etc/rancher/k3s/config.yaml.d/50-chocoimg-bootstrap.yaml";
 /// Where K3s keeps a server's embedded etcd: once it exists, K3s ignores cluster-init and
 /// server, so the bootstrap has nothing to decide.
 pub const ETCD_DIR: &str = "/var/lib/rancher/k3s/server/db/etcd";

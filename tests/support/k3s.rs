@@ -105,7 +105,11 @@ impl Cluster {
     }
 
     /// `node_setup`, for a seed built after the laptop recorded the cluster's CA `ca`.
-    pub fn node_setup_with_ca(&self, node: &str, ca: Option<&str>) -> chocoimg::seed::node::NodeSetup {
+    pub fn node_setup_with_ca(
+        &self,
+        node: &str,
+        ca: Option<&str>,
+    ) -> chocoimg::seed::node::NodeSetup {
         chocoimg::seed::node::setup(&self.plan, &self.secrets, self.plan.node(node).unwrap(), ca)
             .unwrap()
     }
@@ -122,8 +126,12 @@ impl Cluster {
         let config = chocoimg::seed::node::NodeFile {
             path: chocoimg::seed::K3S_CONFIG.into(),
             permissions: "0600".into(),
-            content: chocoimg::seed::k3s_config(&self.plan, &self.secrets, self.plan.node(node).unwrap())
-                .unwrap(),
+            content: chocoimg::seed::k3s_config(
+                &self.plan,
+                &self.secrets,
+                self.plan.node(node).unwrap(),
+            )
+            .unwrap(),
         };
         let files = self.node_setup_with_ca(node, ca).files;
         for f in files.into_iter().chain(std::iter::once(config)) {
