@@ -331,3 +331,35 @@ fn with_a_recorded_ca_the_first_server_never_starts_a_cluster() {
         .exists());
     assert!(events(&journal).is_empty());
 }
+
+/// The HA nodes' files: the server token in none of them (a joining server reads it from
+/// K3s's own root-only config.yaml), the agent token only in its root-only file, a fixed
+/// K3s node password on every node (a re-flashed server is let back in under its name),
+/// and no CA record unless the laptop had one.
+#[test]
+fn ha_node_files_keep_secrets_where_they_belong() {
+    let c = Cluster::ha("chocoha", "chocoha");
+    for node in ["master1", "master2", "master3", "nodo1"] {
+        let setup = c.node_setup(node);
+        for f in &setup.files {
+            assert!(!f.content.contains(&c.secrets.server_token), "{}", f.path);
+            if f.path != "/etc/chocoimg/agent-token" {
+                assert!(!f.content.contains(&c.secrets.agent_token), "{}", f.path);
+            }
+        }
+        let password = setup.file("/etc/rancher/node/password").unwrap();
+        assert_eq!(password.permissions, "0600");
+        assert_eq!(
+            password.content.trim(),
+            chocoimg::proof::node_password(&c.secrets.server_token, "chocoha", node)
+        );
+        assert!(setup.file("/etc/chocoimg/cluster-ca").is_none(), "{node}");
+        let bootstrap = setup.file("/usr/local/lib/chocoimg/bootstrap.sh");
+        assert_eq!(bootstrap.is_some(), node != "nodo1", "{node}");
+        if let Some(b) = bootstrap {
+            // Only the profile's first server may start the cluster.
+            let init = if node == "master1" { "'yes'" } else { "''" };
+            assert!(b.content.contains(&format!("\nINIT_SERVER={init}\n")), "{node}");
+        }
+    }
+}
