@@ -14,6 +14,8 @@ pub mod commands;
 pub mod errors;
 pub mod flash;
 pub mod fsutil;
+#[cfg(test)]
+mod fuzz;
 pub mod guard;
 pub mod image;
 pub mod labels;

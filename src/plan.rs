@@ -163,6 +163,15 @@ impl Plan {
             .expect("a checked plan has at least one server")
     }
 
+    /// The servers' hostnames, in profile order (the first is the designated init server).
+    pub fn server_names(&self) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Server)
+            .map(|n| n.hostname.as_str())
+            .collect()
+    }
+
     pub fn secrets_path(&self) -> PathBuf {
         self.out_dir.join("secrets.yaml")
     }

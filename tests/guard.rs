@@ -2,46 +2,11 @@
 //! real (as subiquity runs it, `sh -c`) against loop devices holding installed disks and
 //! disks that only resemble one. Its GRUB half boots in QEMU (tests/image.rs).
 use crate::support::installed::{self, Holds};
+use crate::support::loopdev::LoopDevice;
 use crate::support::require_tool;
 use crate::support::workspace::Workspace;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-/// A loop device over a disk image, with its partitions; detached on drop.
-struct LoopDisk {
-    dev: String,
-}
-
-impl LoopDisk {
-    fn attach(image: &Path) -> LoopDisk {
-        require_tool("losetup");
-        require_tool("partx");
-        let out = Command::new("losetup")
-            .args(["--find", "--show", "--partscan"])
-            .arg(image)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "losetup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let disk = LoopDisk {
-            dev: String::from_utf8(out.stdout).unwrap().trim().to_string(),
-        };
-        // Without udev the kernel's own scan may not add the partitions: partx does.
-        if !Path::new(&format!("{}p1", disk.dev)).exists() {
-            let _ = Command::new("partx").args(["-a", &disk.dev]).output();
-        }
-        disk
-    }
-}
-
-impl Drop for LoopDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
 
 /// The early-command of `node`'s rendered seed.
 fn guard_script(ws: &Workspace, node: &str) -> String {
@@ -61,7 +26,7 @@ struct GuardRun {
 
 /// Runs `script` as subiquity does (`sh -c`), limited to `devices`, in a private mount
 /// namespace whose /proc/cmdline says `cmdline` and whose /dev/console is a file.
-fn run_guard(dir: &Path, script: &str, cmdline: &str, devices: &[&str]) -> GuardRun {
+fn run_guard(dir: &Path, script: &str, cmdline: &str, devices: &[&Path]) -> GuardRun {
     require_tool("unshare");
     let cmdline_file = dir.join("cmdline");
     std::fs::write(&cmdline_file, format!("{cmdline}\n")).unwrap();
@@ -139,11 +104,11 @@ fn guard_stops_for_an_installed_node_and_names_it_under_uefi_and_bios_layouts() 
             },
         );
         let before = sha(&img);
-        let disk = LoopDisk::attach(&img);
+        let disk = LoopDevice::attach(&img, true);
         let run = run_guard(ws.path(), &script, BOOT, &[&disk.dev]);
         let said = text(&run.out);
         assert_eq!(run.out.status.code(), Some(1), "uefi={uefi}: {said}");
-        let root = format!("{}p2", disk.dev);
+        let root = disk.partition(2).display().to_string();
         let expect = format!("already holds node nodo1 of cluster chocolandiadc-mvp (on {root})");
         assert!(said.contains(&expect), "uefi={uefi}: {said}");
         assert!(said.contains("nothing was erased"), "{said}");
@@ -173,7 +138,7 @@ fn guard_lets_the_reinstall_entry_through() {
             uefi: true,
         },
     );
-    let disk = LoopDisk::attach(&img);
+    let disk = LoopDevice::attach(&img, true);
     let cmdline = "BOOT_IMAGE=/casper/vmlinuz autoinstall chocoimg.reinstall ---";
     let run = run_guard(ws.path(), &script, cmdline, &[&disk.dev]);
     assert_eq!(run.out.status.code(), Some(0), "{}", text(&run.out));
@@ -202,13 +167,13 @@ fn guard_installs_on_disks_that_only_resemble_a_node_and_stops_for_another_clust
     let other_os = disks.write("other-os", Holds::OtherOs { uefi: true });
     let other_bios = disks.write("other-bios", Holds::OtherOs { uefi: false });
     let blank = disks.write("blank", Holds::Blank);
-    let other_os = LoopDisk::attach(&other_os);
-    let other_bios = LoopDisk::attach(&other_bios);
-    let blank = LoopDisk::attach(&blank);
+    let other_os = LoopDevice::attach(&other_os, true);
+    let other_bios = LoopDevice::attach(&other_bios, true);
+    let blank = LoopDevice::attach(&blank, true);
     let plain = [
-        other_os.dev.as_str(),
-        other_bios.dev.as_str(),
-        blank.dev.as_str(),
+        other_os.dev.as_path(),
+        other_bios.dev.as_path(),
+        blank.dev.as_path(),
     ];
     let run = run_guard(ws.path(), &script, BOOT, &plain);
     assert_eq!(run.out.status.code(), Some(0), "{}", text(&run.out));
@@ -228,7 +193,7 @@ fn guard_installs_on_disks_that_only_resemble_a_node_and_stops_for_another_clust
             uefi: false,
         },
     );
-    let foreign = LoopDisk::attach(&foreign);
+    let foreign = LoopDevice::attach(&foreign, true);
     let mut all = plain.to_vec();
     all.push(&foreign.dev);
     let run = run_guard(ws.path(), &script, BOOT, &all);
@@ -236,8 +201,8 @@ fn guard_installs_on_disks_that_only_resemble_a_node_and_stops_for_another_clust
     assert_eq!(run.out.status.code(), Some(1), "{said}");
     assert!(
         said.contains(&format!(
-            "node worker7 of cluster homelab (on {}p2)",
-            foreign.dev
+            "node worker7 of cluster homelab (on {})",
+            foreign.partition(2).display()
         )),
         "{said}"
     );

@@ -359,7 +359,10 @@ fn ha_node_files_keep_secrets_where_they_belong() {
         if let Some(b) = bootstrap {
             // Only the profile's first server may start the cluster.
             let init = if node == "master1" { "'yes'" } else { "''" };
-            assert!(b.content.contains(&format!("\nINIT_SERVER={init}\n")), "{node}");
+            assert!(
+                b.content.contains(&format!("\nINIT_SERVER={init}\n")),
+                "{node}"
+            );
         }
     }
 }

@@ -7,6 +7,7 @@ mod flash;
 mod flash_vm;
 mod guard;
 mod ha;
+mod ha_laptop;
 mod hostile_lan;
 mod house;
 mod image;

@@ -581,7 +581,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(crate::image::fuzz_tests::config())]
+        #![proptest_config(crate::fuzz::config())]
 
         /// Issue 8 item 15: any bytes, or a real answer with bytes changed, end in an
         /// error or records; never a panic (a longer run: PROPTEST_CASES=200000).

@@ -196,7 +196,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(crate::image::fuzz_tests::config())]
+        #![proptest_config(crate::fuzz::config())]
 
         /// Issue 8 item 15: any TXT strings get a verdict, never a panic, and the same
         /// verdict in any order (the rule does not depend on which copy comes first).

@@ -107,6 +107,15 @@ pub fn existing_secrets(plan: &Plan) -> Result<Secrets> {
     secrets::load(&path)
 }
 
+/// Records `ca`, which a verified server of the cluster serves, as the cluster's CA
+/// (`cluster_ca::record`), saying so when it is new. Another recorded CA: bad input.
+pub fn record_cluster_ca(plan: &Plan, ca: &str) -> Result<()> {
+    if crate::cluster_ca::record(plan, ca)? == crate::cluster_ca::Recorded::New {
+        eprintln!("note: {}", crate::cluster_ca::recorded_note(plan, ca));
+    }
+    Ok(())
+}
+
 /// A `--timeout SECONDS` value, checked.
 pub fn timeout_arg(seconds: f64) -> Result<Duration> {
     if !(seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0) {

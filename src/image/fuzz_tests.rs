@@ -91,17 +91,8 @@ static VOLUME: std::sync::LazyLock<(std::fs::File, Vec<u8>)> = std::sync::LazyLo
     (f, bytes)
 });
 
-/// 64 cases in the ordinary test run; `PROPTEST_CASES` for a longer one.
-pub(crate) fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(64);
-    ProptestConfig::with_cases(cases)
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(crate::fuzz::config())]
 
     #[test]
     fn fuzz_mbr_and_gpt_readers_never_panic(

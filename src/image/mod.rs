@@ -23,7 +23,7 @@ pub mod patch;
 pub mod ubuntu;
 
 #[cfg(test)]
-pub(crate) mod fuzz_tests;
+mod fuzz_tests;
 
 // The parts' shared vocabulary lives in leaves the parts import, never in this file,
 // which imports the parts.

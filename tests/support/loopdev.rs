@@ -43,10 +43,16 @@ impl LoopDevice {
             Path::new(back.trim()),
             std::fs::canonicalize(backing).unwrap()
         );
-        LoopDevice {
+        let lo = LoopDevice {
             dev,
             backing: backing.to_path_buf(),
+        };
+        // Without udev the kernel's own scan may not add the partitions: partx does.
+        if partitions && !lo.partition(1).exists() {
+            require_tool("partx");
+            let _ = Command::new("partx").arg("-a").arg(&lo.dev).output();
         }
+        lo
     }
 
     /// A new file of `size` bytes filled with 0xAA, and a loop device over it.
