@@ -7,10 +7,25 @@
 use crate::support::ha::{events, wait_announced, wait_events, Node};
 use crate::support::k3s::{pki, standin, Cluster};
 use crate::support::netns::Lan;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const SERVERS: [&str; 3] = ["master1", "master2", "master3"];
 const SERVER_SCRIPTS: [&str; 2] = ["bootstrap.sh", "announce.sh"];
+
+/// The HA profile's cluster and an empty LAN, with the stand-ins' journal.
+fn ha_lan() -> (Cluster, Lan, PathBuf) {
+    let lan = Lan::new();
+    let journal = lan.dir.path().join("journal");
+    (Cluster::ha("chocoha", "chocoha"), lan, journal)
+}
+
+/// The servers `names` on `lan`, not started; seeds without a recorded CA.
+fn add_servers(c: &Cluster, lan: &mut Lan, names: &[&str], journal: &Path) -> Vec<Node> {
+    names
+        .iter()
+        .map(|n| Node::add(c, lan, n, None, journal))
+        .collect()
+}
 
 fn count(events: &[(String, String)], node: &str, prefix: &str) -> usize {
     events
@@ -70,13 +85,8 @@ fn wait_whole_cluster(servers: &[&Node], nodo1: &Node, journal: &Path) {
 /// nodo1 joins.
 #[test]
 fn four_booted_at_once_make_one_cluster() {
-    let c = Cluster::ha("chocoha", "chocoha");
-    let mut lan = Lan::new();
-    let journal = lan.dir.path().join("journal");
-    let mut servers: Vec<Node> = SERVERS
-        .iter()
-        .map(|n| Node::add(&c, &mut lan, n, None, &journal))
-        .collect();
+    let (c, mut lan, journal) = ha_lan();
+    let mut servers = add_servers(&c, &mut lan, &SERVERS, &journal);
     let mut nodo1 = Node::add(&c, &mut lan, "nodo1", None, &journal);
     for s in &mut servers {
         s.start(&lan, &SERVER_SCRIPTS);
@@ -127,13 +137,8 @@ fn stage_of(lan: &Lan, node: &Node) -> String {
 /// cluster, and say so), and join once master1 has started it.
 #[test]
 fn servers_booted_before_the_first_wait_for_it() {
-    let c = Cluster::ha("chocoha", "chocoha");
-    let mut lan = Lan::new();
-    let journal = lan.dir.path().join("journal");
-    let mut servers: Vec<Node> = SERVERS
-        .iter()
-        .map(|n| Node::add(&c, &mut lan, n, None, &journal))
-        .collect();
+    let (c, mut lan, journal) = ha_lan();
+    let mut servers = add_servers(&c, &mut lan, &SERVERS, &journal);
     for s in &mut servers[1..] {
         s.start(&lan, &SERVER_SCRIPTS);
     }
@@ -186,13 +191,8 @@ fn servers_booted_before_the_first_wait_for_it() {
 /// and no second CA appears anywhere. The member list lives on in the others.
 #[test]
 fn a_reflashed_first_server_rejoins_and_never_starts_a_second_cluster() {
-    let c = Cluster::ha("chocoha", "chocoha");
-    let mut lan = Lan::new();
-    let journal = lan.dir.path().join("journal");
-    let mut servers: Vec<Node> = SERVERS
-        .iter()
-        .map(|n| Node::add(&c, &mut lan, n, None, &journal))
-        .collect();
+    let (c, mut lan, journal) = ha_lan();
+    let mut servers = add_servers(&c, &mut lan, &SERVERS, &journal);
     for s in &mut servers {
         s.start(&lan, &SERVER_SCRIPTS);
     }
@@ -225,9 +225,7 @@ fn a_reflashed_first_server_rejoins_and_never_starts_a_second_cluster() {
 /// from starting the cluster (they are not members).
 #[test]
 fn forged_and_replayed_server_announcements_are_never_joined() {
-    let c = Cluster::ha("chocoha", "chocoha");
-    let mut lan = Lan::new();
-    let journal = lan.dir.path().join("journal");
+    let (c, mut lan, journal) = ha_lan();
     let mut forger = lan.add_host("forger");
     let avahi = lan.start_avahi(&mut forger, None);
     let real = pki(&forger.dir.join("real"), "k3s-server-ca", &["IP:127.0.0.1"]);
@@ -269,10 +267,7 @@ fn forged_and_replayed_server_announcements_are_never_joined() {
             real.ca.display().to_string(),
         ],
     );
-    let mut servers: Vec<Node> = SERVERS[..2]
-        .iter()
-        .map(|n| Node::add(&c, &mut lan, n, None, &journal))
-        .collect();
+    let mut servers = add_servers(&c, &mut lan, &SERVERS[..2], &journal);
     for s in &mut servers {
         s.start(&lan, &SERVER_SCRIPTS);
     }
@@ -306,9 +301,7 @@ fn forged_and_replayed_server_announcements_are_never_joined() {
 /// master1 waits and says for what, and never starts a cluster, whatever the window.
 #[test]
 fn with_a_recorded_ca_the_first_server_never_starts_a_cluster() {
-    let c = Cluster::ha("chocoha", "chocoha");
-    let mut lan = Lan::new();
-    let journal = lan.dir.path().join("journal");
+    let (c, mut lan, journal) = ha_lan();
     let recorded = chocoimg::proof::ca_hash(b"the cluster's CA the laptop saw");
     let master1 = Node::add(&c, &mut lan, "master1", Some(&recorded), &journal);
     assert_eq!(
