@@ -776,42 +776,34 @@ fn check_ssh(p: &mut Problems, profile: &Profile, cluster_out: &Path) -> Option<
             format!("{user:?} is a system account; name the admin user, e.g. cbenitez"),
         );
     }
-    let key = match &profile.ssh.public_key {
+    // The key's file: the profile's, else the first of ~/.ssh's that exists; none: a
+    // key is generated.
+    let file = match &profile.ssh.public_key {
         Some(path) if is_inline_key(path) => {
             p.push("ssh.public_key", "holds a key itself; give the path of a .pub file instead, e.g. `public_key: ~/.ssh/id_ed25519.pub`");
-            None
+            return None;
         }
-        Some(path) => {
-            let path = expand_home(path);
-            match read_public_key(&path) {
-                Ok(public_key) => Some(SshKeySource::File { path, public_key }),
-                Err(why) => {
-                    p.push("ssh.public_key", why);
-                    None
-                }
-            }
-        }
-        None => {
-            let home = home_dir();
-            let found = ["id_ed25519.pub", "id_rsa.pub"]
+        Some(path) => Some(expand_home(path)),
+        None => home_dir().and_then(|home| {
+            ["id_ed25519.pub", "id_rsa.pub"]
                 .iter()
-                .filter_map(|f| home.as_ref().map(|h| h.join(".ssh").join(f)))
-                .find(|f| f.exists());
-            match found {
-                Some(path) => match read_public_key(&path) {
-                    Ok(public_key) => Some(SshKeySource::File { path, public_key }),
-                    Err(why) => {
-                        p.push("ssh.public_key", why);
-                        None
-                    }
-                },
-                None => Some(SshKeySource::Generated {
-                    private_path: cluster_out.join("ssh").join("id_ed25519"),
-                }),
-            }
-        }
+                .map(|f| home.join(".ssh").join(f))
+                .find(|f| f.exists())
+        }),
     };
-    key.map(|key| SshAccess {
+    let key = match file {
+        Some(path) => match read_public_key(&path) {
+            Ok(public_key) => SshKeySource::File { path, public_key },
+            Err(why) => {
+                p.push("ssh.public_key", why);
+                return None;
+            }
+        },
+        None => SshKeySource::Generated {
+            private_path: cluster_out.join("ssh").join("id_ed25519"),
+        },
+    };
+    Some(SshAccess {
         user: user.clone(),
         key,
     })

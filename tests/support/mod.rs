@@ -10,6 +10,7 @@ pub mod installed;
 pub mod k3s;
 pub mod loopdev;
 pub mod netns;
+pub mod qemu;
 pub mod workspace;
 
 /// The `chocoimg` binary under test.
