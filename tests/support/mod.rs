@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod ha;
 pub mod http;
 pub mod installed;
 pub mod k3s;
