@@ -70,6 +70,27 @@ pub fn prepare_secrets(plan: &Plan) -> Result<Secrets> {
     Ok(loaded.secrets)
 }
 
+/// The cluster's CA hash the laptop recorded, for the seeds of an `ha` cluster's servers
+/// (None for other clusters: only HA servers carry it). Without a record, says once what
+/// that means for the servers among `nodes`.
+pub fn cluster_ca_for_seeds(plan: &Plan, nodes: &[&NodePlan]) -> Result<Option<String>> {
+    if plan.mode != crate::profile::Mode::Ha {
+        return Ok(None);
+    }
+    let recorded = crate::cluster_ca::load(plan)?;
+    if recorded.is_none() && nodes.iter().any(|n| n.role == crate::profile::Role::Server) {
+        eprintln!(
+            "note: no CA recorded for cluster {} ({}): {} may start a new cluster when no \
+             server of it answers at its first boot. If the cluster already exists, run \
+             `chocoimg discover` first (it records the CA; the servers then only join it)",
+            plan.cluster,
+            crate::cluster_ca::path(plan).display(),
+            plan.server().hostname
+        );
+    }
+    Ok(recorded)
+}
+
 /// The cluster's secrets, which the laptop must already have (made by render/build).
 pub fn existing_secrets(plan: &Plan) -> Result<Secrets> {
     let path = plan.secrets_path();
