@@ -137,6 +137,12 @@ pub struct RenderArgs {
     /// [default: out/<cluster>/<node>/seed/]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Start a new cluster: forget the CA this laptop recorded from the running cluster
+    /// (out/<cluster>/cluster-ca.sha256) so the servers built now may start a cluster
+    /// again. Only after wiping every server of the old one: a server built without the
+    /// record, while old servers are off, starts a second cluster beside them
+    #[arg(long)]
+    pub new_cluster: bool,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +158,12 @@ pub struct BuildArgs {
     /// Replace an existing image of the same node
     #[arg(long)]
     pub force: bool,
+    /// Start a new cluster: forget the CA this laptop recorded from the running cluster
+    /// (out/<cluster>/cluster-ca.sha256) so the servers built now may start a cluster
+    /// again. Only after wiping every server of the old one: a server built without the
+    /// record, while old servers are off, starts a second cluster beside them
+    #[arg(long)]
+    pub new_cluster: bool,
     /// Accept artifacts whose hashes differ from the lock file and record the new ones
     /// (review the lock file's diff before committing it)
     #[arg(long)]

@@ -285,3 +285,65 @@ fn fetch_kubeconfig_reads_from_any_verified_server() {
     assert_eq!(code, Some(2), "{log}");
     assert_eq!(std::fs::read(&kube).unwrap(), before, "nothing written");
 }
+
+/// `--new-cluster` forgets the recorded CA so the servers built now may start a cluster:
+/// without it an HA server's seed carries the record (/etc/chocoimg/cluster-ca); with it
+/// the seed carries none and the record is gone, said once. A build refused before its
+/// second phase (a missing --iso) keeps the record: nothing half-done.
+#[test]
+fn new_cluster_forgets_the_recorded_ca_and_only_then() {
+    let ws = crate::support::workspace::Workspace::with_profile(&crate::profile::ha_profile());
+    ws.ok(&["render", "--node", "nodo1"]);
+    let record = ws.out().join("chocolandiadc-ha").join("cluster-ca.sha256");
+    let ca = "c".repeat(64);
+    std::fs::write(&record, format!("{ca}\n")).unwrap();
+    let dir = ws.path().join("seeds");
+    let render = |extra: &[&str]| {
+        let mut args = vec![
+            "render",
+            "--node",
+            "master1",
+            "--out",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = ws.ok(&args);
+        let user_data = std::fs::read_to_string(dir.join("master1/user-data")).unwrap();
+        (String::from_utf8_lossy(&out.stderr).into_owned(), user_data)
+    };
+    let (err, user_data) = render(&[]);
+    assert!(user_data.contains("/etc/chocoimg/cluster-ca"), "{err}");
+    assert!(user_data.contains(&ca), "the seed carries the recorded CA");
+    assert!(!err.contains("no CA recorded"), "{err}");
+    assert!(record.exists());
+
+    let out = ws.run(&[
+        "build",
+        "--node",
+        "master1",
+        "--new-cluster",
+        "--iso",
+        "/nonexistent/ubuntu.iso",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), format!("{ca}\n"));
+
+    let (err, user_data) = render(&["--new-cluster"]);
+    assert!(
+        !user_data.contains(&ca),
+        "a new cluster's seed carries no CA"
+    );
+    assert!(!record.exists());
+    assert_eq!(err.matches("forgot the recorded CA").count(), 1, "{err}");
+    assert!(err.contains("wiped and re-flashed"), "{err}");
+    // Nothing left to forget: nothing said.
+    let (err, _) = render(&["--new-cluster"]);
+    assert!(!err.contains("forgot"), "{err}");
+
+    for cmd in ["build", "render"] {
+        let help = ws.ok(&[cmd, "--help"]);
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(help.contains("--new-cluster"), "{help}");
+        assert!(help.contains("Only after wiping every server"), "{help}");
+    }
+}
