@@ -110,7 +110,10 @@ pub fn setup(
         join_dropin => JOIN_DROPIN_PATH,
         service_file => SERVICE_FILE_PATH,
         stage_service_file => STAGE_SERVICE_FILE_PATH,
+        ha => plan.mode == Mode::Ha,
         ha_server => ha_server,
+        // What an agent's join calls the server it finds: in `ha` any of them.
+        server_word => if plan.mode == Mode::Ha { "the server" } else { "master1" },
         init_server => if init_server { "yes" } else { "" },
         cluster_ca_path => CLUSTER_CA_PATH,
         etcd_wal_dir => ETCD_WAL_DIR,
