@@ -101,7 +101,9 @@ fn four_booted_at_once_make_one_cluster() {
         assert_eq!(count(&ev, s, "joined "), 1, "{s}: {ev:?}");
     }
     assert!(
-        nodo1.logs().contains("found the server of cluster chocoha at 10.99.0."),
+        nodo1
+            .logs()
+            .contains("found the server of cluster chocoha at 10.99.0."),
         "{}",
         nodo1.logs()
     );
