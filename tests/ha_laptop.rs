@@ -14,7 +14,7 @@ use std::time::Duration;
 /// The HA profile (master1-3, nodo1) written over `c`'s, and the secrets given host keys
 /// for master2 and master3 (tokens unchanged, so the node files rendered from `c`'s plan
 /// announce for this cluster).
-fn make_ha(c: &mut Cluster) {
+pub(crate) fn make_ha(c: &mut Cluster) {
     std::fs::write(
         &c.profile,
         format!(

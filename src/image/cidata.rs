@@ -233,8 +233,10 @@ impl<'f> Cached<'f> {
     fn write_out(&mut self, b: &CachedBlock) -> io::Result<()> {
         if b.dirty {
             let mut f = self.file;
-            f.seek(SeekFrom::Start(self.start + b.index * CACHE_BLOCK))?;
+            let at = self.start + b.index * CACHE_BLOCK;
+            f.seek(SeekFrom::Start(at))?;
             f.write_all(&b.data)?;
+            crate::fsutil::start_writeback(self.file, at, CACHE_BLOCK);
             self.written.insert(b.index);
         }
         Ok(())
