@@ -100,6 +100,13 @@ fn four_booted_at_once_make_one_cluster() {
     for s in ["master2", "master3"] {
         assert_eq!(count(&ev, s, "joined "), 1, "{s}: {ev:?}");
     }
+    assert!(
+        nodo1
+            .logs()
+            .contains("found the server of cluster chocoha at 10.99.0."),
+        "{}",
+        nodo1.logs()
+    );
     // The agent pinned the cluster's CA.
     let dropin = std::fs::read_to_string(
         nodo1.under("/etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml"),

@@ -169,8 +169,8 @@ esac
                 self.under("/etc/rancher/k3s/config.yaml.d"),
             )
             .env(
-                "CHOCOIMG_ETCD_DIR",
-                self.under("/var/lib/rancher/k3s/server/db/etcd"),
+                "CHOCOIMG_ETCD_WAL_DIR",
+                self.under("/var/lib/rancher/k3s/server/db/etcd/member/wal"),
             )
             .env(
                 "CHOCOIMG_K3S_TLS_DIR",
