@@ -84,7 +84,9 @@ pub enum Command {
     /// replayed (older) and other clusters' announcements are shown as such and change
     /// nothing. One row per profile node: not seen yet / stage / address / since (the
     /// node's clock, UTC). On a terminal the table is redrawn in place; otherwise one
-    /// line per change. Exit 0 once every node is up (k3s-running, joined: Ready in K3s),
+    /// line per change. With several servers (`mode: ha`) it also shows the servers' join
+    /// order: the order they reached k3s-running, by the times they announced.
+    /// Exit 0 once every node is up (k3s-running, joined: Ready in K3s),
     /// 1 as soon as a node reports failed (naming it and the reason), 4 on --timeout.
     Watch(WatchArgs),
     /// Write a node's image to a USB stick, then read the stick back to verify it.

@@ -45,6 +45,26 @@ pub fn record(plan: &Plan, ca: &str) -> Result<Recorded> {
     record_at(&path(plan), ca)
 }
 
+/// Refuses `ca` (bad input, the record kept) when another CA is recorded: a server
+/// serving it is not of the recorded cluster. Checked before anything is written.
+pub fn check(plan: &Plan, ca: &str) -> Result<()> {
+    let path = path(plan);
+    match load_at(&path)? {
+        Some(recorded) if recorded != ca => Err(BadInput(other_ca(&path, &recorded, ca)).into()),
+        _ => Ok(()),
+    }
+}
+
+/// What to tell the user once, when `record` made a new record.
+pub fn recorded_note(plan: &Plan, ca: &str) -> String {
+    format!(
+        "recorded the cluster's CA (sha256 {ca}) in {}: later builds of servers join it, \
+         never start a new cluster (after wiping every server, `chocoimg build \
+         --new-cluster` forgets it)",
+        path(plan).display()
+    )
+}
+
 /// Removes the record (before a new cluster's first build); true when there was one.
 pub fn forget(plan: &Plan) -> Result<bool> {
     forget_at(&path(plan))

@@ -1,6 +1,5 @@
 //! The plan: a profile checked and resolved into per-node values. Every later step
 //! (seed, image, cluster tools) reads only this. `resolve` writes nothing.
-use crate::errors::BadInput;
 use crate::profile::{
     self, Connection, Datastore, DiskSpec, Mode, NetworkKind, Problems, Profile, Role,
 };
@@ -156,7 +155,7 @@ impl Plan {
     }
 
     /// The server: the only one, or in `ha` the profile's first (the designated init
-    /// server of the bootstrap to come).
+    /// server: the only one that may start the cluster).
     pub fn server(&self) -> &NodePlan {
         self.nodes
             .iter()
@@ -164,17 +163,13 @@ impl Plan {
             .expect("a checked plan has at least one server")
     }
 
-    /// Seeds and images exist only for modes whose bootstrap is built. `ha` validates,
-    /// but its servers need the bootstrap decided by discovery (issue 11): a seed that
-    /// always says `cluster-init` would start a second cluster when re-flashed.
-    pub fn refuse_unbuilt_mode(&self) -> Result<(), BadInput> {
-        match self.mode {
-            Mode::SingleServer => Ok(()),
-            Mode::Ha => Err(BadInput(format!(
-                "{}: {HA_NOT_BUILT}",
-                self.profile_path.display()
-            ))),
-        }
+    /// The servers' hostnames, in profile order (the first is the designated init server).
+    pub fn server_names(&self) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Server)
+            .map(|n| n.hostname.as_str())
+            .collect()
     }
 
     pub fn secrets_path(&self) -> PathBuf {
@@ -187,8 +182,8 @@ impl Plan {
     }
 }
 
-/// Why an `ha` profile validates but builds nothing yet (said by validate, render, build).
-pub const HA_NOT_BUILT: &str = "cluster.mode: ha validates, but building HA images is not supported yet: the bootstrap that lets servers decide cluster-init by discovery (one join at a time, the cluster's CA recorded by the laptop) is not built, and a seed that always cluster-inits could split the cluster in two when re-flashed; build a `single-server` profile for now";
+/// What `validate` says of an `ha` profile: how its servers start.
+pub const HA_NOTE: &str = "cluster.mode: ha: the servers decide at first boot by mDNS discovery: each joins a verified member; only the first server, and only when no member answers and the laptop has recorded no CA for the cluster, starts it. Flash them in any order";
 
 /// The default output root: `$CHOCOIMG_OUT`, else `out` in the current folder.
 pub fn default_out_root() -> PathBuf {
@@ -781,42 +776,34 @@ fn check_ssh(p: &mut Problems, profile: &Profile, cluster_out: &Path) -> Option<
             format!("{user:?} is a system account; name the admin user, e.g. cbenitez"),
         );
     }
-    let key = match &profile.ssh.public_key {
+    // The key's file: the profile's, else the first of ~/.ssh's that exists; none: a
+    // key is generated.
+    let file = match &profile.ssh.public_key {
         Some(path) if is_inline_key(path) => {
             p.push("ssh.public_key", "holds a key itself; give the path of a .pub file instead, e.g. `public_key: ~/.ssh/id_ed25519.pub`");
-            None
+            return None;
         }
-        Some(path) => {
-            let path = expand_home(path);
-            match read_public_key(&path) {
-                Ok(public_key) => Some(SshKeySource::File { path, public_key }),
-                Err(why) => {
-                    p.push("ssh.public_key", why);
-                    None
-                }
-            }
-        }
-        None => {
-            let home = home_dir();
-            let found = ["id_ed25519.pub", "id_rsa.pub"]
+        Some(path) => Some(expand_home(path)),
+        None => home_dir().and_then(|home| {
+            ["id_ed25519.pub", "id_rsa.pub"]
                 .iter()
-                .filter_map(|f| home.as_ref().map(|h| h.join(".ssh").join(f)))
-                .find(|f| f.exists());
-            match found {
-                Some(path) => match read_public_key(&path) {
-                    Ok(public_key) => Some(SshKeySource::File { path, public_key }),
-                    Err(why) => {
-                        p.push("ssh.public_key", why);
-                        None
-                    }
-                },
-                None => Some(SshKeySource::Generated {
-                    private_path: cluster_out.join("ssh").join("id_ed25519"),
-                }),
-            }
-        }
+                .map(|f| home.join(".ssh").join(f))
+                .find(|f| f.exists())
+        }),
     };
-    key.map(|key| SshAccess {
+    let key = match file {
+        Some(path) => match read_public_key(&path) {
+            Ok(public_key) => SshKeySource::File { path, public_key },
+            Err(why) => {
+                p.push("ssh.public_key", why);
+                return None;
+            }
+        },
+        None => SshKeySource::Generated {
+            private_path: cluster_out.join("ssh").join("id_ed25519"),
+        },
+    };
+    Some(SshAccess {
         user: user.clone(),
         key,
     })

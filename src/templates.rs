@@ -30,6 +30,26 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/node/announce.sh"),
     ),
     ("node/join.sh", include_str!("../templates/node/join.sh")),
+    (
+        "node/browse.sh",
+        include_str!("../templates/node/browse.sh"),
+    ),
+    (
+        "node/bootstrap.sh",
+        include_str!("../templates/node/bootstrap.sh"),
+    ),
+    (
+        "node/chocoimg-bootstrap.service",
+        include_str!("../templates/node/chocoimg-bootstrap.service"),
+    ),
+    (
+        "node/chocoimg-bootstrap.timer",
+        include_str!("../templates/node/chocoimg-bootstrap.timer"),
+    ),
+    (
+        "node/k3s-server-dropin.conf",
+        include_str!("../templates/node/k3s-server-dropin.conf"),
+    ),
     ("node/stage.sh", include_str!("../templates/node/stage.sh")),
     (
         "node/chocoimg-stage.service",

@@ -12,8 +12,16 @@ pub(crate) const LIB: &str = "usr/local/lib/chocoimg";
 #[test]
 fn rendered_node_scripts_pass_shellcheck() {
     require_tool("shellcheck");
-    let c = Cluster::new("chocotest", "chocotest", None);
-    for node in ["master1", "nodo1"] {
+    let mvp = Cluster::new("chocotest", "chocotest", None);
+    // Issue 11: an HA cluster's servers (the init server and one that joins) too.
+    let ha = Cluster::ha("chocotest", "chocotest");
+    for (c, node) in [
+        (&mvp, "master1"),
+        (&mvp, "nodo1"),
+        (&ha, "master1"),
+        (&ha, "master2"),
+        (&ha, "nodo1"),
+    ] {
         let setup = c.node_setup(node);
         let scripts: Vec<_> = setup
             .files
@@ -1247,12 +1255,15 @@ fn node_units_load_in_systemd_without_ordering_cycles() {
     require_tool("systemctl");
     require_tool("avahi-daemon");
     require_tool("cloud-init");
-    let c = Cluster::new("chocotest", "chocotest", None);
-    for (node, k3s, ours) in [
+    let mvp = Cluster::new("chocotest", "chocotest", None);
+    // Issue 11: an HA server's bootstrap units and its k3s.service drop-in too.
+    let ha = Cluster::ha("chocotest", "chocotest");
+    let units: [(&Cluster, &str, &str, &[&str]); 3] = [
         (
+            &mvp,
             "master1",
             "k3s",
-            [
+            &[
                 "chocoimg-announce.service",
                 "chocoimg-announce.timer",
                 "chocoimg-stage.service",
@@ -1260,16 +1271,31 @@ fn node_units_load_in_systemd_without_ordering_cycles() {
             ],
         ),
         (
+            &ha,
+            "master2",
+            "k3s",
+            &[
+                "chocoimg-bootstrap.service",
+                "chocoimg-bootstrap.timer",
+                "chocoimg-announce.service",
+                "chocoimg-announce.timer",
+                "chocoimg-stage.service",
+                "chocoimg-stage.timer",
+            ],
+        ),
+        (
+            &mvp,
             "nodo1",
             "k3s-agent",
-            [
+            &[
                 "chocoimg-join.service",
                 "chocoimg-join.timer",
                 "chocoimg-stage.service",
                 "chocoimg-stage.timer",
             ],
         ),
-    ] {
+    ];
+    for (c, node, k3s, ours) in units {
         let root = c.install_node_files(node, &c.dir.path().join(format!("{node}-root")));
         // systemd's own units, as on the node.
         std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
@@ -1290,7 +1316,7 @@ fn node_units_load_in_systemd_without_ordering_cycles() {
         )
         .unwrap();
         let k3s_service = format!("{k3s}.service");
-        let exec = if node == "master1" { "server" } else { "agent" };
+        let exec = if k3s == "k3s" { "server" } else { "agent" };
         std::fs::write(
             root.join("etc/systemd/system").join(&k3s_service),
             k3s_unit(exec),

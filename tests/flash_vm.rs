@@ -4,24 +4,16 @@
 //! chocoimg binary under test with its shared libraries and busybox; its /init runs
 //! each case and prints markers on the serial port, which is what this test reads.
 //! Every disk is a file of this test: nothing of this machine can be written.
-use crate::support::replica;
 use crate::support::require_tool;
+use crate::support::{qemu, replica};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const MIB: usize = 1 << 20;
 const IMAGE_LEN: usize = 6 * MIB + 512;
 
-const INIT: &str = r#"#!/bin/busybox sh
-export PATH=/sbin:/usr/sbin:/bin:/usr/bin
-/bin/busybox --install -s
-mount -t devtmpfs devtmpfs /dev
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-exec >/dev/ttyS0 2>&1 </dev/null
-echo 1 >/proc/sys/kernel/printk
-while read -r m; do insmod "/modules/$m" 2>/dev/null; done </modules.load
-stick=""; fixed=""; i=0
+/// The guest's /init after the busybox preamble (support::replica::busybox_init).
+const INIT: &str = r#"stick=""; fixed=""; i=0
 while [ $i -lt 240 ]; do
   for d in /sys/block/sd*; do
     [ -e "$d/size" ] || continue
@@ -147,28 +139,14 @@ fn stick(dir: &Path) -> PathBuf {
 
 /// Runs the guest; returns its serial log, cleaned.
 fn run_guest(dir: &Path, initrd: &Path, kernel: &Path, stick: &Path) -> String {
-    require_tool("qemu-system-x86_64");
-    require_tool("timeout");
     let system = dir.join("system.img");
     vfat(&system, 16, "SYSTEM");
     let fixed = dir.join("fixed.img");
     std::fs::write(&fixed, vec![0u8; 32 * MIB]).unwrap();
     let log = dir.join("serial.log");
-    let drive = |id: &str, p: &Path| format!("if=none,id={id},file={},format=raw", p.display());
-    let status = Command::new("nice")
-        .args(["-n", "10", "timeout", "--kill-after=10", "500"])
-        .arg("qemu-system-x86_64")
-        // TCG only (no KVM here); no default devices (no NIC, no CD-ROM).
-        .args([
-            "-accel",
-            "tcg",
-            "-machine",
-            "q35",
-            "-m",
-            "512",
-            "-nodefaults",
-        ])
-        .args(["-no-reboot", "-display", "none", "-monitor", "none"])
+    let mut cmd = qemu::machine(Some(500));
+    // No default devices (no NIC, no CD-ROM): the disks below are all it has.
+    cmd.arg("-nodefaults")
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
         .arg("-kernel")
@@ -177,18 +155,13 @@ fn run_guest(dir: &Path, initrd: &Path, kernel: &Path, stick: &Path) -> String {
         .arg(initrd)
         .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
         .arg("-drive")
-        .arg(drive("system", &system))
+        .arg(qemu::raw_drive("system", &system))
         .args(["-device", "virtio-blk-pci,drive=system,serial=SYSTEM0001"])
         .arg("-drive")
-        .arg(drive("fixed", &fixed))
-        .args(["-device", "ide-hd,drive=fixed,bus=ide.2,serial=FIXED0001"])
-        .arg("-drive")
-        .arg(drive("stick", stick))
-        .args(["-device", "qemu-xhci,id=xhci"])
-        .args([
-            "-device",
-            "usb-storage,bus=xhci.0,drive=stick,serial=CHOCOSTICK01",
-        ])
+        .arg(qemu::raw_drive("fixed", &fixed))
+        .args(["-device", "ide-hd,drive=fixed,bus=ide.2,serial=FIXED0001"]);
+    qemu::usb_stick(&mut cmd, stick, "serial=CHOCOSTICK01");
+    let status = cmd
         .stdin(std::process::Stdio::null())
         .status()
         .expect("running qemu");
@@ -230,7 +203,7 @@ fn flash_vm_lists_refuses_and_writes_a_real_usb_stick() {
         .map(|i| (i % 253) as u8 ^ (i >> 20) as u8)
         .collect();
     let initrd = t.path().join("initrd.gz");
-    let init = INIT.replace("IMAGE_LEN", &IMAGE_LEN.to_string());
+    let init = replica::busybox_init(&INIT.replace("IMAGE_LEN", &IMAGE_LEN.to_string()));
     replica::write_initramfs_with(&kdir, &initrd, &init, &guest_files(t.path(), &image));
     let stick = stick(t.path());
     let log = run_guest(t.path(), &initrd, &kdir.join("vmlinuz"), &stick);

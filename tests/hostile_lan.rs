@@ -16,12 +16,12 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 /// The laptop's `chocoimg` run inside the `laptop` namespace.
-fn laptop_run(c: &Cluster, lan: &Lan, laptop: &Host, args: &[&str]) -> Output {
+pub(crate) fn laptop_run(c: &Cluster, lan: &Lan, laptop: &Host, args: &[&str]) -> Output {
     lan.cmd(laptop, chocoimg().get_program())
         .args(args)
         .envs(c.envs())
@@ -341,7 +341,7 @@ fn join_refuses_the_issue_8_txt_records() {
 
 /// A second server of our cluster on its own host: Avahi and the rendered announce.sh as
 /// on master1, named `name`, its K3s stand-in serving `cacerts` with `cert`/`key`.
-fn second_server(
+pub(crate) fn second_server(
     c: &Cluster,
     lan: &mut Lan,
     name: &str,

@@ -2,6 +2,7 @@
 //! mtools) and booted in QEMU under UEFI (OVMF) and BIOS (SeaBIOS). The Ubuntu ISO is
 //! a replica (support::replica) because the real one cannot be had here.
 use crate::support::installed::{self, Holds};
+use crate::support::qemu;
 use crate::support::replica::{self, Variant};
 use crate::support::{chocoimg, require_tool};
 use chocoimg::artifacts::PayloadFile;
@@ -591,39 +592,18 @@ const DOWN_ENTER: &[u8] = b"\x1b[B\r";
 fn boot(img: &Path, b: &Boot, dir: &Path) -> String {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixListener;
-    require_tool("qemu-system-x86_64");
     let name = if b.uefi { "uefi" } else { "bios" };
     let sock = dir.join(format!("{name}.serial"));
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).unwrap();
     listener.set_nonblocking(true).unwrap();
-    let mut cmd = Command::new("nice");
-    cmd.args(["-n", "10", "qemu-system-x86_64"])
-        .args([
-            "-accel",
-            "tcg",
-            "-machine",
-            "q35",
-            "-m",
-            "512",
-            "-no-reboot",
-        ])
-        .args(["-display", "none", "-monitor", "none"])
-        .arg("-chardev")
+    let mut cmd = qemu::machine(None);
+    cmd.arg("-chardev")
         .arg(format!("socket,id=screen,path={}", sock.display()))
-        .args(["-serial", "chardev:screen"])
-        .arg("-drive")
-        .arg(format!(
-            "if=none,id=stick,file={},format=raw",
-            img.display()
-        ))
-        .args(["-device", "qemu-xhci,id=xhci"])
-        .args(["-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=1"])
-        .arg("-drive")
-        .arg(format!(
-            "if=none,id=disk,file={},format=raw,snapshot=on",
-            b.disk.display()
-        ))
+        .args(["-serial", "chardev:screen"]);
+    qemu::usb_stick(&mut cmd, img, "bootindex=1");
+    cmd.arg("-drive")
+        .arg(format!("{},snapshot=on", qemu::raw_drive("disk", b.disk)))
         // In the boot order after the stick, as an installed machine's disk is: OVMF
         // connects only the devices QEMU's boot order names, so GRUB would not see it
         // otherwise (a firmware's "fast boot" can do the same: then the installer's

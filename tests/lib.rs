@@ -6,6 +6,8 @@ mod cluster;
 mod flash;
 mod flash_vm;
 mod guard;
+mod ha;
+mod ha_laptop;
 mod hostile_lan;
 mod house;
 mod image;

@@ -333,11 +333,11 @@ fn a_profile_that_is_not_utf8_is_refused_naming_the_line() {
     );
 }
 
-/// Issue 11: the HA profile validates (with a note that it cannot be built yet), and
-/// `render`/`build` refuse it with exit 2, writing nothing: no seed that could
-/// cluster-init a second cluster exists until the discovery bootstrap does.
+/// Issue 11: the HA profile validates, with a note on how its servers start, and renders:
+/// without a CA recorded by the laptop, `render` says once (not per server) that master1
+/// may start a new cluster and that `chocoimg discover` comes first for an existing one.
 #[test]
-fn the_ha_profile_validates_but_is_not_built() {
+fn the_ha_profile_validates_and_renders_with_a_note_on_the_first_server() {
     let ws = Workspace::with_profile(&ha_profile());
     let out = ws.run(&["validate"]);
     let (stdout, err) = (
@@ -351,28 +351,25 @@ fn the_ha_profile_validates_but_is_not_built() {
             && stdout.contains("nodo1 (agent)"),
         "{stdout}"
     );
+    assert!(err.contains("only the first server"), "{err}");
     assert!(
-        err.contains("building HA images is not supported yet: the bootstrap"),
+        ws.files_in_out().is_empty(),
+        "validate wrote {:?}",
+        ws.files_in_out()
+    );
+
+    let out = ws.ok(&["render", "--all"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("note: no CA recorded").count(), 1, "{err}");
+    assert!(
+        err.contains("master1 may start a new cluster")
+            && err.contains("`chocoimg discover` first"),
         "{err}"
     );
-    for cmd in [
-        &["render", "--all"][..],
-        &["build", "--all"][..],
-        &["render", "--node", "master2"][..],
-    ] {
-        let out = ws.run(cmd);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
-        assert!(
-            err.contains(
-                "mode: ha validates, but building HA images is not supported yet: the bootstrap"
-            ),
-            "{cmd:?}: {err}"
-        );
-        assert!(
-            ws.files_in_out().is_empty(),
-            "{cmd:?} wrote {:?}",
-            ws.files_in_out()
-        );
-    }
+    // An agent alone: nothing about starting a cluster.
+    let out = ws.ok(&["render", "--node", "nodo1"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("no CA recorded"),
+        "{out:?}"
+    );
 }

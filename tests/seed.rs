@@ -9,9 +9,19 @@ use std::process::Command;
 
 const CLUSTER: &str = "chocolandiadc-mvp";
 const NODES: [&str; 2] = ["master1", "nodo1"];
+const HA_CLUSTER: &str = "chocolandiadc-ha";
+const HA_NODES: [&str; 4] = ["master1", "master2", "master3", "nodo1"];
 
 fn rendered() -> Workspace {
     let ws = Workspace::with_default_profile();
+    ws.ok(&["render", "--all"]);
+    ws
+}
+
+/// The shipped HA profile, rendered (no CA recorded yet).
+fn rendered_ha() -> Workspace {
+    let profile = std::fs::read_to_string(repo().join("profiles/chocolandiadc-ha.yaml")).unwrap();
+    let ws = Workspace::with_profile(&profile);
     ws.ok(&["render", "--all"]);
     ws
 }
@@ -105,9 +115,27 @@ print(json.dumps(sorted(keys)))
 fn seeds_pass_cloud_init_and_every_installer_schema() {
     let ws = rendered();
     let known = cloud_init_known_keys();
-
     for node in NODES {
-        let path = ws.seed_file(CLUSTER, node, "user-data");
+        assert_seed_passes(&ws, CLUSTER, node, &known);
+    }
+}
+
+/// Issue 11: every seed of the HA profile (three servers that bootstrap by discovery,
+/// one agent, on the VLAN) passes the same checks as the MVP's.
+#[test]
+fn ha_seeds_pass_cloud_init_and_every_installer_schema() {
+    let ws = rendered_ha();
+    let known = cloud_init_known_keys();
+    for node in HA_NODES {
+        assert_seed_passes(&ws, HA_CLUSTER, node, &known);
+    }
+}
+
+/// `node`'s seed: cloud-init's schema, the six installer schemas, what an unattended
+/// install needs, and an installed-system cloud-config with only keys cloud-init knows.
+fn assert_seed_passes(ws: &Workspace, cluster: &str, node: &str, known: &BTreeSet<String>) {
+    {
+        let path = ws.seed_file(cluster, node, "user-data");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.starts_with("#cloud-config\n"),
@@ -172,12 +200,12 @@ fn seeds_pass_cloud_init_and_every_installer_schema() {
             );
         }
 
-        let meta = yaml_file(&ws.seed_file(CLUSTER, node, "meta-data"));
+        let meta = yaml_file(&ws.seed_file(cluster, node, "meta-data"));
         assert_eq!(meta["local-hostname"].as_str(), Some(node));
         assert!(meta["instance-id"]
             .as_str()
             .unwrap()
-            .starts_with(&format!("chocoimg-{CLUSTER}-{node}-")));
+            .starts_with(&format!("chocoimg-{cluster}-{node}-")));
     }
 }
 
@@ -423,7 +451,12 @@ fn nix_is_root() -> bool {
 
 /// Replaces every secret and every random value by a name, for stable snapshots.
 fn masked(ws: &Workspace, text: &str) -> String {
-    let s = secrets_of(ws);
+    masked_in(ws, CLUSTER, &NODES, text)
+}
+
+/// `masked` for the nodes of `cluster`.
+fn masked_in(ws: &Workspace, cluster: &str, nodes: &[&str], text: &str) -> String {
+    let s = yaml_file(&ws.out().join(cluster).join("secrets.yaml"));
     let mut out = text.to_string();
     let mut pairs: Vec<(String, String)> = vec![
         (
@@ -439,9 +472,9 @@ fn masked(ws: &Workspace, text: &str) -> String {
             "<admin_password_hash>".into(),
         ),
     ];
-    for node in NODES {
+    for &node in nodes {
         let password =
-            chocoimg::proof::node_password(s["server_token"].as_str().unwrap(), CLUSTER, node);
+            chocoimg::proof::node_password(s["server_token"].as_str().unwrap(), cluster, node);
         pairs.push((password, format!("<{node}_node_password>")));
         let k = &s["host_keys"][node];
         let public = k["public"].as_str().unwrap();
@@ -480,6 +513,70 @@ fn seeds_snapshot() {
             insta::assert_snapshot!(format!("{node}-{file}"), masked(&ws, &text));
         }
     }
+}
+
+/// Issue 11 (new snapshots): an HA server that may start the cluster (master1, no CA
+/// recorded) and one that only joins (master2).
+#[test]
+fn ha_seeds_snapshot() {
+    let ws = rendered_ha();
+    for node in ["master1", "master2"] {
+        let text = std::fs::read_to_string(ws.seed_file(HA_CLUSTER, node, "user-data")).unwrap();
+        insta::assert_snapshot!(
+            format!("ha-{node}-user-data"),
+            masked_in(&ws, HA_CLUSTER, &HA_NODES, &text)
+        );
+    }
+}
+
+/// Issue 11: once the laptop has recorded the cluster's CA, every HA server's seed carries
+/// it (public, 0644) and the agent's does not; a damaged record is refused, exit 2, naming
+/// the file, and no seed is written.
+#[test]
+fn ha_server_seeds_carry_the_recorded_ca() {
+    let ws = rendered_ha();
+    let ca = "ab".repeat(32);
+    let record = ws.out().join(HA_CLUSTER).join("cluster-ca.sha256");
+    std::fs::write(&record, format!("{ca}\n")).unwrap();
+    let out = ws.ok(&["render", "--all"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("no CA recorded"),
+        "{out:?}"
+    );
+    for node in HA_NODES {
+        let doc = yaml_file(&ws.seed_file(HA_CLUSTER, node, "user-data"));
+        let files = doc["autoinstall"]["user-data"]["write_files"]
+            .as_sequence()
+            .unwrap()
+            .clone();
+        let carried = files
+            .iter()
+            .find(|f| f["path"] == "/etc/chocoimg/cluster-ca");
+        if node == "nodo1" {
+            assert!(carried.is_none(), "{node}");
+        } else {
+            let f = carried.unwrap_or_else(|| panic!("{node} lacks the recorded CA"));
+            assert_eq!(f["content"].as_str(), Some(format!("{ca}\n").as_str()));
+            assert_eq!(f["permissions"], "0644");
+            let config = files
+                .iter()
+                .find(|f| f["path"] == "/etc/rancher/k3s/config.yaml")
+                .unwrap();
+            let config: serde_yaml_ng::Value =
+                serde_yaml_ng::from_str(config["content"].as_str().unwrap()).unwrap();
+            assert!(
+                config.get("cluster-init").is_none() && config.get("server").is_none(),
+                "{node}: the bootstrap decides these: {config:?}"
+            );
+        }
+    }
+    std::fs::write(&record, "not a hash\n").unwrap();
+    let seed = ws.seed_file(HA_CLUSTER, "master1", "user-data");
+    let before = std::fs::read(&seed).unwrap();
+    let out = ws.run(&["render", "--all"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cluster-ca.sha256"));
+    assert_eq!(std::fs::read(&seed).unwrap(), before);
 }
 
 #[test]

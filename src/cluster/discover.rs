@@ -46,6 +46,10 @@ pub struct Server {
     pub unproven: BTreeMap<Ipv4Addr, String>,
     /// Milliseconds from the start of browsing to this answer.
     pub elapsed_ms: u64,
+    /// Whether `ca` is the cluster's CA this laptop recorded (`cluster_ca`); None when
+    /// nothing is recorded yet or the announcement is not verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_recorded: Option<bool>,
 }
 
 impl Server {
@@ -63,6 +67,9 @@ impl Server {
                 "foreign cluster ({})",
                 self.cluster.as_deref().unwrap_or("unnamed")
             ),
+            (Verdict::Verified, Some(_)) if self.ca_recorded == Some(false) => {
+                "verified, but NOT the recorded CA (split brain or stale reinstall)".into()
+            }
             (Verdict::Verified, Some(_)) => "verified".into(),
             (Verdict::Verified, None) if self.addresses.is_empty() => {
                 "ours, valid proof, no IPv4 address".into()
@@ -70,6 +77,16 @@ impl Server {
             (Verdict::Verified, None) => "valid proof, but no address holds its CA".into(),
             (v, _) => v.label().into(),
         }
+    }
+}
+
+/// Marks each verified announcement whose CA is (or is not) the recorded one.
+pub fn mark_recorded(servers: &mut [Server], recorded: Option<&str>) {
+    for s in servers.iter_mut() {
+        s.ca_recorded = match (recorded, &s.verdict) {
+            (Some(r), Verdict::Verified) => Some(s.ca.as_deref() == Some(r)),
+            _ => None,
+        };
     }
 }
 
@@ -174,6 +191,7 @@ fn to_server(a: &Announcement, judged: txt::Judged) -> Server {
         proven: Vec::new(),
         unproven: BTreeMap::new(),
         elapsed_ms: a.elapsed.as_millis() as u64,
+        ca_recorded: None,
     }
 }
 
@@ -208,25 +226,39 @@ impl AddressProofs {
     }
 }
 
-/// Which verified server to use, decided from everything heard: never a silent pick.
+/// One server of the cluster to use: the instance that announced it and its lowest
+/// proven address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub instance: String,
+    pub address: Ipv4Addr,
+}
+
+/// Which verified servers to use, decided from everything heard: never a silent pick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Choice {
-    /// One CA: its lowest proven address; `notes` says what else was heard and why this.
-    One {
-        address: Ipv4Addr,
-        instance: String,
+    /// The servers holding the cluster's CA, in the order to try them (the profile's
+    /// servers in profile order, then any other name); `notes` says what else was heard.
+    Cluster {
         ca: String,
+        members: Vec<Member>,
         notes: Vec<String>,
+        /// Servers with valid proofs but another CA than the recorded one (split brain,
+        /// a stale reinstall): said loudly, never used.
+        other_cas: Option<String>,
     },
-    /// Verified servers with different CAs: the user chooses (`--server`).
+    /// Verified servers with different CAs and none of them recorded: the user chooses
+    /// (`--server`).
     Conflict(String),
     /// Nothing usable.
     Nothing,
 }
 
-/// Picks the server from `servers`: one CA only, the lowest of its proven addresses,
-/// saying so when there were several or when another responder claimed its name.
-pub fn choose(servers: &[Server], server_name: &str) -> Choice {
+/// Picks the servers from `servers`: one CA only (the recorded one, `recorded`, when
+/// several answer). With one server in the profile, the lowest of its CA's proven
+/// addresses, saying so when there were several or when another responder claimed its
+/// name; with several (`mode: ha`), each server at its lowest proven address.
+pub fn choose(servers: &[Server], server_names: &[&str], recorded: Option<&str>) -> Choice {
     let mut by_ca: BTreeMap<&str, BTreeMap<Ipv4Addr, BTreeSet<&str>>> = BTreeMap::new();
     for s in servers {
         if s.usable_address().is_some() {
@@ -241,46 +273,118 @@ pub fn choose(servers: &[Server], server_name: &str) -> Choice {
             }
         }
     }
-    let describe = |addrs: &BTreeMap<Ipv4Addr, BTreeSet<&str>>| {
-        addrs
+    let list_cas = |by_ca: &BTreeMap<&str, BTreeMap<Ipv4Addr, BTreeSet<&str>>>| {
+        by_ca
             .iter()
-            .map(|(a, names)| {
-                format!(
-                    "{a} ({})",
-                    names.iter().copied().collect::<Vec<_>>().join(", ")
-                )
+            .map(|(ca, addrs)| {
+                let mark = if Some(*ca) == recorded {
+                    " (recorded)"
+                } else {
+                    ""
+                };
+                format!("\n  CA sha256 {ca}{mark}: {}", describe(addrs))
             })
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect::<String>()
     };
-    let (ca, addrs) = match by_ca.len() {
-        0 => return Choice::Nothing,
-        1 => by_ca.into_iter().next().unwrap(),
+    let mut other_cas = None;
+    let (ca, addrs) = match (by_ca.len(), recorded) {
+        (0, _) => return Choice::Nothing,
+        (1, _) => by_ca.into_iter().next().unwrap(),
+        (_, Some(r)) if by_ca.contains_key(r) => {
+            let mut msg = format!(
+                "servers of this cluster (valid proofs) serve ANOTHER CA than the recorded one \
+                 ({r}): a split brain (a server that started a cluster of its own) or a stale \
+                 reinstall. They are not used; wipe and re-flash them so they join the \
+                 recorded cluster:"
+            );
+            let others: BTreeMap<_, _> = by_ca.iter().filter(|(ca, _)| **ca != r).collect();
+            for (ca, addrs) in others {
+                msg.push_str(&format!("\n  CA sha256 {ca}: {}", describe(addrs)));
+            }
+            other_cas = Some(msg);
+            by_ca.remove_entry(r).unwrap()
+        }
         _ => {
             let mut msg = String::from(
-                "servers with valid proofs but different CAs answered (a reinstalled master1 \
-                 beside a stale one, or two clusters built from one secrets file); not \
-                 choosing between them:",
+                "servers with valid proofs but different CAs answered (a reinstalled server \
+                 beside a stale one, two servers that each started a cluster, or two clusters \
+                 built from one secrets file); not choosing between them:",
             );
-            for (ca, addrs) in &by_ca {
-                msg.push_str(&format!("\n  CA sha256 {ca}: {}", describe(addrs)));
+            msg.push_str(&list_cas(&by_ca));
+            if let Some(r) = recorded {
+                msg.push_str(&format!("\nNone is the recorded CA ({r})."));
             }
             msg.push_str("\nChoose one with --server ADDRESS.");
             return Choice::Conflict(msg);
         }
     };
-    let (&address, names) = addrs.iter().next().unwrap();
+    let mut notes = Vec::new();
+    let members = match server_names {
+        [server_name] => vec![single_member(&addrs, server_name, &mut notes)],
+        _ => ha_members(&addrs, server_names, &mut notes),
+    };
+    // Announcements taking a server's name without holding the CA.
+    let claimers: Vec<&Server> = servers
+        .iter()
+        .filter(|s| s.usable_address().is_none() && server_names.contains(&s.instance.as_str()))
+        .collect();
+    let claims: BTreeSet<String> = claimers
+        .iter()
+        .map(|s| format!("{} ({})", s.responder, s.status()))
+        .collect();
+    if !claims.is_empty() {
+        let names: BTreeSet<String> = claimers
+            .iter()
+            .map(|s| format!("{:?}", s.instance))
+            .collect();
+        let names: Vec<String> = names.into_iter().collect();
+        notes.push(format!(
+            "name conflict: {} also claim{} the name {} without holding its CA; ignored",
+            claims.iter().cloned().collect::<Vec<_>>().join(", "),
+            if claims.len() == 1 { "s" } else { "" },
+            names.join(", ")
+        ));
+    }
+    Choice::Cluster {
+        ca: ca.to_string(),
+        members,
+        notes,
+        other_cas,
+    }
+}
+
+/// `10.0.0.1 (master1), 10.0.0.2 (master1-wifi)`.
+fn describe(addrs: &BTreeMap<Ipv4Addr, BTreeSet<&str>>) -> String {
+    addrs
+        .iter()
+        .map(|(a, names)| {
+            format!(
+                "{a} ({})",
+                names.iter().copied().collect::<Vec<_>>().join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The one server of a single-server cluster: the lowest address holding its CA,
+/// whatever name announced it.
+fn single_member(
+    addrs: &BTreeMap<Ipv4Addr, BTreeSet<&str>>,
+    server_name: &str,
+    notes: &mut Vec<String>,
+) -> Member {
+    let (&address, names) = addrs.iter().next().expect("a CA has a proven address");
     let instance = names
         .iter()
         .next()
         .copied()
         .unwrap_or(server_name)
         .to_string();
-    let mut notes = Vec::new();
     if addrs.len() > 1 {
         notes.push(format!(
             "{server_name} answers with the same CA at {}; using {address}",
-            describe(&addrs)
+            describe(addrs)
         ));
     }
     if instance != server_name {
@@ -289,24 +393,56 @@ pub fn choose(servers: &[Server], server_name: &str) -> Choice {
              another responder took the name"
         ));
     }
-    let claims: BTreeSet<String> = servers
-        .iter()
-        .filter(|s| s.usable_address().is_none() && s.instance == server_name)
-        .map(|s| format!("{} ({})", s.responder, s.status()))
-        .collect();
-    if !claims.is_empty() {
-        notes.push(format!(
-            "name conflict: {} also claim{} the name {server_name:?} without holding its CA; ignored",
-            claims.iter().cloned().collect::<Vec<_>>().join(", "),
-            if claims.len() == 1 { "s" } else { "" }
-        ));
+    Member { instance, address }
+}
+
+/// Every server of an HA cluster holding the CA, one per announced name at its lowest
+/// address: the profile's servers in profile order, then other names (a name Avahi
+/// changed after a conflict), said.
+fn ha_members(
+    addrs: &BTreeMap<Ipv4Addr, BTreeSet<&str>>,
+    server_names: &[&str],
+    notes: &mut Vec<String>,
+) -> Vec<Member> {
+    let mut by_name: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+    for (a, names) in addrs {
+        for n in names {
+            by_name.entry(n).or_default().push(*a);
+        }
     }
-    Choice::One {
-        address,
-        instance,
-        ca: ca.to_string(),
-        notes,
-    }
+    let rank = |n: &str| {
+        server_names
+            .iter()
+            .position(|s| *s == n)
+            .unwrap_or(server_names.len())
+    };
+    let mut names: Vec<&str> = by_name.keys().copied().collect();
+    names.sort_by_key(|n| (rank(n), *n));
+    names
+        .into_iter()
+        .map(|name| {
+            let at = &by_name[name];
+            if at.len() > 1 {
+                let all: Vec<String> = at.iter().map(Ipv4Addr::to_string).collect();
+                notes.push(format!(
+                    "{name} answers with the same CA at {}; using {}",
+                    all.join(", "),
+                    at[0]
+                ));
+            }
+            if rank(name) == server_names.len() {
+                notes.push(format!(
+                    "{name:?} holds the cluster's CA but is not a server of the profile ({}): \
+                     a server whose announcement was renamed after a name conflict?",
+                    server_names.join(", ")
+                ));
+            }
+            Member {
+                instance: name.to_string(),
+                address: at[0],
+            }
+        })
+        .collect()
 }
 
 /// What to tell the user when no verified server answered.

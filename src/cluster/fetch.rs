@@ -1,9 +1,11 @@
-//! `fetch-kubeconfig`: what k3sup does, done right. Find master1 (mDNS, verified) or take
-//! an address; check the CA it serves against the announced hash; read the admin
-//! kubeconfig over SSH with master1's host key pinned from the secrets; check that
-//! kubeconfig's CA; rename `default` to the cluster and point it at master1; merge it
-//! into kubectl's kubeconfig keeping every other entry (0600, backup, atomic write).
-//! Nothing is written until every check has passed. The document itself is `kubeconfig`.
+//! `fetch-kubeconfig`: what k3sup does, done right. Find the servers (mDNS, verified) or
+//! take an address; check the CA each serves against the announced hash (and the one the
+//! laptop recorded); read the admin kubeconfig over SSH with the server's host key
+//! pinned from the secrets, from the first server that passes (in HA any server serves
+//! it); check that kubeconfig's CA; record the cluster's CA; rename `default` to the
+//! cluster and point it at that server; merge it into kubectl's kubeconfig keeping every
+//! other entry (0600, backup, atomic write). Nothing is written until every check has
+//! passed. The document itself is `kubeconfig`.
 use crate::cluster::discover::{self, Browse, Choice, Verdict};
 use crate::cluster::k3s_api::{get_cacerts, url_host, API_PORT};
 use crate::cluster::kubeconfig::{
@@ -20,35 +22,50 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// Where master1 is, and the CA hash it announced (none with `--server`).
+/// A server to read the kubeconfig from, and the CA hash it announced (none with
+/// `--server`).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub address: String,
     pub announced_ca: Option<String>,
     /// The instance that announced it (None with `--server`).
     pub instance: Option<String>,
-    /// What discovery noticed on the way (several addresses, a name taken by another).
-    pub notes: Vec<String>,
 }
 
-/// Finds master1: `server` when given, else the one verified server mDNS finds
-/// (`discover::choose`). `Err(heard)` when nothing verified answered within `timeout`
-/// (`heard`: every announcement that did); an error when verified servers with different
-/// CAs answered, or when master1's own announcement gave no address that holds its CA.
+/// The cluster's servers to try, in order, and what discovery noticed on the way.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub targets: Vec<Target>,
+    /// Several addresses for one server, a name taken by another responder.
+    pub notes: Vec<String>,
+    /// Servers with valid proofs but another CA than the recorded one: said, never used.
+    pub warning: Option<String>,
+}
+
+/// Finds the servers: `server` when given, else the verified servers mDNS finds
+/// (`discover::choose`; with a recorded CA, only servers serving it). `Err(heard)` when
+/// nothing verified answered within `timeout` (`heard`: every announcement that did); an
+/// error when verified servers with different CAs answered and none is recorded, or when
+/// the announcements gave no address that holds their CA.
 pub fn locate(
     plan: &Plan,
     secrets: &Secrets,
     server: Option<&str>,
     timeout: Duration,
-) -> Result<std::result::Result<Target, Vec<discover::Server>>> {
+) -> Result<std::result::Result<Located, Vec<discover::Server>>> {
     if let Some(server) = server {
-        return Ok(Ok(Target {
-            address: address_of(server)?,
-            announced_ca: None,
-            instance: None,
+        return Ok(Ok(Located {
+            targets: vec![Target {
+                address: address_of(server)?,
+                announced_ca: None,
+                instance: None,
+            }],
             notes: Vec::new(),
+            warning: None,
         }));
     }
+    let recorded = crate::cluster_ca::load(plan)?;
+    // In HA every server answers; one round is enough to have some to try.
     let servers = discover::browse(
         &plan.cluster,
         &secrets.agent_token,
@@ -57,17 +74,23 @@ pub fn locate(
             stop_at_first_verified: true,
         },
     )?;
-    match discover::choose(&servers, &plan.server().hostname) {
-        Choice::One {
-            address,
-            instance,
+    match discover::choose(&servers, &plan.server_names(), recorded.as_deref()) {
+        Choice::Cluster {
             ca,
+            members,
             notes,
-        } => Ok(Ok(Target {
-            address: address.to_string(),
-            announced_ca: Some(ca),
-            instance: Some(instance),
+            other_cas,
+        } => Ok(Ok(Located {
+            targets: members
+                .into_iter()
+                .map(|m| Target {
+                    address: m.address.to_string(),
+                    announced_ca: Some(ca.clone()),
+                    instance: Some(m.instance),
+                })
+                .collect(),
             notes,
+            warning: other_cas,
         })),
         Choice::Conflict(msg) => bail!("{msg}"),
         Choice::Nothing => {
@@ -88,10 +111,30 @@ pub fn locate(
             bail!(
                 "{} announced itself with a valid proof, but every address it gave is \
                  refused (something else may be answering there):\n  {}",
-                plan.server().hostname,
+                servers_named(plan),
                 refused.join("\n  ")
             )
         }
+    }
+}
+
+/// `master1`, or `a server (master1, master2, master3)` in HA.
+fn servers_named(plan: &Plan) -> String {
+    match plan.server_names()[..] {
+        [one] => one.to_string(),
+        ref all => format!("a server ({})", all.join(", ")),
+    }
+}
+
+/// The servers whose SSH host key `target` may show: the one that announced it, else
+/// (`--server`, a renamed announcement) any server of the profile.
+fn pinned_nodes<'p>(plan: &'p Plan, target: &Target) -> Vec<&'p str> {
+    let servers = plan.server_names();
+    match &target.instance {
+        Some(i) if servers.contains(&i.as_str()) => {
+            servers.into_iter().filter(|s| s == i).collect()
+        }
+        _ => servers,
     }
 }
 
@@ -152,53 +195,58 @@ pub struct Fetched {
     /// kubectl's current context after the write (the first file of the chain that sets
     /// one), if any.
     pub current_context: Option<String>,
+    /// The server the kubeconfig came from.
+    pub from: Target,
+    /// Servers tried before it, and why each was not used.
+    pub skipped: Vec<String>,
+    /// The CA hash of the cluster, and whether this fetch recorded it first.
+    pub ca: String,
+    pub recorded: crate::cluster_ca::Recorded,
 }
 
-/// Fetches, checks and merges master1's admin kubeconfig. Writes nothing unless every
-/// check passed.
+/// A kubeconfig read from a server and checked against the CA it serves.
+struct Verified {
+    k3s: Value,
+    ca: String,
+}
+
+/// Fetches, checks and merges the admin kubeconfig from the first of `targets` that
+/// passes every check (in HA any server serves it). Records the cluster's CA. Writes
+/// nothing unless every check passed.
 pub fn fetch(
     plan: &Plan,
     secrets: &Secrets,
-    target: &Target,
+    targets: &[Target],
     opts: &FetchOptions,
 ) -> Result<Fetched> {
-    let server = plan.server();
-    let cacerts = get_cacerts(&target.address)?;
-    let ca = crate::proof::ca_hash(&cacerts);
-    if let Some(announced) = &target.announced_ca {
-        if !announced.eq_ignore_ascii_case(&ca) {
-            bail!(
-                "the CA that {} serves (sha256 {ca}) is not the one {} announced ({announced}); \
-                 refusing: something else may be answering at that address",
-                target.address,
-                server.hostname
-            );
+    let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
+    let mut found = None;
+    for target in targets {
+        match read_verified(plan, secrets, target, opts.ssh_port) {
+            Ok(v) => {
+                found = Some((target, v));
+                break;
+            }
+            // The user's to fix, and the same at every server: no point trying the next.
+            Err(e) if crate::errors::exit_code_for(&e) == crate::errors::EXIT_BAD_INPUT => {
+                return Err(e)
+            }
+            Err(e) => failed.push((describe_target(plan, target), e)),
         }
     }
-    let text = read_over_ssh(
-        plan,
-        secrets,
-        &server.hostname,
-        &target.address,
-        opts.ssh_port,
-    )?;
-    let k3s: Value = serde_yaml_ng::from_str(&text)
-        .with_context(|| format!("{K3S_KUBECONFIG} from {} is not YAML", server.hostname))?;
-    let kube_ca = cluster_ca(&k3s, "default").with_context(|| {
-        format!(
-            "reading the CA of {K3S_KUBECONFIG} from {}",
-            server.hostname
-        )
-    })?;
-    if !same_certificates(&kube_ca, &cacerts) {
+    let Some((target, verified)) = found else {
+        if failed.len() == 1 {
+            return Err(failed.pop().unwrap().1);
+        }
+        let why: Vec<String> = failed.iter().map(|(t, e)| format!("{t}: {e:#}")).collect();
         bail!(
-            "the kubeconfig from {} names a CA that is not the one its API serves at \
-             /cacerts (sha256 {ca}); refusing to write it",
-            server.hostname
+            "no server gave a kubeconfig that passes every check:\n  {}",
+            why.join("\n  ")
         );
-    }
+    };
+    let skipped = failed.iter().map(|(t, e)| format!("{t}: {e:#}")).collect();
     let server_url = format!("https://{}:{API_PORT}", url_host(&target.address));
-    let ours = adopt(&k3s, &opts.name, &server_url)?;
+    let ours = adopt(&verified.k3s, &opts.name, &server_url)?;
 
     // Phase two: every check passed.
     let path = resolve_symlink(&destination(&opts.chain, &opts.name));
@@ -225,6 +273,8 @@ pub fn fetch(
         ))
         .into());
     }
+    // The SSH host key (pinned from the secrets) vouches for this CA: the cluster's.
+    let recorded = crate::cluster_ca::record(plan, &verified.ca)?;
     let set_current = opts.use_context || current_context(&opts.chain).is_none();
     let merged = merge(existing.clone(), &ours, &opts.name, set_current)?;
     let backup = match existing {
@@ -246,7 +296,55 @@ pub fn fetch(
         server_url,
         backup,
         replaced,
+        from: target.clone(),
+        skipped,
+        ca: verified.ca,
+        recorded,
     })
+}
+
+/// `master2 at 10.0.0.2`, or the address alone for `--server` in HA.
+pub fn describe_target(plan: &Plan, target: &Target) -> String {
+    match (&target.instance, &plan.server_names()[..]) {
+        (Some(i), _) => format!("{i} at {}", target.address),
+        (None, [one]) => format!("{one} at {}", target.address),
+        (None, _) => format!("the server at {}", target.address),
+    }
+}
+
+/// Phase one at one server: its `/cacerts` is the announced CA (and the recorded one),
+/// its SSH host key is pinned, its kubeconfig names that CA.
+fn read_verified(plan: &Plan, secrets: &Secrets, target: &Target, port: u16) -> Result<Verified> {
+    let pinned = pinned_nodes(plan, target);
+    let who = match &pinned[..] {
+        [one] => one.to_string(),
+        _ => format!("the server at {}", target.address),
+    };
+    let cacerts = get_cacerts(&target.address)?;
+    let ca = crate::proof::ca_hash(&cacerts);
+    if let Some(announced) = &target.announced_ca {
+        if !announced.eq_ignore_ascii_case(&ca) {
+            bail!(
+                "the CA that {} serves (sha256 {ca}) is not the one {} announced ({announced}); \
+                 refusing: something else may be answering at that address",
+                target.address,
+                target.instance.as_deref().unwrap_or(&who)
+            );
+        }
+    }
+    crate::cluster_ca::check(plan, &ca)?;
+    let text = read_over_ssh(plan, secrets, &pinned, &target.address, port)?;
+    let k3s: Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{K3S_KUBECONFIG} from {who} is not YAML"))?;
+    let kube_ca = cluster_ca(&k3s, "default")
+        .with_context(|| format!("reading the CA of {K3S_KUBECONFIG} from {who}"))?;
+    if !same_certificates(&kube_ca, &cacerts) {
+        bail!(
+            "the kubeconfig from {who} names a CA that is not the one its API serves at \
+             /cacerts (sha256 {ca}); refusing to write it"
+        );
+    }
+    Ok(Verified { k3s, ca })
 }
 
 /// The operator's private key: the profile's public key path without `.pub`, or the
@@ -268,11 +366,12 @@ pub fn private_key(plan: &Plan) -> Result<PathBuf> {
     }
 }
 
-/// Runs `sudo -n cat k3s.yaml` on the server over SSH, host key pinned.
+/// Runs `sudo -n cat k3s.yaml` on the server over SSH, its host key pinned: the key of
+/// one of `nodes` (in HA, `--server` may reach any server).
 fn read_over_ssh(
     plan: &Plan,
     secrets: &Secrets,
-    node: &str,
+    nodes: &[&str],
     address: &str,
     port: u16,
 ) -> Result<String> {
@@ -284,14 +383,25 @@ fn read_over_ssh(
         ))
         .into());
     }
-    let host_key = secrets.host_key(node)?;
+    let (node, key_of) = match nodes {
+        [one] => (one.to_string(), format!("{one}'s")),
+        all => (
+            "the server".to_string(),
+            format!("the key of any server ({})", all.join(", ")),
+        ),
+    };
+    // One alias for every pinned key: ssh accepts the host if any line's key matches.
+    let alias = match nodes {
+        [one] => one.to_string(),
+        _ => "chocoimg-server".to_string(),
+    };
+    let mut lines = String::new();
+    for n in nodes {
+        lines.push_str(&format!("{alias} {}\n", secrets.host_key(n)?.public.trim()));
+    }
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
     let known_hosts = dir.path().join("known_hosts");
-    fsutil::write_atomic(
-        &known_hosts,
-        format!("{node} {}\n", host_key.public.trim()).as_bytes(),
-        0o600,
-    )?;
+    fsutil::write_atomic(&known_hosts, lines.as_bytes(), 0o600)?;
     let mut cmd = Command::new("ssh");
     cmd.arg("-F")
         .arg("/dev/null")
@@ -301,7 +411,7 @@ fn read_over_ssh(
         .args(["-o", "GlobalKnownHostsFile=/dev/null"])
         // The pin is by node name, whatever address DHCP gave it.
         .arg("-o")
-        .arg(format!("HostKeyAlias={node}"))
+        .arg(format!("HostKeyAlias={alias}"))
         .args(["-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10"])
         .args(["-o", "LogLevel=ERROR"])
         .arg("-i")
@@ -324,7 +434,7 @@ fn read_over_ssh(
     let err = err.trim();
     if err.contains("Host key verification failed") || err.contains("IDENTIFICATION HAS CHANGED") {
         bail!(
-            "the SSH host key at {address} is not {node}'s (pinned in {}); refusing: \
+            "the SSH host key at {address} is not {key_of} (pinned in {}); refusing: \
              another machine may be at that address",
             plan.secrets_path().display()
         );

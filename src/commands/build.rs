@@ -2,7 +2,9 @@
 //! verified artifacts); phase two writes one image per node, then its manifest.
 use crate::artifacts::{self, FetchOptions, LockMode};
 use crate::cli::{BuildArgs, Global};
-use crate::commands::inputs::{load_plan_with, prepare_secrets, select_nodes};
+use crate::commands::inputs::{
+    cluster_ca_for_seeds, load_plan_with, prepare_secrets, select_nodes,
+};
 use crate::errors::BadInput;
 use crate::image::{self, manifest::Manifest, Identity, ImageError, ProgressStyle, Target};
 use crate::seed;
@@ -23,8 +25,9 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
             airgap: args.airgap,
         },
     )?;
-    plan.refuse_unbuilt_mode()?;
     let nodes = select_nodes(&plan, &args.nodes)?;
+    // Read (and a damaged record refused) before any download.
+    let cluster_ca = cluster_ca_for_seeds(&plan, &nodes)?;
     let outputs: Vec<PathBuf> = nodes.iter().map(|n| plan.image_path(n)).collect();
     // Before any download; `image::plan` asks again for the library's other callers.
     for out in &outputs {
@@ -92,7 +95,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     let secrets = prepare_secrets(&plan)?;
     let seeds = nodes
         .iter()
-        .map(|n| seed::render(&plan, &secrets, n))
+        .map(|n| seed::render(&plan, &secrets, n, cluster_ca.as_deref()))
         .collect::<Result<Vec<_>>>()?;
     for ((node, image), seed) in nodes.iter().zip(images).zip(&seeds) {
         let built = image

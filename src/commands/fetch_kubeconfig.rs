@@ -1,7 +1,9 @@
-//! `chocoimg fetch-kubeconfig`: master1's admin kubeconfig, verified, merged for kubectl.
-//! Exit 0 written, 4 master1 not found (nothing written), 1 a check failed.
+//! `chocoimg fetch-kubeconfig`: a server's admin kubeconfig, verified, merged for kubectl.
+//! Exit 0 written, 4 no server found (nothing written), 1 a check failed, 2 the server's
+//! CA is not the recorded one.
 use crate::cli::{FetchKubeconfigArgs, Global};
 use crate::cluster::{discover, fetch, kubeconfig};
+use crate::cluster_ca;
 use crate::commands::inputs::{existing_secrets, load_plan_for, timeout_arg};
 use crate::errors::EXIT_NOT_FOUND;
 use crate::plan::Purpose;
@@ -21,8 +23,8 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
         Some(p) => vec![p.clone()],
         None => kubeconfig::chain()?,
     };
-    let target = match fetch::locate(&plan, &secrets, args.server.as_deref(), timeout)? {
-        Ok(t) => t,
+    let located = match fetch::locate(&plan, &secrets, args.server.as_deref(), timeout)? {
+        Ok(l) => l,
         Err(heard) => {
             eprintln!(
                 "{}",
@@ -31,18 +33,16 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
             return Ok(EXIT_NOT_FOUND);
         }
     };
-    for note in &target.notes {
+    for note in &located.notes {
         eprintln!("note: {note}");
     }
-    let how = match &target.instance {
-        Some(i) => format!("announced as {i:?} over mDNS, proof verified, holds the announced CA"),
-        None => "given with --server".into(),
-    };
-    eprintln!("{} at {} ({how})", plan.server().hostname, target.address);
+    if let Some(w) = &located.warning {
+        eprintln!("warning: {w}");
+    }
     let done = fetch::fetch(
         &plan,
         &secrets,
-        &target,
+        &located.targets,
         &fetch::FetchOptions {
             ssh_port: args.ssh_port,
             name,
@@ -51,6 +51,17 @@ pub fn run(global: &Global, args: &FetchKubeconfigArgs) -> anyhow::Result<i32> {
             overwrite_context: args.overwrite_context,
         },
     )?;
+    for s in &done.skipped {
+        eprintln!("note: not used: {s}");
+    }
+    let how = match &done.from.instance {
+        Some(i) => format!("announced as {i:?} over mDNS, proof verified, holds the announced CA"),
+        None => "given with --server".into(),
+    };
+    eprintln!("{} ({how})", fetch::describe_target(&plan, &done.from));
+    if done.recorded == cluster_ca::Recorded::New {
+        eprintln!("note: {}", cluster_ca::recorded_note(&plan, &done.ca));
+    }
     println!(
         "wrote context {} (API {}) to {}",
         done.name,

@@ -70,6 +70,27 @@ pub fn prepare_secrets(plan: &Plan) -> Result<Secrets> {
     Ok(loaded.secrets)
 }
 
+/// The cluster's CA hash the laptop recorded, for the seeds of an `ha` cluster's servers
+/// (None for other clusters: only HA servers carry it). Without a record, says once what
+/// that means for the servers among `nodes`.
+pub fn cluster_ca_for_seeds(plan: &Plan, nodes: &[&NodePlan]) -> Result<Option<String>> {
+    if plan.mode != crate::profile::Mode::Ha {
+        return Ok(None);
+    }
+    let recorded = crate::cluster_ca::load(plan)?;
+    if recorded.is_none() && nodes.iter().any(|n| n.role == crate::profile::Role::Server) {
+        eprintln!(
+            "note: no CA recorded for cluster {} ({}): {} may start a new cluster when no \
+             server of it answers at its first boot. If the cluster already exists, run \
+             `chocoimg discover` first (it records the CA; the servers then only join it)",
+            plan.cluster,
+            crate::cluster_ca::path(plan).display(),
+            plan.server().hostname
+        );
+    }
+    Ok(recorded)
+}
+
 /// The cluster's secrets, which the laptop must already have (made by render/build).
 pub fn existing_secrets(plan: &Plan) -> Result<Secrets> {
     let path = plan.secrets_path();
@@ -84,6 +105,15 @@ pub fn existing_secrets(plan: &Plan) -> Result<Secrets> {
         .into());
     }
     secrets::load(&path)
+}
+
+/// Records `ca`, which a verified server of the cluster serves, as the cluster's CA
+/// (`cluster_ca::record`), saying so when it is new. Another recorded CA: bad input.
+pub fn record_cluster_ca(plan: &Plan, ca: &str) -> Result<()> {
+    if crate::cluster_ca::record(plan, ca)? == crate::cluster_ca::Recorded::New {
+        eprintln!("note: {}", crate::cluster_ca::recorded_note(plan, ca));
+    }
+    Ok(())
 }
 
 /// A `--timeout SECONDS` value, checked.

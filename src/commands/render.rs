@@ -1,18 +1,23 @@
 //! `chocoimg render`: write each named node's seed to a folder, to read or test.
 use crate::cli::{Global, RenderArgs};
-use crate::commands::inputs::{load_plan, prepare_secrets, select_nodes};
+use crate::commands::inputs::{cluster_ca_for_seeds, load_plan, prepare_secrets, select_nodes};
 use crate::{fsutil, seed};
 use anyhow::Result;
 
 pub fn run(global: &Global, args: &RenderArgs) -> Result<i32> {
     let plan = load_plan(global)?;
-    plan.refuse_unbuilt_mode()?;
     let nodes = select_nodes(&plan, &args.nodes)?;
+    let cluster_ca = cluster_ca_for_seeds(&plan, &nodes)?;
     let secrets = prepare_secrets(&plan)?;
     // Every seed renders before any is written.
     let seeds = nodes
         .into_iter()
-        .map(|node| Ok((node, seed::render(&plan, &secrets, node)?)))
+        .map(|node| {
+            Ok((
+                node,
+                seed::render(&plan, &secrets, node, cluster_ca.as_deref())?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     for (node, seed) in seeds {
         let dir = match &args.out {

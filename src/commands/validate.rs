@@ -18,7 +18,7 @@ pub fn run(global: &Global, _args: &ValidateArgs) -> anyhow::Result<i32> {
         nodes.join(", ")
     );
     if plan.mode == crate::profile::Mode::Ha {
-        eprintln!("note: {}", crate::plan::HA_NOT_BUILT);
+        eprintln!("note: {}", crate::plan::HA_NOTE);
     }
     Ok(0)
 }

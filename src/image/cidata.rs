@@ -83,7 +83,7 @@ impl<'f> Window<'f> {
 
 impl Read for Window<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        let n = room(self.len, self.pos, buf.len());
         if n == 0 {
             return Ok(0);
         }
@@ -97,12 +97,9 @@ impl Read for Window<'_> {
 
 impl Write for Window<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        let n = room(self.len, self.pos, buf.len());
         if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "write past the end of the CIDATA partition",
-            ));
+            return Err(past_the_end());
         }
         let mut f = self.file;
         f.seek(SeekFrom::Start(self.start + self.pos))?;
@@ -114,6 +111,20 @@ impl Write for Window<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// How many of `want` bytes fit between `pos` and the end of a window of `len` bytes
+/// (`Window` and `Cached`).
+fn room(len: u64, pos: u64, want: usize) -> usize {
+    (want as u64).min(len.saturating_sub(pos)) as usize
+}
+
+/// What a write that does not fit in the window gets (`Window` and `Cached`).
+fn past_the_end() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::WriteZero,
+        "write past the end of the CIDATA partition",
+    )
 }
 
 /// A seek inside a window of `len` bytes whose position is `pos` (both disks below).
@@ -222,8 +233,10 @@ impl<'f> Cached<'f> {
     fn write_out(&mut self, b: &CachedBlock) -> io::Result<()> {
         if b.dirty {
             let mut f = self.file;
-            f.seek(SeekFrom::Start(self.start + b.index * CACHE_BLOCK))?;
+            let at = self.start + b.index * CACHE_BLOCK;
+            f.seek(SeekFrom::Start(at))?;
             f.write_all(&b.data)?;
+            crate::fsutil::start_writeback(self.file, at, CACHE_BLOCK);
             self.written.insert(b.index);
         }
         Ok(())
@@ -243,10 +256,7 @@ impl<'f> Cached<'f> {
 impl Read for Cached<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let (index, off) = (self.pos / CACHE_BLOCK, (self.pos % CACHE_BLOCK) as usize);
-        let n = buf
-            .len()
-            .min(self.len.saturating_sub(self.pos) as usize)
-            .min(CACHE_BLOCK as usize - off);
+        let n = room(self.len, self.pos, buf.len()).min(CACHE_BLOCK as usize - off);
         if n == 0 {
             return Ok(0);
         }
@@ -260,15 +270,9 @@ impl Read for Cached<'_> {
 impl Write for Cached<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let (index, off) = (self.pos / CACHE_BLOCK, (self.pos % CACHE_BLOCK) as usize);
-        let n = buf
-            .len()
-            .min(self.len.saturating_sub(self.pos) as usize)
-            .min(CACHE_BLOCK as usize - off);
+        let n = room(self.len, self.pos, buf.len()).min(CACHE_BLOCK as usize - off);
         if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "write past the end of the CIDATA partition",
-            ));
+            return Err(past_the_end());
         }
         let b = self.block(index)?;
         b.data[off..off + n].copy_from_slice(&buf[..n]);

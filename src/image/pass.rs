@@ -2,8 +2,9 @@
 //! its pin is still to be checked), patched for each image (a copy only where a patch
 //! falls), hashed as that image's head, and written to it, unless the image is a
 //! copy-on-write clone of the ISO, whose unchanged bytes are already there (its few
-//! patches are written at the end). Hashing runs on one thread per hash, fed through
-//! shared chunks from a small pool: memory stays flat whatever the ISO's size.
+//! patches are written at the end). Hashing runs on one thread per hash and writing on
+//! one thread per image, fed through shared chunks from a small pool: memory stays flat
+//! whatever the ISO's size, and the reads, writes and hashes overlap.
 use super::error::ImageError;
 use super::patch::Patch;
 use anyhow::{Context, Result};
@@ -59,6 +60,11 @@ impl Chunk {
 }
 
 /// Streams the first `iso_len` bytes of `iso` into every output, patched.
+///
+/// The work is spread over threads so that no one of them holds the others up: this
+/// one reads and patches; one thread per hash (the input's pin, each output's head);
+/// one writer per output that is not a clone. The chunks in flight are bounded by the
+/// pool, so a slow disk or a slow hash makes the reader wait, never memory grow.
 pub(super) fn copy(
     iso: &Path,
     iso_len: u64,
@@ -82,6 +88,26 @@ pub(super) fn copy(
                     h.update(chunk.bytes());
                 }
                 h
+            }));
+        }
+        let mut writes = Vec::with_capacity(outputs.len());
+        let mut writers = Vec::with_capacity(outputs.len());
+        for out in outputs {
+            if out.cloned {
+                writes.push(None);
+                continue;
+            }
+            let (tx, rx) = mpsc::channel::<(u64, Arc<Chunk>)>();
+            let file = out.file;
+            writes.push(Some(tx));
+            writers.push(s.spawn(move || -> Result<()> {
+                for (at, chunk) in rx {
+                    let mut f = file;
+                    f.write_all(chunk.bytes())
+                        .context("writing the image (is the disk full?)")?;
+                    crate::fsutil::start_writeback(file, at, chunk.len as u64);
+                }
+                Ok(())
             }));
         }
         let (give_back, take) = mpsc::channel::<Vec<u8>>();
@@ -110,7 +136,7 @@ pub(super) fn copy(
                 if hash_input {
                     let _ = feed.next().expect("one feed per hash").send(chunk.clone());
                 }
-                for (out, feed) in outputs.iter().zip(feed) {
+                for ((out, feed), write) in outputs.iter().zip(feed).zip(&writes) {
                     let mine = match patched(out.patches, at, chunk.bytes()) {
                         Some(copy) => Arc::new(Chunk {
                             len: copy.len(),
@@ -120,31 +146,39 @@ pub(super) fn copy(
                         None => chunk.clone(),
                     };
                     let _ = feed.send(mine.clone());
-                    if !out.cloned {
-                        let mut f = out.file;
-                        f.write_all(mine.bytes())
-                            .context("writing the image (is the disk full?)")?;
+                    if let Some(write) = write {
+                        // A writer only hangs up on an error, which it returns.
+                        write
+                            .send((at, mine))
+                            .map_err(|_| anyhow::anyhow!("the image writer stopped"))?;
                     }
                 }
                 on_bytes(len as u64);
                 at += len as u64;
             }
-            for out in outputs.iter().filter(|o| o.cloned) {
-                let mut f = out.file;
-                for p in out.patches {
-                    f.seek(SeekFrom::Start(p.at))?;
-                    f.write_all(&p.bytes).context("writing the image")?;
-                }
-            }
             Ok(())
         };
         let ran = run();
         drop(feeds);
+        drop(writes);
+        let wrote = writers
+            .into_iter()
+            .map(|t| t.join().expect("a writing thread does not panic"))
+            .collect::<Result<Vec<()>>>();
         let mut hashes: Vec<Sha256> = threads
             .into_iter()
             .map(|t| t.join().expect("a hashing thread does not panic"))
             .collect();
+        // The writer's own error (a full disk) says more than the reader's "stopped".
+        wrote?;
         ran?;
+        for out in outputs.iter().filter(|o| o.cloned) {
+            let mut f = out.file;
+            for p in out.patches {
+                f.seek(SeekFrom::Start(p.at))?;
+                f.write_all(&p.bytes).context("writing the image")?;
+            }
+        }
         let iso_sha256 = hash_input.then(|| hex::encode(hashes.remove(0).finalize()));
         Ok(Copied {
             iso_sha256,

@@ -4,7 +4,7 @@
 pub mod node;
 
 use crate::plan::{Address, NodeConnection, NodePlan, Plan, SshKeySource};
-use crate::profile::Role;
+use crate::profile::{Mode, Role};
 use crate::secrets::Secrets;
 use crate::templates;
 use anyhow::{Context, Result};
@@ -59,11 +59,17 @@ pub fn admin_public_key(plan: &Plan) -> Result<String> {
     }
 }
 
-/// Renders `node`'s seed. Pure: same plan and secrets, same bytes.
-pub fn render(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Seed> {
-    // The commands refuse first (before any secret is written); this guards the library.
-    plan.refuse_unbuilt_mode()?;
-    let discovery = node::setup(plan, secrets, node)
+/// Renders `node`'s seed. Pure: same plan, secrets and recorded CA, same bytes.
+/// `cluster_ca`: the cluster's CA hash the laptop recorded (`crate::cluster_ca`); an HA
+/// server's seed carries it, so the server joins only a member serving it and never
+/// starts a cluster of its own.
+pub fn render(
+    plan: &Plan,
+    secrets: &Secrets,
+    node: &NodePlan,
+    cluster_ca: Option<&str>,
+) -> Result<Seed> {
+    let discovery = node::setup(plan, secrets, node, cluster_ca)
         .with_context(|| format!("preparing discovery for {}", node.hostname))?;
     let public_key = admin_public_key(plan)?;
     let host_key = secrets.host_key(&node.hostname)?;
@@ -153,7 +159,9 @@ pub fn render(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<Seed> {
 }
 
 /// K3s's config.yaml for the node's role. The agent's holds no token and no server:
-/// the join service adds them once it has found and verified master1.
+/// the join service adds them once it has found and verified master1. An HA server's
+/// holds what every server shares but neither `cluster-init` nor `server`: its bootstrap
+/// service decides those by discovery (a drop-in).
 pub fn k3s_config(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<String> {
     let mut cfg = Mapping::new();
     let settings = match node.role {
@@ -206,6 +214,11 @@ fn first_boot(
         format!("INSTALL_K3S_VERSION={}", plan.k3s.version),
     ];
     match node.role {
+        // An HA server starts once its bootstrap service has decided how (join or init).
+        Role::Server if plan.mode == Mode::Ha => {
+            install.push("INSTALL_K3S_EXEC=server".into());
+            install.push("INSTALL_K3S_SKIP_START=true".into());
+        }
         Role::Server => install.push("INSTALL_K3S_EXEC=server".into()),
         // The agent may start only after the join service has written server and token.
         Role::Agent => {

@@ -8,9 +8,15 @@
 //! finds master1, writes the agent's server and token, and starts k3s-agent. Every node:
 //! `stage.sh` (first boot's steps, then a timer) announces its bring-up stage
 //! (`crate::bringup`) for `chocoimg watch`.
+//!
+//! `mode: ha` servers: K3s is installed but not started; `bootstrap.sh` (service + timer)
+//! decides by discovery whether the server joins a verified member or, the designated
+//! init server only, starts the cluster, writes that into a K3s drop-in and starts K3s.
+//! Each server announces once it is a voting etcd member, carries the cluster's CA hash
+//! when the laptop has recorded it, and has a fixed K3s node password.
 use crate::bringup::{Stage, MAX_REASON};
 use crate::plan::{NodePlan, Plan};
-use crate::profile::Role;
+use crate::profile::{Mode, Role};
 use crate::secrets::Secrets;
 use crate::templates;
 use anyhow::Result;
@@ -22,7 +28,18 @@ pub const AGENT_TOKEN_PATH: &str = "/etc/chocoimg/agent-token";
 /// The K3s config drop-in the join writes (K3s reads `config.yaml.d/*.yaml` after
 /// `config.yaml`).
 pub const JOIN_DROPIN_PATH: &str = "/etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml";
-/// K3s's node password on an agent (K3s reads it when present, else makes one).
+/// The K3s config drop-in an HA server's bootstrap writes (join a member, or cluster-init).
+pub const BOOTSTRAP_DROPIN_PATH: &str = "/etc/rancher/k3s/config.yaml.d/50-chocoimg-bootstrap.yaml";
+/// The WAL folder of a server's embedded etcd: K3s takes etcd as initialized once it
+/// exists (k3s pkg/etcd `IsInitialized`) and then ignores cluster-init and server, so the
+/// bootstrap has nothing to decide. Not `db/etcd` itself: K3s writes `db/etcd/name` at
+/// every start, a join that etcd refused included.
+pub const ETCD_WAL_DIR: &str = "/var/lib/rancher/k3s/server/db/etcd/member/wal";
+/// The cluster's CA hash as the laptop recorded it (`crate::cluster_ca`), on HA servers
+/// built after the laptop saw the cluster: they join only a member serving it and never
+/// start a cluster. Public (the hash is announced over mDNS anyway).
+pub const CLUSTER_CA_PATH: &str = "/etc/chocoimg/cluster-ca";
+/// K3s's node password (K3s reads it when present, else makes one).
 pub const NODE_PASSWORD_PATH: &str = "/etc/rancher/node/password";
 /// Where master1's announcement is written (Avahi reloads it on change).
 pub const SERVICE_FILE_PATH: &str = "/etc/avahi/services/chocoimg-k3s.service";
@@ -68,9 +85,18 @@ pub fn render(name: &str, ctx: minijinja::Value) -> Result<String> {
     templates::render(&format!("node/{name}"), ctx)
 }
 
-/// The discovery pieces for `node`, by role.
-pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetup> {
+/// The discovery pieces for `node`, by role. `cluster_ca`: the CA hash the laptop
+/// recorded for the cluster (used by `mode: ha` servers only).
+pub fn setup(
+    plan: &Plan,
+    secrets: &Secrets,
+    node: &NodePlan,
+    cluster_ca: Option<&str>,
+) -> Result<NodeSetup> {
     let stages: Vec<&str> = Stage::ALL.iter().map(|s| s.as_str()).collect();
+    let ha_server = plan.mode == Mode::Ha && node.role == Role::Server;
+    // The designated init server: the profile's first server, and only that one.
+    let init_server = ha_server && plan.server().hostname == node.hostname;
     let ctx = minijinja::context! {
         cluster => plan.cluster,
         node => node.hostname,
@@ -84,6 +110,14 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
         join_dropin => JOIN_DROPIN_PATH,
         service_file => SERVICE_FILE_PATH,
         stage_service_file => STAGE_SERVICE_FILE_PATH,
+        ha => plan.mode == Mode::Ha,
+        ha_server => ha_server,
+        // What an agent's join calls the server it finds: in `ha` any of them.
+        server_word => if plan.mode == Mode::Ha { "the server" } else { "master1" },
+        init_server => if init_server { "yes" } else { "" },
+        cluster_ca_path => CLUSTER_CA_PATH,
+        etcd_wal_dir => ETCD_WAL_DIR,
+        bootstrap_dropin => BOOTSTRAP_DROPIN_PATH,
     };
     let file = |path: String, permissions: &str, template: &str| -> Result<NodeFile> {
         Ok(NodeFile {
@@ -121,28 +155,67 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
         )?,
         file(BOOT_TMPFILES_PATH.into(), "0644", "chocoimg-boot.tmpfiles")?,
     ];
+    // K3s refuses a node whose password differs from the one it registered under that
+    // name: a fixed one lets a re-flashed node back in. An agent always; an HA server too
+    // (a re-flashed server rejoins the others' datastore). A single server's datastore is
+    // replaced by its reinstall, so it needs none.
+    if node.role == Role::Agent || ha_server {
+        files.push(NodeFile {
+            path: NODE_PASSWORD_PATH.into(),
+            permissions: "0600".into(),
+            content: format!(
+                "{}\n",
+                crate::proof::node_password(&secrets.server_token, &plan.cluster, &node.hostname)
+            ),
+        });
+    }
+    // nodo1's join and an HA server's bootstrap read announcements with this.
+    let judge = NodeFile {
+        path: format!("{LIB_DIR}/announcement.py"),
+        permissions: "0755".into(),
+        content: ANNOUNCEMENT_PY.into(),
+    };
     let units: &[&str] = match node.role {
-        Role::Server => {
+        Role::Server if ha_server => {
+            if let Some(ca) = cluster_ca {
+                files.push(NodeFile {
+                    path: CLUSTER_CA_PATH.into(),
+                    permissions: "0644".into(),
+                    content: format!("{ca}\n"),
+                });
+            }
             files.push(file(
-                format!("{LIB_DIR}/announce.sh"),
+                format!("{LIB_DIR}/bootstrap.sh"),
                 "0755",
-                "announce.sh",
+                "bootstrap.sh",
+            )?);
+            files.push(judge);
+            files.push(file(
+                "/etc/systemd/system/chocoimg-bootstrap.service".into(),
+                "0644",
+                "chocoimg-bootstrap.service",
             )?);
             files.push(file(
-                "/etc/systemd/system/chocoimg-announce.service".into(),
+                "/etc/systemd/system/chocoimg-bootstrap.timer".into(),
                 "0644",
+                "chocoimg-bootstrap.timer",
+            )?);
+            files.push(file(
+                "/etc/systemd/system/k3s.service.d/chocoimg-bootstrap.conf".into(),
+                "0644",
+                "k3s-server-dropin.conf",
+            )?);
+            files.extend(server_files(&file)?);
+            &[
+                "chocoimg-bootstrap.service",
+                "chocoimg-bootstrap.timer",
                 "chocoimg-announce.service",
-            )?);
-            files.push(file(
-                "/etc/systemd/system/chocoimg-announce.timer".into(),
-                "0644",
                 "chocoimg-announce.timer",
-            )?);
-            files.push(file(
-                "/etc/sudoers.d/chocoimg-kubeconfig".into(),
-                "0440",
-                "sudoers",
-            )?);
+                "chocoimg-stage.timer",
+            ]
+        }
+        Role::Server => {
+            files.extend(server_files(&file)?);
             &[
                 "chocoimg-announce.service",
                 "chocoimg-announce.timer",
@@ -150,25 +223,9 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
             ]
         }
         Role::Agent => {
-            files.push(NodeFile {
-                path: NODE_PASSWORD_PATH.into(),
-                permissions: "0600".into(),
-                content: format!(
-                    "{}\n",
-                    crate::proof::node_password(
-                        &secrets.server_token,
-                        &plan.cluster,
-                        &node.hostname
-                    )
-                ),
-            });
             files.push(file(format!("{LIB_DIR}/join.sh"), "0755", "join.sh")?);
             // Not a template: join.sh runs it from its own folder.
-            files.push(NodeFile {
-                path: format!("{LIB_DIR}/announcement.py"),
-                permissions: "0755".into(),
-                content: ANNOUNCEMENT_PY.into(),
-            });
+            files.push(judge);
             files.push(file(
                 "/etc/systemd/system/chocoimg-join.service".into(),
                 "0644",
@@ -213,6 +270,29 @@ pub fn setup(plan: &Plan, secrets: &Secrets, node: &NodePlan) -> Result<NodeSetu
         before_k3s,
         first_boot,
     })
+}
+
+/// Every server's announce service and timer, and the sudoers drop-in for
+/// `fetch-kubeconfig`.
+fn server_files(file: &dyn Fn(String, &str, &str) -> Result<NodeFile>) -> Result<Vec<NodeFile>> {
+    Ok(vec![
+        file(format!("{LIB_DIR}/announce.sh"), "0755", "announce.sh")?,
+        file(
+            "/etc/systemd/system/chocoimg-announce.service".into(),
+            "0644",
+            "chocoimg-announce.service",
+        )?,
+        file(
+            "/etc/systemd/system/chocoimg-announce.timer".into(),
+            "0644",
+            "chocoimg-announce.timer",
+        )?,
+        file(
+            "/etc/sudoers.d/chocoimg-kubeconfig".into(),
+            "0440",
+            "sudoers",
+        )?,
+    ])
 }
 
 #[cfg(test)]

@@ -28,7 +28,21 @@ until curl -ksSf --max-time 5 -o "$tmp/cacerts" "$K3S_URL/cacerts" 2>/dev/null; 
     sleep 2
     waited=$((waited + 2))
 done
-
+{% if ha_server %}
+# In an HA cluster a server announces only once etcd has it as a voting member: a
+# learner's API is not ready until etcd promotes it, and the next server must not join
+# before that (etcd takes one learner at a time). /readyz needs the admin certificate.
+TLS_DIR="${CHOCOIMG_K3S_TLS_DIR:-/var/lib/rancher/k3s/server/tls}"
+until curl -sSf --max-time 5 --cacert "$tmp/cacerts" --cert "$TLS_DIR/client-admin.crt" \
+    --key "$TLS_DIR/client-admin.key" -o /dev/null "$K3S_URL/readyz" 2>/dev/null; do
+    if [ "$waited" -ge "$WAIT_SECONDS" ]; then
+        log "K3s at $K3S_URL is not ready (not yet a voting etcd member?) within ${WAIT_SECONDS}s; not announcing yet (the timer retries)"
+        exit 1
+    fi
+    sleep 2
+    waited=$((waited + 2))
+done
+{% endif %}
 ca=$(sha256sum "$tmp/cacerts" | cut -d' ' -f1)
 proof=$(chocoimg_proof "$CLUSTER" "$ca" "$(cat "$TOKEN_FILE")")
 if ! is_sha256 "$proof"; then

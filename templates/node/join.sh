@@ -21,27 +21,7 @@ token=$(cat "$TOKEN_FILE")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# nodo1's reading of the answers, by the rule the laptop applies too (announcement.py).
-JUDGE="$(dirname "$0")/announcement.py"
-TAB=$(printf '\t')
-
-# Prints "ADDRESS CA" for every answer whose TXT is verified and whose address serves
-# that CA, and logs why the others are ignored.
-# avahi-browse -p lines: =;iface;proto;name;type;domain;host;address;port;"k=v" ...
-verified_answers() {
-    timeout 20 avahi-browse -rptk _k3s._tcp 2>"$tmp/browse.err" >"$tmp/browse" || true
-    # The agent token goes to python through the environment only (not its command line).
-    CHOCOIMG_HMAC_KEY="$token" /usr/bin/python3 "$JUDGE" "$CLUSTER" <"$tmp/browse" >"$tmp/judged"
-    while IFS="$TAB" read -r verdict address ca name why; do
-        if [ "$verdict" != verified ]; then
-            log "ignoring $name at $address: $why" >&2
-        elif why=$(/usr/bin/python3 "$JUDGE" prove "$address" "$ca"); then
-            printf '%s %s\n' "$address" "$ca"
-        else
-            log "ignoring $name at $address: its proof checks, but $why" >&2
-        fi
-    done <"$tmp/judged" | sort -u
-}
+{% include "browse.sh" %}
 
 # The IPv4 address of a name or address. K3s (a static binary) resolves names without
 # nss-mdns, so a `.local` name must become an address here; the timer follows changes.
@@ -81,7 +61,7 @@ choose() {
     pick=$(awk -v cur="$current" '$1 == cur' "$tmp/candidates" | head -n 1)
     [ -n "$pick" ] || pick=$(sort -t. -k1,1n -k2,2n -k3,3n -k4,4n "$tmp/candidates" | head -n 1)
     if [ "$(wc -l <"$tmp/candidates")" -gt 1 ]; then
-        log "master1 answers at $(cut -d' ' -f1 "$tmp/candidates" | tr '\n' ' ')with the same CA; using ${pick% *}" >&2
+        log "{% if ha %}servers answer{% else %}master1 answers{% endif %} at $(cut -d' ' -f1 "$tmp/candidates" | tr '\n' ' ')with the same CA; using ${pick% *}" >&2
     fi
     printf '%s\n' "$pick"
 }
@@ -120,13 +100,13 @@ else
             break
         fi
         if [ "$try" -ge "$TRIES" ]; then
-            log "no verified _k3s._tcp announcement of cluster $CLUSTER after $TRIES tries ($(head -c 200 "$tmp/browse.err")); is master1 up and on this LAN? The timer retries later"
+            log "no verified _k3s._tcp announcement of cluster $CLUSTER after $TRIES tries ($(head -c 200 "$tmp/browse.err")); is {{ server_word }} up and on this LAN? The timer retries later"
             exit 1
         fi
         try=$((try + 1))
         sleep "$PAUSE"
     done
-    log "found master1 of cluster $CLUSTER at $address (proof verified, ca $ca)"
+    log "found {{ server_word }} of cluster $CLUSTER at $address (proof verified, ca $ca)"
 fi
 
 # Secrets inside: private from the first byte.
@@ -140,9 +120,9 @@ YAML
 
 if cmp -s "$tmp/dropin" "$DROPIN"; then
     if $SYSTEMCTL is-active --quiet k3s-agent; then
-        log "master1 is still at $address; k3s-agent keeps running"
+        log "{{ server_word }} is still at $address; k3s-agent keeps running"
     else
-        log "master1 is at $address; starting k3s-agent"
+        log "{{ server_word }} is at $address; starting k3s-agent"
         $SYSTEMCTL start --no-block k3s-agent
     fi
     exit 0
@@ -151,9 +131,9 @@ fi
 cp "$tmp/dropin" "$DROPIN.tmp"
 mv "$DROPIN.tmp" "$DROPIN"
 if [ -n "$current" ]; then
-    log "master1 moved from $current to $address; restarting k3s-agent"
+    log "{{ server_word }} moved from $current to $address; restarting k3s-agent"
 else
-    log "joining master1 at $address; starting k3s-agent"
+    log "joining {{ server_word }} at $address; starting k3s-agent"
 fi
 # Restart, not start, even when k3s-agent is not "active": an agent still starting never
 # gets there while its old server address is gone, and a start would leave it there.

@@ -23,7 +23,9 @@ DROPIN="${CHOCOIMG_K3S_CONFIG_DIR:-/etc/rancher/k3s/config.yaml.d}/50-chocoimg-j
 SYSTEMCTL="${CHOCOIMG_SYSTEMCTL:-systemctl}"
 K3S="${CHOCOIMG_K3S:-/usr/local/bin/k3s}"
 NO_SERVER_MINUTES="${CHOCOIMG_NO_SERVER_MINUTES:-15}"
-SERVICE_FILE="$SERVICES_DIR/chocoimg-node.service"
+{% if ha_server %}ETCD_WAL_DIR="${CHOCOIMG_ETCD_WAL_DIR:-{{ etcd_wal_dir }}}"
+BOOTSTRAP_DROPIN="${CHOCOIMG_K3S_CONFIG_DIR:-/etc/rancher/k3s/config.yaml.d}/50-chocoimg-bootstrap.yaml"
+{% endif %}SERVICE_FILE="$SERVICES_DIR/chocoimg-node.service"
 STATE_FILE="$STATE_DIR/stage"
 
 {% include "lib.sh" %}
@@ -103,7 +105,19 @@ node_ready() {
     [ "$ready" = True ]
 }
 
-# The stage, worked out from K3s. $1 = "installed" right after the install script.
+{% if ha_server %}# An HA server's bootstrap, when it says more than K3s does: no decision yet (waiting for
+# a verified member), or joining a member until this node is Ready. False otherwise.
+bootstrap_stage() {
+    if [ ! -d "$ETCD_WAL_DIR" ] && [ ! -f "$BOOTSTRAP_DROPIN" ]; then
+        announce waiting-for-server ""
+    elif grep -q '^server:' "$BOOTSTRAP_DROPIN" 2>/dev/null && ! node_ready; then
+        announce joining ""
+    else
+        return 1
+    fi
+}
+
+{% endif %}# The stage, worked out from K3s. $1 = "installed" right after the install script.
 observe() {
     case $stage in
     first-boot | installing-k3s)
@@ -116,7 +130,9 @@ observe() {
     esac
     if [ ! -f "$UNITS_DIR/$UNIT.service" ]; then
         announce failed "K3s install failed: no $UNIT.service"
-    elif [ "$ROLE" = server ]; then
+{% if ha_server %}    elif [ "$ROLE" = server ] && bootstrap_stage; then
+        :
+{% endif %}    elif [ "$ROLE" = server ]; then
         if unit_failing; then
             announce failed "K3s unit $UNIT.service failed"
         elif node_ready; then

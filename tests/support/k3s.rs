@@ -21,6 +21,30 @@ pub struct Cluster {
 impl Cluster {
     /// A two-node profile named `name`; `server_address` pins nodo1's server.
     pub fn new(name: &str, user: &str, server_address: Option<&str>) -> Cluster {
+        let fixed = server_address
+            .map(|a| format!("    server_address: {a}\n"))
+            .unwrap_or_default();
+        Cluster::with_nodes(
+            name,
+            user,
+            "",
+            &format!("  - hostname: master1\n    role: server\n  - hostname: nodo1\n    role: agent\n{fixed}"),
+        )
+    }
+
+    /// An HA profile named `name`: master1-3 (embedded etcd) and nodo1.
+    pub fn ha(name: &str, user: &str) -> Cluster {
+        Cluster::with_nodes(
+            name,
+            user,
+            "  mode: ha\n  datastore: etcd\n",
+            "  - hostname: master1\n    role: server\n  - hostname: master2\n    role: server\n  - hostname: master3\n    role: server\n  - hostname: nodo1\n    role: agent\n",
+        )
+    }
+
+    /// A profile named `name` with `cluster_extra` under `cluster:` and `nodes` (YAML list
+    /// items) under `nodes:`.
+    fn with_nodes(name: &str, user: &str, cluster_extra: &str, nodes: &str) -> Cluster {
         super::require_tool("ssh-keygen");
         let dir = tempfile::tempdir().unwrap();
         let ssh_key = dir.path().join("id_ed25519");
@@ -30,14 +54,11 @@ impl Cluster {
             .status()
             .unwrap();
         assert!(st.success());
-        let fixed = server_address
-            .map(|a| format!("    server_address: {a}\n"))
-            .unwrap_or_default();
         let profile = dir.path().join("profile.yaml");
         std::fs::write(
             &profile,
             format!(
-                "cluster:\n  name: {name}\nssh:\n  user: {user}\n  public_key: {}.pub\nnodes:\n  - hostname: master1\n    role: server\n  - hostname: nodo1\n    role: agent\n{fixed}",
+                "cluster:\n  name: {name}\n{cluster_extra}ssh:\n  user: {user}\n  public_key: {}.pub\nnodes:\n{nodes}",
                 ssh_key.display()
             ),
         )
@@ -46,10 +67,10 @@ impl Cluster {
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
         let plan = chocoimg::plan::load(&profile, &out_root).expect("test profile is valid");
-        let secrets =
-            chocoimg::secrets::load_or_create(&plan.secrets_path(), &["master1", "nodo1"])
-                .unwrap()
-                .secrets;
+        let names: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
+        let secrets = chocoimg::secrets::load_or_create(&plan.secrets_path(), &names)
+            .unwrap()
+            .secrets;
         Cluster {
             dir,
             profile,
@@ -80,14 +101,40 @@ impl Cluster {
     /// Renders `node`'s discovery files into `root` (paths kept below it) and returns
     /// the setup.
     pub fn node_setup(&self, node: &str) -> chocoimg::seed::node::NodeSetup {
-        chocoimg::seed::node::setup(&self.plan, &self.secrets, self.plan.node(node).unwrap())
+        self.node_setup_with_ca(node, None)
+    }
+
+    /// `node_setup`, for a seed built after the laptop recorded the cluster's CA `ca`.
+    pub fn node_setup_with_ca(
+        &self,
+        node: &str,
+        ca: Option<&str>,
+    ) -> chocoimg::seed::node::NodeSetup {
+        chocoimg::seed::node::setup(&self.plan, &self.secrets, self.plan.node(node).unwrap(), ca)
             .unwrap()
     }
 
     /// Writes `node`'s files under `root` and returns `root`.
     pub fn install_node_files(&self, node: &str, root: &Path) -> PathBuf {
+        self.install_node_files_with_ca(node, root, None)
+    }
+
+    /// `install_node_files` for a seed carrying the recorded CA `ca`, with K3s's own
+    /// config.yaml too.
+    pub fn install_node_files_with_ca(&self, node: &str, root: &Path, ca: Option<&str>) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
-        for f in self.node_setup(node).files {
+        let config = chocoimg::seed::node::NodeFile {
+            path: chocoimg::seed::K3S_CONFIG.into(),
+            permissions: "0600".into(),
+            content: chocoimg::seed::k3s_config(
+                &self.plan,
+                &self.secrets,
+                self.plan.node(node).unwrap(),
+            )
+            .unwrap(),
+        };
+        let files = self.node_setup_with_ca(node, ca).files;
+        for f in files.into_iter().chain(std::iter::once(config)) {
             let p = root.join(f.path.trim_start_matches('/'));
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, &f.content).unwrap();

@@ -4,11 +4,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod ha;
 pub mod http;
 pub mod installed;
 pub mod k3s;
 pub mod loopdev;
 pub mod netns;
+pub mod qemu;
 pub mod workspace;
 
 /// The `chocoimg` binary under test.

@@ -19,7 +19,10 @@ pub const USER_DATA_BEGIN: &str = "REPLICA-USER-DATA-BEGIN";
 pub const USER_DATA_END: &str = "REPLICA-USER-DATA-END";
 pub const DONE_MARK: &str = "REPLICA-DONE";
 
-const INIT: &str = r#"#!/bin/busybox sh
+/// The start of every busybox /init of the tests: busybox's tools on PATH, the kernel's
+/// filesystems, all output to the serial port, the kernel's own messages quiet, and the
+/// modules `write_initramfs_with` packs loaded in modules.load's order.
+const INIT_PREAMBLE: &str = r#"#!/bin/busybox sh
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 /bin/busybox --install -s
 mount -t devtmpfs devtmpfs /dev
@@ -27,9 +30,18 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 exec >/dev/ttyS0 2>&1 </dev/null
 echo 1 >/proc/sys/kernel/printk
-echo ""
-echo "REPLICA-CMDLINE: $(cat /proc/cmdline)"
 while read -r m; do insmod "/modules/$m" 2>/dev/null; done </modules.load
+"#;
+
+/// A busybox /init: the preamble, then `body`.
+pub fn busybox_init(body: &str) -> String {
+    format!("{INIT_PREAMBLE}{body}")
+}
+
+/// The replica's /init after the preamble: print the command line, read CIDATA's
+/// user-data, power off.
+const REPLICA_INIT: &str = r#"echo ""
+echo "REPLICA-CMDLINE: $(cat /proc/cmdline)"
 dev=""
 i=0
 while [ $i -lt 120 ]; do
@@ -47,6 +59,8 @@ fi
 echo "REPLICA-DONE"
 poweroff -f
 "#;
+
+static INIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| busybox_init(REPLICA_INIT));
 
 /// Which replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +123,7 @@ pub fn kernel() -> PathBuf {
 
 /// Writes the busybox initramfs (gzip'd newc cpio) for `kernel_dir`'s modules.
 pub fn write_initramfs(kernel_dir: &Path, out: &Path) {
-    write_initramfs_with(kernel_dir, out, INIT, &[]);
+    write_initramfs_with(kernel_dir, out, &INIT, &[]);
 }
 
 /// A busybox initramfs with `init` as /init, `kernel_dir`'s modules, and `extra` files
@@ -246,7 +260,7 @@ pub fn replica_padded(variant: Variant, pad_mib: u32) -> PathBuf {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         h.update(std::fs::read(script("make-replica.sh")).unwrap());
-        h.update(INIT);
+        h.update(INIT.as_bytes());
         h.update(std::fs::read(kdir.join("modules.load")).unwrap());
         h.update(std::fs::read(kdir.join("kernel-version")).unwrap());
         hex::encode(h.finalize())[..12].to_string()

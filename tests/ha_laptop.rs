@@ -1,0 +1,287 @@
+//! Issue 11, the laptop's side of an HA cluster: `discover` lists every server and
+//! records the cluster's CA; servers serving another CA are reported as a split brain;
+//! `fetch-kubeconfig` reads the kubeconfig from any verified server. Three servers, each
+//! in its own network namespace with Avahi, the rendered announce.sh, the K3s TLS
+//! stand-in (no real K3s can run here) and a real sshd.
+use crate::cluster::{ca_of, private_file, start_master, start_sshd, Master};
+use crate::hostile_lan::{laptop_run, second_server, text};
+use crate::support::k3s::{pki, Cluster, Pki};
+use crate::support::netns::Lan;
+use crate::support::require_tool;
+use std::path::Path;
+use std::time::Duration;
+
+/// The HA profile (master1-3, nodo1) written over `c`'s, and the secrets given host keys
+/// for master2 and master3 (tokens unchanged, so the node files rendered from `c`'s plan
+/// announce for this cluster).
+pub(crate) fn make_ha(c: &mut Cluster) {
+    std::fs::write(
+        &c.profile,
+        format!(
+            "cluster:\n  name: {}\n  mode: ha\n  datastore: etcd\nssh:\n  user: {}\n  public_key: {}.pub\nnodes:\n  - hostname: master1\n    role: server\n  - hostname: master2\n    role: server\n  - hostname: master3\n    role: server\n  - hostname: nodo1\n    role: agent\n",
+            c.plan.cluster,
+            c.plan.ssh.user,
+            c.ssh_key.display()
+        ),
+    )
+    .unwrap();
+    c.secrets = chocoimg::secrets::load_or_create(
+        &c.plan.secrets_path(),
+        &["master1", "master2", "master3", "nodo1"],
+    )
+    .unwrap()
+    .secrets;
+}
+
+fn same_pki(p: &Pki) -> Pki {
+    Pki {
+        ca: p.ca.clone(),
+        server_cert: p.server_cert.clone(),
+        server_key: p.server_key.clone(),
+        client_cert: p.client_cert.clone(),
+        client_key: p.client_key.clone(),
+    }
+}
+
+/// A server named `name` serving master1's CA (its own TLS certificate from it).
+fn member(c: &Cluster, lan: &mut Lan, m1: &Master, name: &str) -> Master {
+    let p = same_pki(&m1.pki);
+    second_server(c, lan, name, |h| {
+        let (cert, key) = p.another_server_cert(&h.dir.join("pki"), &h.ip.to_string());
+        (p, cert, key)
+    })
+}
+
+/// A server named `name` of this cluster (valid proof) serving a CA of its own, `cn`.
+fn own_ca_server(c: &Cluster, lan: &mut Lan, name: &str, cn: &str) -> Master {
+    second_server(c, lan, name, |h| {
+        let p = pki(&h.dir.join("pki"), cn, &[&format!("IP:{}", h.ip)]);
+        let (cert, key) = (p.server_cert.clone(), p.server_key.clone());
+        (p, cert, key)
+    })
+}
+
+fn record_path(c: &Cluster) -> std::path::PathBuf {
+    c.plan.out_dir.join("cluster-ca.sha256")
+}
+
+#[test]
+fn discover_lists_every_server_records_the_ca_and_reports_a_split_brain() {
+    let mut c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let m1 = start_master(&c, &mut lan);
+    let _m2 = member(&c, &mut lan, &m1, "master2");
+    let _m3 = member(&c, &mut lan, &m1, "master3");
+    make_ha(&mut c);
+    let ca = ca_of(&m1.cacerts);
+    std::thread::sleep(Duration::from_millis(1500));
+    let laptop = lan.add_host("laptop");
+    let record = record_path(&c);
+
+    // First sight: all three listed, verified; the CA recorded once, 0600.
+    let out = laptop_run(&c, &lan, &laptop, &["discover", "--json", "--timeout", "4"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (name, ip) in [
+        ("master1", "10.99.0.1"),
+        ("master2", "10.99.0.2"),
+        ("master3", "10.99.0.3"),
+    ] {
+        let s = found
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["instance"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {found:#}"));
+        assert_eq!(s["verdict"], "verified", "{s:#}");
+        assert_eq!(s["proven"], serde_json::json!([ip]), "{s:#}");
+        assert_eq!(s["ca"], ca.as_str());
+    }
+    assert!(
+        log.contains("3 of 3 servers verified with the cluster's CA: master1 (10.99.0.1), master2 (10.99.0.2), master3 (10.99.0.3)"),
+        "{log}"
+    );
+    assert!(!log.contains("another responder took the name"), "{log}");
+    assert!(!log.contains("answers with the same CA"), "{log}");
+    assert_eq!(log.matches("recorded the cluster's CA").count(), 1, "{log}");
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), format!("{ca}\n"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&record).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Seen again: nothing new to say, the recorded CA marked in the table.
+    let out = laptop_run(&c, &lan, &laptop, &["discover", "--timeout", "4"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(!log.contains("recorded the cluster's CA"), "{log}");
+    assert_eq!(
+        log.matches(&format!("{} (recorded)", &ca[..12])).count(),
+        3,
+        "{log}"
+    );
+
+    // A server of the cluster (valid proof) serving another CA: a split brain, said
+    // loudly, listed with its CA, exit 1; the record stays.
+    let stale = own_ca_server(&c, &mut lan, "master3-stale", "k3s-server-ca-second");
+    let other = ca_of(&stale.cacerts);
+    std::thread::sleep(Duration::from_millis(1500));
+    for json in [false, true] {
+        let args: &[&str] = if json {
+            &["discover", "--json", "--timeout", "4"]
+        } else {
+            &["discover", "--timeout", "4"]
+        };
+        let out = laptop_run(&c, &lan, &laptop, args);
+        let log = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{log}");
+        assert!(
+            log.contains("serve ANOTHER CA than the recorded one"),
+            "{log}"
+        );
+        assert!(log.contains("split brain"), "{log}");
+        assert!(
+            log.contains(&format!("CA sha256 {other}: 10.99.0.5 (master3-stale)")),
+            "{log}"
+        );
+        if json {
+            let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let by = |n: &str| {
+                found
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["instance"] == n)
+                    .unwrap()
+                    .clone()
+            };
+            assert_eq!(by("master3-stale")["ca_recorded"], false, "{found:#}");
+            assert_eq!(by("master2")["ca_recorded"], true, "{found:#}");
+        } else {
+            assert!(log.contains("NOT the recorded CA"), "{log}");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), format!("{ca}\n"));
+
+    // Only the other CA answers while this one is recorded: another cluster, refused
+    // (exit 2) with the way out; the record is never replaced.
+    std::fs::write(&record, format!("{}\n", "a".repeat(64))).unwrap();
+    let out = laptop_run(&c, &lan, &laptop, &["discover", "--timeout", "4"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "two CAs, none recorded: {log}");
+    assert!(log.contains("None is the recorded CA"), "{log}");
+    drop(stale);
+    drop(_m2);
+    drop(_m3);
+    drop(m1);
+    let solo = own_ca_server(&c, &mut lan, "rebuilt", "k3s-server-ca-third");
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = laptop_run(&c, &lan, &laptop, &["discover", "--timeout", "4"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains(&ca_of(&solo.cacerts)), "{log}");
+    assert!(log.contains("--new-cluster"), "{log}");
+    assert!(log.contains("second cluster"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap(),
+        format!("{}\n", "a".repeat(64))
+    );
+}
+
+#[test]
+fn fetch_kubeconfig_reads_from_any_verified_server() {
+    require_tool("ssh");
+    let mut c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let m1 = start_master(&c, &mut lan);
+    let m2 = member(&c, &mut lan, &m1, "master2");
+    let m3 = member(&c, &mut lan, &m1, "master3");
+    make_ha(&mut c);
+    let ca = ca_of(&m1.cacerts);
+    // master1 runs no sshd (its SSH is down); master2 and master3 serve the kubeconfig.
+    for m in [&m2, &m3] {
+        let name = m.host.name.clone();
+        let k3s_yaml = m.host.dir.join("k3s.yaml");
+        private_file(&k3s_yaml, &m1.pki.k3s_kubeconfig());
+        start_sshd(
+            &c,
+            &lan,
+            &m.host,
+            22,
+            &c.secrets.host_keys[&name].private,
+            &k3s_yaml,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let laptop = lan.add_host("laptop");
+    let kube = c.dir.path().join("kubeconfig");
+    let server_of = |p: &Path| -> String {
+        let doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        doc["clusters"][0]["cluster"]["server"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let fetch = |extra: &[&str]| {
+        let mut args = vec!["fetch-kubeconfig", "--output", kube.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = laptop_run(&c, &lan, &laptop, &args);
+        (out.status.code(), text(&out))
+    };
+
+    // Discovered: master1 first, its SSH refuses, master2 serves it; the URL names master2.
+    let (code, log) = fetch(&["--timeout", "5"]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("not used: master1 at 10.99.0.1"), "{log}");
+    assert!(log.contains("master2 at 10.99.0.2 (announced"), "{log}");
+    assert_eq!(server_of(&kube), "https://10.99.0.2:6443");
+    assert!(log.contains("recorded the cluster's CA"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(record_path(&c)).unwrap(),
+        format!("{ca}\n")
+    );
+
+    // --server in HA: any server's pinned host key is accepted; the URL names it.
+    let (code, log) = fetch(&["--server", "10.99.0.3"]);
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(server_of(&kube), "https://10.99.0.3:6443");
+    assert!(!log.contains("recorded the cluster's CA"), "{log}");
+
+    // A machine with no server's host key at a server's address: refused, named.
+    let impostor_key = c.dir.path().join("impostor");
+    crate::support::ok(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&impostor_key),
+    );
+    start_sshd(
+        &c,
+        &lan,
+        &m3.host,
+        2222,
+        &std::fs::read_to_string(&impostor_key).unwrap(),
+        &m3.host.dir.join("k3s.yaml"),
+    );
+    let before = std::fs::read(&kube).unwrap();
+    let (code, log) = fetch(&["--server", "10.99.0.3", "--ssh-port", "2222"]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("is not the key of any server (master1, master2, master3)"),
+        "{log}"
+    );
+    assert_eq!(std::fs::read(&kube).unwrap(), before, "nothing written");
+
+    // Another CA recorded (the cluster was wiped and rebuilt, or a second one): refused
+    // before anything is written, the way out named.
+    std::fs::write(record_path(&c), format!("{}\n", "b".repeat(64))).unwrap();
+    let (code, log) = fetch(&["--timeout", "5"]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("--new-cluster"), "{log}");
+    assert_eq!(std::fs::read(&kube).unwrap(), before, "nothing written");
+    let (code, log) = fetch(&["--server", "10.99.0.2"]);
+    assert_eq!(code, Some(2), "{log}");
+    assert_eq!(std::fs::read(&kube).unwrap(), before, "nothing written");
+}
