@@ -114,16 +114,9 @@ fi
 # TARGET=vm: the guest's /init. It finds the USB disk, then runs the pairs; each run
 # prints "BENCH-RUN dd read ddsha flash write verify" (seconds, from /proc/uptime).
 guest_init() {
+  # The tests' start: busybox, /dev /proc /sys, output to the serial port, the modules.
+  cat tests/fixtures/replica/init-preamble.sh
   cat <<GUEST
-#!/bin/busybox sh
-export PATH=/sbin:/usr/sbin:/bin:/usr/bin
-/bin/busybox --install -s
-mount -t devtmpfs devtmpfs /dev
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-exec >/dev/ttyS0 2>&1 </dev/null
-echo 1 >/proc/sys/kernel/printk
-while read -r m; do insmod "/modules/\$m" 2>/dev/null; done </modules.load
 stick=""; i=0
 while [ -z "\$stick" ] && [ \$i -lt 240 ]; do
   for d in /sys/block/sd*; do
