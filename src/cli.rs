@@ -53,20 +53,26 @@ pub enum Command {
     Build(BuildArgs),
     /// Show what an image holds: cluster, node, role, K3s version, Ubuntu release.
     Inspect(InspectArgs),
-    /// Find this cluster's server on the LAN over mDNS and check its proof.
+    /// Find this cluster's servers on the LAN over mDNS and check their proofs.
     ///
-    /// Lists every `_k3s._tcp` server heard, marked verified (its proof checks with this
-    /// cluster's secrets), foreign cluster, or forged. Exit 0 when a verified server
-    /// answered, 4 when none did.
+    /// Lists every `_k3s._tcp` server heard (all three in `mode: ha`), marked verified
+    /// (its proof checks with this cluster's secrets and an address holds its CA), foreign
+    /// cluster, or forged, with its CA. The first time, records the cluster's CA beside the
+    /// secrets (out/<cluster>/cluster-ca.sha256): later builds of servers join it, never
+    /// start a new cluster. Exit 0 when verified servers answered, 4 when none did, 1 when
+    /// servers with different CAs answered (split brain), 2 when the only CA is not the
+    /// recorded one.
     Discover(DiscoverArgs),
-    /// Fetch master1's admin kubeconfig over SSH, verify it, and merge it for kubectl.
+    /// Fetch a server's admin kubeconfig over SSH, verify it, and merge it for kubectl.
     ///
     /// Finds master1 (or takes --server), checks its /cacerts against the announced hash,
     /// logs in with SSH pinning the host key from the cluster's secrets, checks the
     /// kubeconfig's CA, points it at master1's address and names it after the cluster,
     /// then merges it into kubectl's kubeconfig as kubectl would (the file of $KUBECONFIG
     /// that defines the context, else its first existing file, else ~/.kube/config; 0600,
-    /// with a backup, other entries kept). Re-run it when master1's address changes.
+    /// with a backup, other entries kept). Re-run it when master1's address changes. In
+    /// `mode: ha` it tries the verified servers in profile order until one serves it, and
+    /// points the kubeconfig at that one. Records the cluster's CA as `discover` does.
     /// Exit 0 written, 4 master1 not found, 1 a check failed (nothing written).
     FetchKubeconfig(FetchKubeconfigArgs),
     /// Report the cluster (ready/degraded/unavailable) and each node from the K3s API.
@@ -137,6 +143,12 @@ pub struct RenderArgs {
     /// [default: out/<cluster>/<node>/seed/]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Start a new cluster: forget the CA this laptop recorded from the running cluster
+    /// (out/<cluster>/cluster-ca.sha256) so the servers built now may start a cluster
+    /// again. Only after wiping every server of the old one: a server built without the
+    /// record, while old servers are off, starts a second cluster beside them
+    #[arg(long)]
+    pub new_cluster: bool,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +164,12 @@ pub struct BuildArgs {
     /// Replace an existing image of the same node
     #[arg(long)]
     pub force: bool,
+    /// Start a new cluster: forget the CA this laptop recorded from the running cluster
+    /// (out/<cluster>/cluster-ca.sha256) so the servers built now may start a cluster
+    /// again. Only after wiping every server of the old one: a server built without the
+    /// record, while old servers are off, starts a second cluster beside them
+    #[arg(long)]
+    pub new_cluster: bool,
     /// Accept artifacts whose hashes differ from the lock file and record the new ones
     /// (review the lock file's diff before committing it)
     #[arg(long)]

@@ -285,3 +285,125 @@ fn fetch_kubeconfig_reads_from_any_verified_server() {
     assert_eq!(code, Some(2), "{log}");
     assert_eq!(std::fs::read(&kube).unwrap(), before, "nothing written");
 }
+
+/// `--new-cluster` forgets the recorded CA so the servers built now may start a cluster:
+/// without it an HA server's seed carries the record (/etc/chocoimg/cluster-ca); with it
+/// the seed carries none and the record is gone, said once. A build refused before its
+/// second phase (a missing --iso) keeps the record: nothing half-done.
+#[test]
+fn new_cluster_forgets_the_recorded_ca_and_only_then() {
+    let ws = crate::support::workspace::Workspace::with_profile(&crate::profile::ha_profile());
+    ws.ok(&["render", "--node", "nodo1"]);
+    let record = ws.out().join("chocolandiadc-ha").join("cluster-ca.sha256");
+    let ca = "c".repeat(64);
+    std::fs::write(&record, format!("{ca}\n")).unwrap();
+    let dir = ws.path().join("seeds");
+    let render = |extra: &[&str]| {
+        let mut args = vec![
+            "render",
+            "--node",
+            "master1",
+            "--out",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = ws.ok(&args);
+        let user_data = std::fs::read_to_string(dir.join("master1/user-data")).unwrap();
+        (String::from_utf8_lossy(&out.stderr).into_owned(), user_data)
+    };
+    let (err, user_data) = render(&[]);
+    assert!(user_data.contains("/etc/chocoimg/cluster-ca"), "{err}");
+    assert!(user_data.contains(&ca), "the seed carries the recorded CA");
+    assert!(!err.contains("no CA recorded"), "{err}");
+    assert!(record.exists());
+
+    let out = ws.run(&[
+        "build",
+        "--node",
+        "master1",
+        "--new-cluster",
+        "--iso",
+        "/nonexistent/ubuntu.iso",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), format!("{ca}\n"));
+
+    let (err, user_data) = render(&["--new-cluster"]);
+    assert!(
+        !user_data.contains(&ca),
+        "a new cluster's seed carries no CA"
+    );
+    assert!(!record.exists());
+    assert_eq!(err.matches("forgot the recorded CA").count(), 1, "{err}");
+    assert!(err.contains("wiped and re-flashed"), "{err}");
+    // Nothing left to forget: nothing said.
+    let (err, _) = render(&["--new-cluster"]);
+    assert!(!err.contains("forgot"), "{err}");
+
+    for cmd in ["build", "render"] {
+        let help = ws.ok(&[cmd, "--help"]);
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(help.contains("--new-cluster"), "{help}");
+        assert!(help.contains("Only after wiping every server"), "{help}");
+    }
+}
+
+/// The loop closed on the real node scripts: three servers bootstrap themselves (the K3s
+/// HA stand-in: no real K3s can run here); `discover` lists all three, verified, and
+/// records the CA they serve; master1 re-flashed from a seed carrying that record while
+/// master2 and master3 are off waits for a member serving it and never starts a cluster.
+#[test]
+fn discover_records_a_bootstrapped_clusters_ca_and_a_reflash_carries_it() {
+    use crate::support::ha::{events, wait_announced, Node};
+    let c = Cluster::ha("chocoha", "chocoha");
+    let mut lan = Lan::new();
+    let journal = lan.dir.path().join("journal");
+    let mut servers: Vec<Node> = ["master1", "master2", "master3"]
+        .iter()
+        .map(|n| Node::add(&c, &mut lan, n, None, &journal))
+        .collect();
+    for s in &mut servers {
+        s.start(&lan, &["bootstrap.sh", "announce.sh"]);
+    }
+    for s in &servers {
+        wait_announced(s);
+    }
+    let ca = servers[0].ca().unwrap();
+    let laptop = lan.add_host("laptop");
+    let out = laptop_run(&c, &lan, &laptop, &["discover", "--json", "--timeout", "4"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in &servers {
+        let name = s.host.name.as_str();
+        let a = found
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["instance"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {found:#}"));
+        assert_eq!(a["verdict"], "verified", "{a:#}");
+        assert_eq!(a["proven"], serde_json::json!([s.host.ip.to_string()]));
+        assert_eq!(a["ca"], ca.as_str());
+    }
+    assert!(log.contains("3 of 3 servers verified"), "{log}");
+    let recorded = chocoimg::cluster_ca::load(&c.plan).unwrap();
+    assert_eq!(recorded.as_deref(), Some(ca.as_str()));
+
+    servers[1].stop();
+    servers[2].stop();
+    servers[0].reflash(&c, recorded.as_deref(), &journal);
+    let out = servers[0].script(&lan, "bootstrap.sh").output().unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("serving the recorded CA {ca}"))
+            && log.contains("never starts a new cluster"),
+        "{log}"
+    );
+    let inits = events(&journal)
+        .iter()
+        .filter(|(_, e)| e.starts_with("cluster-init"))
+        .count();
+    assert_eq!(inits, 1);
+}
