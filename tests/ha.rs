@@ -224,6 +224,23 @@ fn a_reflashed_first_server_rejoins_and_never_starts_a_second_cluster() {
             .any(|(n, e)| n == "master1" && e.starts_with("joined 10.99.0.2 ")),
         "master1 joins the lowest member address: {ev:?}"
     );
+    // The member list outlived master1's disk: every server holds all three, voting
+    // (replicated asynchronously: wait for it).
+    let list_of = |s: &Node| -> serde_json::Value {
+        let path = s.under("/var/lib/rancher/k3s/server/db/etcd/member/members.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    for s in &servers {
+        crate::support::netns::wait_for(
+            std::time::Duration::from_secs(30),
+            || {
+                let list = list_of(s);
+                let members = list["members"].as_object().unwrap();
+                members.keys().eq(SERVERS.iter()) && members.values().all(|m| m["learner"] == false)
+            },
+            &format!("{}'s member list to hold all three, voting", s.host.name),
+        );
+    }
 }
 
 /// (d) A forged announcement (a proof made without the agent token) and a replayed one
