@@ -506,9 +506,9 @@ pub fn nothing_found_hint(cluster: &str, timeout: Duration, heard: &[Server]) ->
          - this computer is on a different LAN or Wi-Fi network than the nodes (guest network, VPN);\n\
          - the Wi-Fi isolates clients from each other (client/AP isolation), which blocks mDNS;\n\
          - macOS: the terminal lacks Local Network permission (System Settings > Privacy & Security > Local Network: allow your terminal app, then retry);\n\
-         - master1 is still installing (the install and K3s's first start take 10-20 minutes) or is off;\n\
-         - the secrets in out/<cluster>/secrets.yaml are not the ones master1's image was built with.\n\
-         If you know master1's address, `chocoimg fetch-kubeconfig --server ADDRESS` skips discovery.",
+         - the server (in `mode: ha` every server) is still installing (the install and K3s's first start take 10-20 minutes) or is off;\n\
+         - the secrets in out/<cluster>/secrets.yaml are not the ones the servers' images were built with.\n\
+         If you know a server's address, `chocoimg fetch-kubeconfig --server ADDRESS` skips discovery.",
     );
     s
 }
