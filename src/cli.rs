@@ -193,7 +193,8 @@ pub struct DiscoverArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
-    /// Stop at the first verified server instead of listening for the whole timeout
+    /// Stop at the first verified server instead of listening for the whole timeout (with
+    /// several servers, the others may not be listed yet)
     #[arg(long)]
     pub first: bool,
 }

@@ -90,11 +90,14 @@ pub fn mark_recorded(servers: &mut [Server], recorded: Option<&str>) {
     }
 }
 
-/// How long to browse, and whether to stop at the first round with a usable server.
+/// How long to browse, and whether to stop early.
 #[derive(Debug, Clone, Copy)]
 pub struct Browse {
     pub timeout: Duration,
-    pub stop_at_first_verified: bool,
+    /// Stop at the end of the first round in which this many servers (by name) proved an
+    /// address: 1 for the first one; every server of an HA cluster for `fetch`, which
+    /// may have to try each. None: browse for the whole timeout.
+    pub stop_after_verified: Option<usize>,
 }
 
 /// Browses the LAN for `_k3s._tcp` over IPv4 and returns every announcement heard, one
@@ -115,14 +118,22 @@ pub fn browse(cluster: &str, agent_token: &str, opts: Browse) -> Result<Vec<Serv
         querier.listen(&mut heard, round_end);
         pause = (pause * 2).min(Duration::from_secs(4));
         let done = Instant::now() >= deadline;
-        if opts.stop_at_first_verified || done {
+        if opts.stop_after_verified.is_some() || done {
             let servers = judge_all(
                 &heard.announcements(&service),
                 cluster,
                 agent_token,
                 &mut proofs,
             );
-            if done || servers.iter().any(|s| s.usable_address().is_some()) {
+            let verified: BTreeSet<&str> = servers
+                .iter()
+                .filter(|s| s.usable_address().is_some())
+                .map(|s| s.instance.as_str())
+                .collect();
+            let enough = opts
+                .stop_after_verified
+                .is_some_and(|n| !verified.is_empty() && verified.len() >= n);
+            if done || enough {
                 break servers;
             }
         }

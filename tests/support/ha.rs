@@ -68,6 +68,8 @@ impl Node {
     /// A node named `name` on `lan`: Avahi, its rendered files (the seed carrying the
     /// recorded CA `ca`, if any) and its systemctl stand-in.
     pub fn add(c: &Cluster, lan: &mut Lan, name: &str, ca: Option<&str>, journal: &Path) -> Node {
+        // The stand-in makes its certificates with openssl.
+        super::require_tool("openssl");
         let mut host = lan.add_host(name);
         let avahi = lan.start_avahi(&mut host, None);
         let root = host.dir.join("root");
