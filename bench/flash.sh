@@ -62,6 +62,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM # so that cleanup runs: a throttle rule left on loopN would slow its next user
 
 # Caps the loop device $1 at $wmbps/$rmbps MB/s (see the header).
 throttle() {
