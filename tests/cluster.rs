@@ -568,7 +568,7 @@ fn join_writes_the_agent_config_ignores_forgeries_and_follows_master1() {
     }
 }
 
-fn nodes_json(nodes: &[(&str, &str)]) -> String {
+pub(crate) fn nodes_json(nodes: &[(&str, &str)]) -> String {
     let items: Vec<_> = nodes
         .iter()
         .map(|(name, ready)| {
@@ -584,7 +584,7 @@ fn nodes_json(nodes: &[(&str, &str)]) -> String {
     serde_json::json!({"kind": "NodeList", "apiVersion": "v1", "items": items}).to_string()
 }
 
-fn kubeconfig_for(pki: &crate::support::k3s::Pki, name: &str, server: &str) -> String {
+pub(crate) fn kubeconfig_for(pki: &crate::support::k3s::Pki, name: &str, server: &str) -> String {
     let k3s: serde_yaml_ng::Value = serde_yaml_ng::from_str(&pki.k3s_kubeconfig()).unwrap();
     let ours = chocoimg::cluster::kubeconfig::adopt(&k3s, name, server).unwrap();
     serde_yaml_ng::to_string(&ours).unwrap()
@@ -621,7 +621,7 @@ fn status_api(
 }
 
 /// `chocoimg status --kubeconfig KC [--json]`: exit code, stdout, stderr.
-fn run_status(c: &Cluster, kc: &Path, json: bool) -> (Option<i32>, String, String) {
+pub(crate) fn run_status(c: &Cluster, kc: &Path, json: bool) -> (Option<i32>, String, String) {
     let mut cmd = c.chocoimg();
     cmd.arg("status").arg("--kubeconfig").arg(kc);
     if json {

@@ -3,8 +3,10 @@
 //! `fetch-kubeconfig` reads the kubeconfig from any verified server. Three servers, each
 //! in its own network namespace with Avahi, the rendered announce.sh, the K3s TLS
 //! stand-in (no real K3s can run here) and a real sshd.
-use crate::cluster::{ca_of, private_file, start_master, start_sshd, Master};
-use crate::hostile_lan::{laptop_run, second_server, text};
+use crate::cluster::{
+    ca_of, kubeconfig_for, nodes_json, private_file, start_master, start_sshd, Master,
+};
+use crate::hostile_lan::{laptop_run, second_server, server_with_api, text};
 use crate::support::k3s::{pki, Cluster, Pki};
 use crate::support::netns::Lan;
 use crate::support::require_tool;
@@ -421,4 +423,162 @@ fn discover_records_a_bootstrapped_clusters_ca_and_a_reflash_carries_it() {
         .filter(|(_, e)| e.starts_with("cluster-init"))
         .count();
     assert_eq!(inits, 1);
+}
+
+/// `status` when the server the kubeconfig names is the one that died: the other
+/// servers (found over mDNS, verified) are asked with the kubeconfig's client certificate
+/// and CA, and the cluster is 2/3, degraded (exit 3), not unavailable. A fourth server of
+/// the cluster (valid proof) serving another CA, whose API would answer "all Ready", is
+/// never used: its TLS does not chain to the kubeconfig's CA. Three servers and the
+/// stranger, each in its own namespace with Avahi, the rendered announce.sh and the K3s
+/// API stand-in (no real K3s can run here).
+#[test]
+fn status_asks_another_server_when_the_kubeconfigs_is_down() {
+    // The single-server plan's announce.sh (the HA one waits for etcd membership, which
+    // the API stand-in does not model); the profile made HA before `status` runs.
+    let mut c = Cluster::new("chocotest", "chocotest", None);
+    let mut lan = Lan::new();
+    let ca_pki = pki(
+        &c.dir.path().join("pki"),
+        "k3s-server-ca",
+        &["IP:127.0.0.1"],
+    );
+    let path = |p: &Path| p.display().to_string();
+    let nodes = c.dir.path().join("nodes.json");
+    let set = |m1: &str| {
+        let all = [
+            ("master1", m1),
+            ("master2", "True"),
+            ("master3", "True"),
+            ("nodo1", "True"),
+        ];
+        std::fs::write(&nodes, nodes_json(&all)).unwrap()
+    };
+    set("True");
+    let api = |nodes: &Path| {
+        vec![
+            "--client-ca".to_string(),
+            path(&ca_pki.ca),
+            "--nodes".into(),
+            path(nodes),
+        ]
+    };
+    let mut servers: Vec<Master> = ["master1", "master2", "master3"]
+        .iter()
+        .map(|name| {
+            let p = same_pki(&ca_pki);
+            server_with_api(
+                &c,
+                &mut lan,
+                name,
+                |h| {
+                    let (cert, key) = p.another_server_cert(&h.dir.join("pki"), &h.ip.to_string());
+                    (p, cert, key)
+                },
+                &api(&nodes),
+            )
+        })
+        .collect();
+    // A server with a valid proof but its own CA (a stale reinstall): it trusts our
+    // client certificate and says every node is Ready, so only our TLS check refuses it.
+    let all_ready = c.dir.path().join("all-ready.json");
+    std::fs::write(
+        &all_ready,
+        nodes_json(&[
+            ("master1", "True"),
+            ("master2", "True"),
+            ("master3", "True"),
+            ("nodo1", "True"),
+        ]),
+    )
+    .unwrap();
+    let _stranger = server_with_api(
+        &c,
+        &mut lan,
+        "master2-stale",
+        |h| {
+            let p = pki(
+                &h.dir.join("pki"),
+                "k3s-server-ca-other",
+                &[&format!("IP:{}", h.ip)],
+            );
+            let (cert, key) = (p.server_cert.clone(), p.server_key.clone());
+            (p, cert, key)
+        },
+        &api(&all_ready),
+    );
+    make_ha(&mut c);
+    std::thread::sleep(Duration::from_millis(1500));
+    let laptop = lan.add_host("laptop");
+    let kc = c.dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        kubeconfig_for(&ca_pki, "chocotest", "https://10.99.0.1:6443"),
+    )
+    .unwrap();
+    let status = |json: bool| {
+        let mut args = vec!["status", "--kubeconfig", kc.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let out = laptop_run(&c, &lan, &laptop, &args);
+        (out.status.code(), text(&out), out.stdout)
+    };
+
+    // The kubeconfig's server answers: asked alone, as in a single-server cluster.
+    let (code, log, _) = status(false);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("control plane: 3/3 servers Ready (quorum 2)"),
+        "{log}"
+    );
+    assert!(!log.contains("asked"), "{log}");
+
+    // master1's K3s dies (its machine still announces): master2 answers for the cluster.
+    drop(servers.remove(0));
+    set("False");
+    let (code, log, _) = status(false);
+    assert_eq!(code, Some(3), "{log}");
+    assert!(
+        log.starts_with("cluster chocotest: degraded (API https://10.99.0.2:6443)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("control plane: 2/3 servers Ready (quorum 2)"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "asked master2 at https://10.99.0.2:6443: master1 at https://10.99.0.1:6443 did not answer"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("master2-stale"), "{log}");
+    let (code, _, stdout) = status(true);
+    assert_eq!(code, Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(v["state"], "degraded");
+    assert_eq!(v["answered_by"], "master2");
+    assert_eq!(v["server"], "https://10.99.0.2:6443");
+    assert_eq!(v["control_plane"]["ready"], 2);
+
+    // master2 and master3 die too: only the stranger answers, and it is refused; the
+    // cluster is unavailable, every server asked named.
+    servers.clear();
+    let (code, log, _) = status(false);
+    assert_eq!(code, Some(4), "{log}");
+    assert!(
+        log.starts_with("cluster chocotest: unavailable (API https://10.99.0.1:6443)"),
+        "{log}"
+    );
+    assert!(log.contains("no server of the cluster answered"), "{log}");
+    assert!(
+        log.contains("master2-stale at https://10.99.0.4:6443"),
+        "{log}"
+    );
+    assert!(
+        log.contains("certificate"),
+        "refused for its certificate: {log}"
+    );
+    assert!(!log.contains("asked master2-stale"), "{log}");
 }

@@ -87,23 +87,30 @@ fn rand_suffix() -> u32 {
 }
 
 /// The K3s TLS stand-in on `host`:6443 serving `cacerts` at /cacerts, with `cert`/`key`.
-fn k3s_on(lan: &Lan, host: &Host, cert: &Path, key: &Path, cacerts: &Path) -> Standin {
+/// `extra`: more stand-in arguments (`--client-ca`, `--nodes` for an API).
+fn k3s_on(
+    lan: &Lan,
+    host: &Host,
+    cert: &Path,
+    key: &Path,
+    cacerts: &Path,
+    extra: &[String],
+) -> Standin {
     let p = |p: &Path| p.display().to_string();
-    standin(
-        lan.cmd(host, "/usr/bin/python3"),
-        &[
-            "--bind".into(),
-            "0.0.0.0".into(),
-            "--port".into(),
-            "6443".into(),
-            "--cert".into(),
-            p(cert),
-            "--key".into(),
-            p(key),
-            "--cacerts".into(),
-            p(cacerts),
-        ],
-    )
+    let mut args: Vec<String> = vec![
+        "--bind".into(),
+        "0.0.0.0".into(),
+        "--port".into(),
+        "6443".into(),
+        "--cert".into(),
+        p(cert),
+        "--key".into(),
+        p(key),
+        "--cacerts".into(),
+        p(cacerts),
+    ];
+    args.extend_from_slice(extra);
+    standin(lan.cmd(host, "/usr/bin/python3"), &args)
 }
 
 /// nodo1's Avahi answers, as avahi-browse prints them, judged by the rendered
@@ -201,7 +208,7 @@ fn laptop_and_nodo1_judge_every_txt_case_alike() {
         "k3s-server-ca",
         &[&format!("IP:{}", host.ip)],
     );
-    let _k3s = k3s_on(&lan, &host, &p.server_cert, &p.server_key, &p.ca);
+    let _k3s = k3s_on(&lan, &host, &p.server_cert, &p.server_key, &p.ca, &[]);
     let all: Vec<Case> = cases(&c.plan.cluster, &c.secrets.agent_token, &ca_of(&p.ca));
     let services: Vec<_> = all
         .iter()
@@ -265,7 +272,7 @@ fn join_refuses_the_issue_8_txt_records() {
         "k3s-server-ca",
         &[&format!("IP:{}", host.ip)],
     );
-    let _k3s = k3s_on(&lan, &host, &p.server_cert, &p.server_key, &p.ca);
+    let _k3s = k3s_on(&lan, &host, &p.server_cert, &p.server_key, &p.ca, &[]);
     let all = cases(&c.plan.cluster, &c.secrets.agent_token, &ca_of(&p.ca));
     let services: Vec<_> = all
         .iter()
@@ -347,11 +354,22 @@ pub(crate) fn second_server(
     name: &str,
     cert_for: impl FnOnce(&Host) -> (Pki, std::path::PathBuf, std::path::PathBuf),
 ) -> Master {
+    server_with_api(c, lan, name, cert_for, &[])
+}
+
+/// `second_server` whose stand-in also takes `api_args` (`--client-ca`, `--nodes`).
+pub(crate) fn server_with_api(
+    c: &Cluster,
+    lan: &mut Lan,
+    name: &str,
+    cert_for: impl FnOnce(&Host) -> (Pki, std::path::PathBuf, std::path::PathBuf),
+    api_args: &[String],
+) -> Master {
     let mut host = lan.add_host(name);
     let root = c.install_node_files("master1", &host.dir.join("root"));
     let avahi = lan.start_avahi(&mut host, None);
     let (pki, cert, key) = cert_for(&host);
-    let k3s = k3s_on(lan, &host, &cert, &key, &pki.ca);
+    let k3s = k3s_on(lan, &host, &cert, &key, &pki.ca, api_args);
     let m = Master {
         services: avahi.services_dir,
         cacerts: pki.ca.clone(),
@@ -515,6 +533,7 @@ fn a_rogue_claiming_master1s_name_cannot_hide_or_replace_it() {
         &fake.server_cert,
         &fake.server_key,
         &m.cacerts,
+        &[],
     );
     let copied = master1_txt(&c, &ca);
     publish(

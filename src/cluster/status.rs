@@ -3,7 +3,11 @@
 //! (API answers, some node not Ready), `unavailable` (no API); each node `Ready`,
 //! `NotReady` or `Unknown` from its `Ready` condition. A cluster of several servers
 //! (`mode: ha`) also has a control plane: its Ready servers out of the etcd quorum (a
-//! majority); below quorum it is `unavailable` whatever the API still answers.
+//! majority); below quorum it is `unavailable` whatever the API still answers. In HA,
+//! when the kubeconfig's server does not answer (the very server that died), the other
+//! servers are asked with the same credentials and the same CA trust.
+use crate::cluster::discover::{self, Browse};
+use crate::cluster::k3s_api::{url_host, API_PORT};
 use crate::cluster::kubeconfig;
 use crate::errors::{EXIT_DEGRADED, EXIT_UNAVAILABLE};
 use anyhow::{anyhow, Context, Result};
@@ -45,6 +49,39 @@ pub struct Status {
     /// Why the API could not be read (only when unavailable).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// HA: the server that answered when the kubeconfig's did not (its name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
+    /// HA: the servers asked that did not answer, in the order asked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<Unanswered>,
+    /// Whether any server answered at all (an HTTP error is an answer): only a server
+    /// that does not answer makes another one worth asking.
+    #[serde(skip)]
+    no_answer: bool,
+}
+
+/// A server asked that gave no answer, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unanswered {
+    /// `master1 at https://10.0.0.1:6443`, or the bare URL when its name is not known.
+    pub server: String,
+    pub why: String,
+}
+
+/// A server of the cluster mDNS found: its name and address, and whether that address
+/// proved it holds the CA it announced (only those are asked; the others name addresses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherServer {
+    pub name: String,
+    pub address: String,
+    pub proven: bool,
+}
+
+impl OtherServer {
+    fn url(&self) -> String {
+        format!("https://{}:{API_PORT}", url_host(&self.address))
+    }
 }
 
 /// The servers of an etcd cluster: writable while `quorum` (a majority) are up.
@@ -84,6 +121,7 @@ impl Status {
 }
 
 /// How to reach the API: server URL, CA, and the admin's client certificate or token.
+#[derive(Clone)]
 pub struct ApiAccess {
     pub server: String,
     ca_pem: Vec<u8>,
@@ -202,6 +240,9 @@ pub fn check(
                 nodes,
                 control_plane,
                 error: None,
+                answered_by: None,
+                unanswered: Vec::new(),
+                no_answer: false,
             }
         }
         Err(e) => {
@@ -218,10 +259,127 @@ pub fn check(
                 server: api.server.clone(),
                 control_plane: ControlPlane::of(servers, &nodes),
                 nodes,
+                no_answer: e.chain().any(|c| {
+                    c.downcast_ref::<reqwest::Error>()
+                        .is_some_and(|r| r.is_connect() || r.is_timeout())
+                }),
                 error: Some(format!("{e:#}")),
+                answered_by: None,
+                unanswered: Vec::new(),
             }
         }
     }
+}
+
+/// `check`; and with several servers, when the kubeconfig's server does not answer,
+/// the same question to the other servers `others` finds (asked only then), in its order,
+/// until one answers. The same CA and client certificate: a server is used only if its
+/// TLS chains to the kubeconfig's CA and names its address, as for the kubeconfig's own.
+pub fn check_servers(
+    api: &ApiAccess,
+    expected: &[String],
+    servers: &[String],
+    timeout: Duration,
+    others: impl FnOnce() -> Result<Vec<OtherServer>>,
+) -> Status {
+    let mut first = check(api, expected, servers, timeout);
+    if servers.len() < 2 || !first.no_answer {
+        return first;
+    }
+    let own = api.server.trim_end_matches('/').to_string();
+    let found = match others() {
+        Ok(found) => found,
+        Err(e) => {
+            first.error = Some(format!(
+                "{}\nNo other server asked: looking for them failed: {e:#}",
+                first.error.unwrap_or_default()
+            ));
+            return first;
+        }
+    };
+    let own_name = found
+        .iter()
+        .find(|o| o.url() == own)
+        .map(|o| format!("{} at {own}", o.name))
+        .unwrap_or(own.clone());
+    let mut unanswered = vec![Unanswered {
+        server: own_name,
+        why: first.error.clone().unwrap_or_default(),
+    }];
+    for other in found.iter().filter(|o| o.proven && o.url() != own) {
+        let st = check(
+            &ApiAccess {
+                server: other.url(),
+                ..api.clone()
+            },
+            expected,
+            servers,
+            timeout,
+        );
+        if st.error.is_none() {
+            return Status {
+                answered_by: Some(other.name.clone()),
+                unanswered,
+                ..st
+            };
+        }
+        unanswered.push(Unanswered {
+            server: format!("{} at {}", other.name, other.url()),
+            why: st.error.unwrap_or_default(),
+        });
+    }
+    Status {
+        unanswered,
+        ..first
+    }
+}
+
+/// The verified servers mDNS finds within `timeout` (announcement proof and CA checked
+/// by `discover::browse`), the profile's `server_names` first in profile order, each
+/// address it announced (proven ones first). Whatever CA they announce: the caller's TLS
+/// decides.
+pub fn servers_by_mdns(
+    cluster: &str,
+    agent_token: &str,
+    server_names: &[&str],
+    timeout: Duration,
+) -> Result<Vec<OtherServer>> {
+    // The kubeconfig's server did not answer: the others are all that may.
+    let heard = discover::browse(
+        cluster,
+        agent_token,
+        Browse {
+            timeout,
+            stop_after_verified: Some(server_names.len().saturating_sub(1).max(1)),
+        },
+    )?;
+    let mut found: Vec<OtherServer> = heard
+        .iter()
+        .filter(|s| s.verdict == discover::Verdict::Verified)
+        .flat_map(|s| {
+            s.addresses.iter().map(|a| OtherServer {
+                name: s.instance.clone(),
+                address: a.to_string(),
+                proven: s.proven.contains(a),
+            })
+        })
+        .collect();
+    let rank = |n: &str| {
+        server_names
+            .iter()
+            .position(|s| *s == n)
+            .unwrap_or(server_names.len())
+    };
+    found.sort_by(|a, b| {
+        (rank(&a.name), &a.name, !a.proven, &a.address).cmp(&(
+            rank(&b.name),
+            &b.name,
+            !b.proven,
+            &b.address,
+        ))
+    });
+    found.dedup();
+    Ok(found)
 }
 
 fn list_nodes(api: &ApiAccess, timeout: Duration) -> Result<serde_json::Value> {

@@ -1,10 +1,11 @@
 //! `chocoimg status`: cluster ready/degraded/unavailable and each node, from the K3s API.
 //! Exit 0 ready, 3 degraded, 4 unavailable (1 error, 2 bad input). With several servers
-//! it shows the control plane: Ready servers out of the etcd quorum.
+//! it shows the control plane: Ready servers out of the etcd quorum, and when the
+//! kubeconfig's server does not answer it asks the others mDNS finds (verified).
 use crate::cli::{Global, StatusArgs};
 use crate::cluster::kubeconfig;
 use crate::cluster::status::{self, ClusterState};
-use crate::commands::inputs::load_plan_for;
+use crate::commands::inputs::{existing_secrets, load_plan_for};
 use crate::plan::Purpose;
 use anyhow::Context;
 use std::time::Duration;
@@ -52,7 +53,20 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("{} is not a kubeconfig", path.display()))?;
     let api = status::access(&doc, &context)
         .with_context(|| format!("reading context {context} of {}", path.display()))?;
-    let st = status::check(&api, &expected, &servers, Duration::from_secs(10));
+    // HA: the other servers, only if the kubeconfig's is down; a short browse.
+    let others = || {
+        let plan = plan
+            .as_ref()
+            .expect("several servers come from the profile");
+        let secrets = existing_secrets(plan)?;
+        status::servers_by_mdns(
+            &plan.cluster,
+            &secrets.agent_token,
+            &plan.server_names(),
+            Duration::from_secs(4),
+        )
+    };
+    let st = status::check_servers(&api, &expected, &servers, Duration::from_secs(10), others);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
@@ -62,6 +76,14 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
             ClusterState::Unavailable => "unavailable",
         };
         println!("cluster {context}: {state} (API {})", st.server);
+        if let Some(name) = &st.answered_by {
+            let silent: Vec<String> = st
+                .unanswered
+                .iter()
+                .map(|u| format!("{} did not answer ({})", u.server, u.why))
+                .collect();
+            println!("  asked {name} at {}: {}", st.server, silent.join("; "));
+        }
         if let Some(cp) = &st.control_plane {
             println!(
                 "  control plane: {}/{} servers Ready (quorum {})",
@@ -87,9 +109,25 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
             );
         }
         if let Some(err) = &st.error {
-            eprintln!(
-                "the K3s API did not answer: {err}\nIs master1 on and K3s running? Its address may have changed: `chocoimg fetch-kubeconfig` refreshes it."
-            );
+            let who = if servers.len() > 1 {
+                "a server"
+            } else {
+                "master1"
+            };
+            let tried: String = st
+                .unanswered
+                .iter()
+                .map(|u| format!("\n  {}: {}", u.server, u.why))
+                .collect();
+            if tried.is_empty() {
+                eprintln!("the K3s API did not answer: {err}");
+            } else {
+                eprintln!("no server of the cluster answered; asked:{tried}");
+                if st.unanswered.len() == 1 {
+                    eprintln!("no other server of the cluster announced itself over mDNS with a valid proof");
+                }
+            }
+            eprintln!("Is {who} on and K3s running? Its address may have changed: `chocoimg fetch-kubeconfig` refreshes it.");
         }
     }
     Ok(st.exit_code())
