@@ -78,7 +78,11 @@ pub enum Command {
     /// Report the cluster (ready/degraded/unavailable) and each node from the K3s API.
     ///
     /// Each node is Ready, NotReady or Unknown (from its Ready condition; a profile node
-    /// the API does not know is Unknown). Exit 0 ready, 3 degraded, 4 unavailable.
+    /// the API does not know is Unknown). With several servers (`mode: ha`): the control
+    /// plane (Ready servers out of the etcd quorum); and when the kubeconfig's server does
+    /// not answer, the other servers found over mDNS (verified) are asked with the same
+    /// client certificate and CA, saying which answered. Exit 0 ready, 3 degraded,
+    /// 4 unavailable.
     Status(StatusArgs),
     /// Watch every node come up: a live table of the stages the nodes announce.
     ///

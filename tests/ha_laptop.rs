@@ -576,6 +576,13 @@ fn status_asks_another_server_when_the_kubeconfigs_is_down() {
         log.contains("master2-stale at https://10.99.0.4:6443"),
         "{log}"
     );
+    // The dead servers, still announcing, are named too.
+    for silent in [
+        "master2 at https://10.99.0.2:6443: announced over mDNS, not asked",
+        "master3 at https://10.99.0.3:6443: announced over mDNS, not asked",
+    ] {
+        assert!(log.contains(silent), "{log}");
+    }
     assert!(
         log.contains("certificate"),
         "refused for its certificate: {log}"

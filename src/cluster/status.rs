@@ -69,13 +69,13 @@ pub struct Unanswered {
     pub why: String,
 }
 
-/// A server of the cluster mDNS found: its name and address, and whether that address
-/// proved it holds the CA it announced (only those are asked; the others name addresses).
+/// A server of the cluster mDNS found: its name and address, and why that address did
+/// not prove it holds the CA it announced (only proven ones are asked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtherServer {
     pub name: String,
     pub address: String,
-    pub proven: bool,
+    pub unproven: Option<String>,
 }
 
 impl OtherServer {
@@ -306,7 +306,14 @@ pub fn check_servers(
         server: own_name,
         why: first.error.clone().unwrap_or_default(),
     }];
-    for other in found.iter().filter(|o| o.proven && o.url() != own) {
+    for other in found.iter().filter(|o| o.url() != own) {
+        if let Some(why) = &other.unproven {
+            unanswered.push(Unanswered {
+                server: format!("{} at {}", other.name, other.url()),
+                why: format!("announced over mDNS, not asked: {why}"),
+            });
+            continue;
+        }
         let st = check(
             &ApiAccess {
                 server: other.url(),
@@ -360,7 +367,7 @@ pub fn servers_by_mdns(
             s.addresses.iter().map(|a| OtherServer {
                 name: s.instance.clone(),
                 address: a.to_string(),
-                proven: s.proven.contains(a),
+                unproven: s.unproven.get(a).cloned(),
             })
         })
         .collect();
@@ -371,12 +378,8 @@ pub fn servers_by_mdns(
             .unwrap_or(server_names.len())
     };
     found.sort_by(|a, b| {
-        (rank(&a.name), &a.name, !a.proven, &a.address).cmp(&(
-            rank(&b.name),
-            &b.name,
-            !b.proven,
-            &b.address,
-        ))
+        let key = |o: &OtherServer| (rank(&o.name), o.name.clone(), o.unproven.is_some());
+        (key(a), &a.address).cmp(&(key(b), &b.address))
     });
     found.dedup();
     Ok(found)
