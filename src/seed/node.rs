@@ -321,4 +321,26 @@ mod tests {
         );
         assert_eq!(lines.next(), Some("ok"));
     }
+
+    /// An HA server's server proof (ha-server.sh) is src/proof.rs's, and never the agent
+    /// proof over the same claim.
+    #[test]
+    fn shell_server_proof_matches_proof_rs() {
+        let lib = render("lib.sh", minijinja::context! {}).unwrap();
+        let ha = render("ha-server.sh", minijinja::context! {}).unwrap();
+        let ca = crate::proof::ca_hash(b"-----BEGIN CERTIFICATE-----\nstand-in\n");
+        let token = "0123abcd'x y";
+        let script = format!(
+            "PROG=test\n{lib}\nCHOCOIMG_K3S_CONFIG=/dev/null\n{ha}\nchocoimg_server_proof \"$1\" \"$2\" \"$3\"\n"
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script, "sh", "chocolandiadc-ha", &ca, token])
+            .output()
+            .expect("running sh");
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let want = crate::proof::server_proof(token, "chocolandiadc-ha", &ca);
+        assert_eq!(stdout.trim_end(), want);
+        assert_ne!(want, crate::proof::proof(token, "chocolandiadc-ha", &ca));
+    }
 }
