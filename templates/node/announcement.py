@@ -9,7 +9,8 @@ can read. An HA server also gives the server token (CHOCOIMG_SERVER_HMAC_KEY): t
 answer is verified only when its server proof (TXT sproof) checks too, since that server
 hands the server token to the member it joins. Prints one line per resolved IPv4 answer:
 VERDICT <tab> ADDRESS <tab> CA <tab> NAME <tab> WHY
-with VERDICT one of verified, foreign-cluster, forged, malformed.
+with VERDICT one of verified, foreign-cluster, forged, malformed, and CA "-" unless
+verified (the shell reads these lines with IFS=tab, which merges empty fields).
 
 announcement.py prove ADDRESS CA: exit 0 when ADDRESS serves the CA whose hash is CA at
 /cacerts and completes TLS on 6443 with that CA as the only root (as the laptop checks:
@@ -208,7 +209,7 @@ def main():
             verdict, why, ca = judge(txt_strings(fields[9]), cluster, token, server_token)
         except Malformed as e:
             verdict, why, ca = "malformed", "malformed announcement (%s)" % e, ""
-        print("\t".join((verdict, address, ca, name, why)))
+        print("\t".join((verdict, address, ca or "-", name, why)))
 
 
 if __name__ == "__main__":
