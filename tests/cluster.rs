@@ -216,6 +216,23 @@ pub(crate) fn publish_fake(
     ca: &str,
     proof: &str,
 ) {
+    publish_fake_with(dir, file, name, cluster, ca, proof, &[]);
+}
+
+/// `publish_fake` with `extra` TXT strings after the proof (an HA server's `sproof`).
+pub(crate) fn publish_fake_with(
+    dir: &Path,
+    file: &str,
+    name: &str,
+    cluster: &str,
+    ca: &str,
+    proof: &str,
+    extra: &[String],
+) {
+    let extra: String = extra
+        .iter()
+        .map(|t| format!("    <txt-record>{t}</txt-record>\n"))
+        .collect();
     std::fs::write(
         dir.join(file),
         format!(
@@ -232,7 +249,7 @@ pub(crate) fn publish_fake(
     <txt-record>k3s=v1.28.15+k3s1</txt-record>
     <txt-record>ca={ca}</txt-record>
     <txt-record>proof={proof}</txt-record>
-  </service>
+{extra}  </service>
 </service-group>
 "#
         ),

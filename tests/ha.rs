@@ -259,13 +259,18 @@ fn forged_and_replayed_server_announcements_are_never_joined() {
         &[&format!("IP:{}", forger.ip)],
     );
     let real_ca = crate::cluster::ca_of(&real.ca);
-    crate::cluster::publish_fake(
+    // A replay copies the whole announcement, its server proof too.
+    crate::cluster::publish_fake_with(
         &avahi.services_dir,
         "replayed.service",
         "master1-replayed",
         &c.plan.cluster,
         &real_ca,
         &chocoimg::proof::proof(&c.secrets.agent_token, &c.plan.cluster, &real_ca),
+        &[format!(
+            "sproof={}",
+            chocoimg::proof::server_proof(&c.secrets.server_token, &c.plan.cluster, &real_ca)
+        )],
     );
     let own_ca = crate::cluster::ca_of(&own.ca);
     crate::cluster::publish_fake(
