@@ -133,8 +133,8 @@ def judge(strings, cluster, token, server_token=None):
         want = hmac_hex(server_token, "%s/server|%s|%s" % (PROOF_VERSION, cluster, ca))
         if not (is_sha256_hex(sproof) and hmac.compare_digest(want, sproof)):
             return "forged", ("forged announcement (its server proof does not check with this "
-                              "cluster's server token: it may hold the agent token, never "
-                              "handing it the server token)"), ""
+                              "cluster's server token: it may hold the agent token only, and "
+                              "joining it would hand it the server token)"), ""
     return "verified", "", ca
 
 
