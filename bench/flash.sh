@@ -62,6 +62,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM # so that cleanup runs: a throttle rule left on loopN would slow its next user
 
 # Caps the loop device $1 at $wmbps/$rmbps MB/s (see the header).
 throttle() {
@@ -137,7 +138,7 @@ for i in \$(seq $runs); do
   r=\$(timed /opt/gnu/dd if=\$dev of=/dev/null bs=4M count=\$n iflag=direct status=none)
   s=\$(timed sh -c "/opt/gnu/dd if=\$dev bs=4M count=\$n iflag=direct status=none | /opt/gnu/sha256sum")
   f=\$(timed chocoimg flash \$img \$dev --yes) && grep -q '^verified' /tmp/out || { echo "BENCH-FAIL flash"; cat /tmp/out; break; }
-  ph=\$(sed -n 's/.*written in \([0-9.]*\) s.*read back in \([0-9.]*\) s.*/\1 \2/p' /tmp/out)
+  ph=\$(grep 'written in' /tmp/out)
   echo "BENCH-RUN \$d \$r \$s \$f \$ph"
 done
 echo "BENCH-DONE"
@@ -181,8 +182,9 @@ vm_runs() {
     exit 1
   fi
   local i=0 d r s f w v
-  while read -r _ d r s f w v; do
+  while read -r _ d r s f ph; do
     i=$((i + 1))
+    read -r w v < <(echo "$ph" | phases)
     echo "$d" >>"$work/dd"; echo "$r" >>"$work/ddread"; echo "$s" >>"$work/ddsha"
     echo "$f" >>"$work/flash"; echo "$w" >>"$work/fwrite"; echo "$v" >>"$work/fread"
     awk -v a="$w" -v b="$d" 'BEGIN {print a / b}' >>"$work/pairs"
@@ -196,6 +198,12 @@ measure() {
   sync # no write-back left over from the previous run
   /usr/bin/time -f '%e' -o "$work/time" "$@" >"$work/out" 2>"$work/err"
   cat "$work/time"
+}
+# chocoimg's "  written in 3.1 s (86.6 MB/s), read back in 1.2 s (223.7 MB/s)" as the two
+# phases' seconds, from the rates: they carry four digits where the seconds carry two.
+phases() {
+  sed -n 's/.*written in [0-9.]* s (\([0-9.]*\) MB\/s).*read back in [0-9.]* s (\([0-9.]*\) MB\/s).*/\1 \2/p' |
+    awk -v b=$((mib << 20)) '{printf "%.3f %.3f\n", b / ($1 * 1e6), b / ($2 * 1e6)}'
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 spread() { sort -n "$1" | awk '{a[NR]=$1} END {printf "%s %s\n", a[1], a[NR]}'; }
@@ -213,9 +221,7 @@ else
     measure bash -c 'dd if="$1" bs=4M count="$2" "${@:3}" status=none | sha256sum' bash "$target" $((mib / 4)) "${iflag[@]}" >>"$work/ddsha"
     measure "$bin" flash "$work/node.img" "$target" --yes "${flags[@]}" >>"$work/flash"
     grep -q '^verified' "$work/out" || { cat "$work/out" "$work/err" >&2; exit 1; }
-    # "  written in 3.1 s (...), read back in 1.2 s (...)"
-    sed -n 's/.*written in \([0-9.]*\) s.*read back in \([0-9.]*\) s.*/\1 \2/p' "$work/out" >"$work/phases"
-    read -r w r <"$work/phases"
+    read -r w r < <(phases <"$work/out")
     echo "$w" >>"$work/fwrite"; echo "$r" >>"$work/fread"
     # The pair's own ratios: both ran back to back, under about the same load.
     awk -v a="$w" -v b="$(tail -n1 "$work/dd")" 'BEGIN {print a / b}' >>"$work/pairs"

@@ -57,9 +57,9 @@ pub enum Command {
     ///
     /// Lists every `_k3s._tcp` server heard (all three in `mode: ha`), marked verified
     /// (its proof checks with this cluster's secrets and an address holds its CA), foreign
-    /// cluster, or forged, with its CA. The first time, records the cluster's CA beside the
-    /// secrets (out/<cluster>/cluster-ca.sha256): later builds of servers join it, never
-    /// start a new cluster. Exit 0 when verified servers answered, 4 when none did, 1 when
+    /// cluster, or forged, with its CA. In `mode: ha`, the first time, records the
+    /// cluster's CA beside the secrets (out/<cluster>/cluster-ca.sha256): later builds of
+    /// servers join it, never start a new cluster. Exit 0 when verified servers answered, 4 when none did, 1 when
     /// servers with different CAs answered (split brain), 2 when the only CA is not the
     /// recorded one.
     Discover(DiscoverArgs),
@@ -193,7 +193,8 @@ pub struct DiscoverArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
-    /// Stop at the first verified server instead of listening for the whole timeout
+    /// Stop at the first verified server instead of listening for the whole timeout (with
+    /// several servers, the others may not be listed yet)
     #[arg(long)]
     pub first: bool,
 }

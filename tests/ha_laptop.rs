@@ -196,24 +196,21 @@ fn fetch_kubeconfig_reads_from_any_verified_server() {
     let mut c = Cluster::new("chocotest", "chocotest", None);
     let mut lan = Lan::new();
     let m1 = start_master(&c, &mut lan);
-    let m2 = member(&c, &mut lan, &m1, "master2");
+    let _m2 = member(&c, &mut lan, &m1, "master2");
     let m3 = member(&c, &mut lan, &m1, "master3");
     make_ha(&mut c);
     let ca = ca_of(&m1.cacerts);
-    // master1 runs no sshd (its SSH is down); master2 and master3 serve the kubeconfig.
-    for m in [&m2, &m3] {
-        let name = m.host.name.clone();
-        let k3s_yaml = m.host.dir.join("k3s.yaml");
-        private_file(&k3s_yaml, &m1.pki.k3s_kubeconfig());
-        start_sshd(
-            &c,
-            &lan,
-            &m.host,
-            22,
-            &c.secrets.host_keys[&name].private,
-            &k3s_yaml,
-        );
-    }
+    // Only master3 serves the kubeconfig: master1 and master2 run no sshd (SSH down).
+    let k3s_yaml = m3.host.dir.join("k3s.yaml");
+    private_file(&k3s_yaml, &m1.pki.k3s_kubeconfig());
+    start_sshd(
+        &c,
+        &lan,
+        &m3.host,
+        22,
+        &c.secrets.host_keys["master3"].private,
+        &k3s_yaml,
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let laptop = lan.add_host("laptop");
     let kube = c.dir.path().join("kubeconfig");
@@ -232,12 +229,25 @@ fn fetch_kubeconfig_reads_from_any_verified_server() {
         (out.status.code(), text(&out))
     };
 
-    // Discovered: master1 first, its SSH refuses, master2 serves it; the URL names master2.
-    let (code, log) = fetch(&["--timeout", "5"]);
+    // Discovered: every server, tried in profile order until one serves it; the URL
+    // names master3, which announces itself only once the fetch has begun: the browse
+    // goes on until every server answered (it would stop at master1 and master2 else).
+    let announcement = m3.services.join("chocoimg-k3s.service");
+    std::fs::remove_file(&announcement).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, log) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_secs(3));
+            crate::cluster::announce(&lan, &m3);
+        });
+        fetch(&["--timeout", "10"])
+    });
+    assert!(announcement.exists());
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("not used: master1 at 10.99.0.1"), "{log}");
-    assert!(log.contains("master2 at 10.99.0.2 (announced"), "{log}");
-    assert_eq!(server_of(&kube), "https://10.99.0.2:6443");
+    assert!(log.contains("not used: master2 at 10.99.0.2"), "{log}");
+    assert!(log.contains("master3 at 10.99.0.3 (announced"), "{log}");
+    assert_eq!(server_of(&kube), "https://10.99.0.3:6443");
     assert!(log.contains("recorded the cluster's CA"), "{log}");
     assert_eq!(
         std::fs::read_to_string(record_path(&c)).unwrap(),
@@ -245,9 +255,14 @@ fn fetch_kubeconfig_reads_from_any_verified_server() {
     );
 
     // --server in HA: any server's pinned host key is accepted; the URL names it.
+    std::fs::remove_file(&kube).unwrap();
     let (code, log) = fetch(&["--server", "10.99.0.3"]);
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(server_of(&kube), "https://10.99.0.3:6443");
+    assert!(
+        log.contains("the server at 10.99.0.3 (given with --server)"),
+        "{log}"
+    );
     assert!(!log.contains("recorded the cluster's CA"), "{log}");
 
     // A machine with no server's host key at a server's address: refused, named.
