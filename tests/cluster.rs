@@ -207,20 +207,9 @@ pub(crate) fn ca_of(path: &Path) -> String {
     chocoimg::proof::ca_hash(&std::fs::read(path).unwrap())
 }
 
-/// Publishes a hand-made `_k3s._tcp` announcement from `dir` (an Avahi services folder).
+/// Publishes a hand-made `_k3s._tcp` announcement from `dir` (an Avahi services folder),
+/// with `extra` TXT strings after the proof (an HA server's `sproof`).
 pub(crate) fn publish_fake(
-    dir: &Path,
-    file: &str,
-    name: &str,
-    cluster: &str,
-    ca: &str,
-    proof: &str,
-) {
-    publish_fake_with(dir, file, name, cluster, ca, proof, &[]);
-}
-
-/// `publish_fake` with `extra` TXT strings after the proof (an HA server's `sproof`).
-pub(crate) fn publish_fake_with(
     dir: &Path,
     file: &str,
     name: &str,
@@ -270,6 +259,7 @@ fn start_forger(c: &Cluster, lan: &mut Lan) -> Host {
         &c.plan.cluster,
         &ca,
         &forged,
+        &[],
     );
     let theirs = chocoimg::proof::proof("their-token", "othercluster", &ca);
     publish_fake(
@@ -279,6 +269,7 @@ fn start_forger(c: &Cluster, lan: &mut Lan) -> Host {
         "othercluster",
         &ca,
         &theirs,
+        &[],
     );
     host
 }

@@ -260,7 +260,7 @@ fn forged_and_replayed_server_announcements_are_never_joined() {
     );
     let real_ca = crate::cluster::ca_of(&real.ca);
     // A replay copies the whole announcement, its server proof too.
-    crate::cluster::publish_fake_with(
+    crate::cluster::publish_fake(
         &avahi.services_dir,
         "replayed.service",
         "master1-replayed",
@@ -280,6 +280,7 @@ fn forged_and_replayed_server_announcements_are_never_joined() {
         &c.plan.cluster,
         &own_ca,
         &chocoimg::proof::proof("not-the-agent-token", &c.plan.cluster, &own_ca),
+        &[],
     );
     let _tls = standin(
         lan.cmd(&forger, "/usr/bin/python3"),
