@@ -4,13 +4,14 @@
 # kubectl, man-db and the three shells `chocoimg completions` is tested with; debootstrap,
 # qemu-img and debugfs for the rehearsal's guests; netplan.io, whose `netplan generate`
 # checks the seeds' VLAN netplan)
-# and the python zeroconf module used as a second mDNS implementation.
+# and the python zeroconf module used as a second mDNS implementation (python3-yaml: the
+# K3s HA stand-in reads K3s config files).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(avahi-daemon avahi-utils dbus iproute2 openssh-server openssh-client
   qemu-system-x86 ovmf grub-efi-amd64-bin grub-pc-bin grub-common mtools dosfstools xorriso
   busybox-static cpio gdisk fdisk kmod cloud-init shellcheck util-linux
-  python3-zeroconf python3-jsonschema openssl ca-certificates zstd sudo time curl passwd
+  python3-zeroconf python3-jsonschema python3-yaml openssl ca-certificates zstd sudo time curl passwd
   systemd strace btrfs-progs xfsprogs e2fsprogs man-db groff-base zsh fish debootstrap
   qemu-utils binutils bsdutils netplan.io)
 missing=()

@@ -22,11 +22,14 @@ pub enum Stage {
     FirstBoot,
     /// K3s's install script is running (from the stick's verified binary).
     InstallingK3s,
-    /// Server: K3s is installed, its API does not yet say this node is Ready.
+    /// Server: K3s is installed (HA: started, by cluster-init or on its etcd data), its API
+    /// does not yet say this node is Ready.
     StartingK3s,
-    /// Agent: looking for a verified master1 on the LAN.
+    /// Agent: looking for a verified master1 on the LAN. HA server: no verified member
+    /// found yet, and not the one to start the cluster (or still in its browse window).
     WaitingForServer,
-    /// Agent: the join is written and k3s-agent started; not Ready yet.
+    /// Agent: the join is written and k3s-agent started; not Ready yet. HA server: joining
+    /// a member (one learner at a time), not Ready yet.
     Joining,
     /// Server: K3s runs and its API says this node is Ready.
     K3sRunning,

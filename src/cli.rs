@@ -53,20 +53,26 @@ pub enum Command {
     Build(BuildArgs),
     /// Show what an image holds: cluster, node, role, K3s version, Ubuntu release.
     Inspect(InspectArgs),
-    /// Find this cluster's server on the LAN over mDNS and check its proof.
+    /// Find this cluster's servers on the LAN over mDNS and check their proofs.
     ///
-    /// Lists every `_k3s._tcp` server heard, marked verified (its proof checks with this
-    /// cluster's secrets), foreign cluster, or forged. Exit 0 when a verified server
-    /// answered, 4 when none did.
+    /// Lists every `_k3s._tcp` server heard (all three in `mode: ha`), marked verified
+    /// (its proof checks with this cluster's secrets and an address holds its CA), foreign
+    /// cluster, or forged, with its CA. In `mode: ha`, the first time, records the
+    /// cluster's CA beside the secrets (out/<cluster>/cluster-ca.sha256): later builds of
+    /// servers join it, never start a new cluster. Exit 0 when verified servers answered, 4 when none did, 1 when
+    /// servers with different CAs answered (split brain), 2 when the only CA is not the
+    /// recorded one.
     Discover(DiscoverArgs),
-    /// Fetch master1's admin kubeconfig over SSH, verify it, and merge it for kubectl.
+    /// Fetch a server's admin kubeconfig over SSH, verify it, and merge it for kubectl.
     ///
     /// Finds master1 (or takes --server), checks its /cacerts against the announced hash,
     /// logs in with SSH pinning the host key from the cluster's secrets, checks the
     /// kubeconfig's CA, points it at master1's address and names it after the cluster,
     /// then merges it into kubectl's kubeconfig as kubectl would (the file of $KUBECONFIG
     /// that defines the context, else its first existing file, else ~/.kube/config; 0600,
-    /// with a backup, other entries kept). Re-run it when master1's address changes.
+    /// with a backup, other entries kept). Re-run it when master1's address changes. In
+    /// `mode: ha` it tries the verified servers in profile order until one serves it, and
+    /// points the kubeconfig at that one. Records the cluster's CA as `discover` does.
     /// Exit 0 written, 4 master1 not found, 1 a check failed (nothing written).
     FetchKubeconfig(FetchKubeconfigArgs),
     /// Report the cluster (ready/degraded/unavailable) and each node from the K3s API.
@@ -84,7 +90,9 @@ pub enum Command {
     /// replayed (older) and other clusters' announcements are shown as such and change
     /// nothing. One row per profile node: not seen yet / stage / address / since (the
     /// node's clock, UTC). On a terminal the table is redrawn in place; otherwise one
-    /// line per change. Exit 0 once every node is up (k3s-running, joined: Ready in K3s),
+    /// line per change. With several servers (`mode: ha`) it also shows the servers' join
+    /// order: the order they reached k3s-running, by the times they announced.
+    /// Exit 0 once every node is up (k3s-running, joined: Ready in K3s),
     /// 1 as soon as a node reports failed (naming it and the reason), 4 on --timeout.
     Watch(WatchArgs),
     /// Write a node's image to a USB stick, then read the stick back to verify it.
@@ -135,6 +143,12 @@ pub struct RenderArgs {
     /// [default: out/<cluster>/<node>/seed/]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Start a new cluster: forget the CA this laptop recorded from the running cluster
+    /// (out/<cluster>/cluster-ca.sha256) so the servers built now may start a cluster
+    /// again. Only after wiping every server of the old one: a server built without the
+    /// record, while old servers are off, starts a second cluster beside them
+    #[arg(long)]
+    pub new_cluster: bool,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +164,12 @@ pub struct BuildArgs {
     /// Replace an existing image of the same node
     #[arg(long)]
     pub force: bool,
+    /// Start a new cluster: forget the CA this laptop recorded from the running cluster
+    /// (out/<cluster>/cluster-ca.sha256) so the servers built now may start a cluster
+    /// again. Only after wiping every server of the old one: a server built without the
+    /// record, while old servers are off, starts a second cluster beside them
+    #[arg(long)]
+    pub new_cluster: bool,
     /// Accept artifacts whose hashes differ from the lock file and record the new ones
     /// (review the lock file's diff before committing it)
     #[arg(long)]
@@ -173,7 +193,8 @@ pub struct DiscoverArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
-    /// Stop at the first verified server instead of listening for the whole timeout
+    /// Stop at the first verified server instead of listening for the whole timeout (with
+    /// several servers, the others may not be listed yet)
     #[arg(long)]
     pub first: bool,
 }

@@ -6,10 +6,15 @@
 //! every later build of a server carries it, never `cluster-init`s, and joins only a
 //! member serving it: a re-flash can never start a second cluster. The record changes
 //! only by `chocoimg build --new-cluster`, never silently.
+//!
+//! Only `mode: ha` keeps one. A single-server master1 starts a new cluster, with a new
+//! CA, at every install by design, and no build reads the record: keeping one would make
+//! the laptop refuse the cluster after each wipe and rebuild.
 use crate::cluster::txt::is_sha256_hex;
 use crate::errors::BadInput;
 use crate::fsutil;
 use crate::plan::Plan;
+use crate::profile::Mode;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -26,6 +31,13 @@ pub enum Recorded {
     New,
     /// The record already named this CA.
     Unchanged,
+    /// A single-server cluster: no record is kept (see the module's comment).
+    NotKept,
+}
+
+/// Whether this cluster keeps a CA record: only `mode: ha` does.
+pub fn kept(plan: &Plan) -> bool {
+    plan.mode == Mode::Ha
 }
 
 /// `out/<cluster>/cluster-ca.sha256`.
@@ -33,8 +45,12 @@ pub fn path(plan: &Plan) -> PathBuf {
     plan.out_dir.join(FILE_NAME)
 }
 
-/// The recorded CA hash, or None when the laptop has not seen the cluster yet.
+/// The recorded CA hash, or None when the laptop has not seen the cluster yet (or the
+/// cluster keeps no record).
 pub fn load(plan: &Plan) -> Result<Option<String>> {
+    if !kept(plan) {
+        return Ok(None);
+    }
     load_at(&path(plan))
 }
 
@@ -42,6 +58,9 @@ pub fn load(plan: &Plan) -> Result<Option<String>> {
 /// recorded one is refused (bad input), never overwritten. Never creates the folder: it
 /// holds the secrets the CA was verified with, so it exists unless it was removed.
 pub fn record(plan: &Plan, ca: &str) -> Result<Recorded> {
+    if !kept(plan) {
+        return Ok(Recorded::NotKept);
+    }
     record_at(&path(plan), ca)
 }
 
@@ -49,7 +68,7 @@ pub fn record(plan: &Plan, ca: &str) -> Result<Recorded> {
 /// serving it is not of the recorded cluster. Checked before anything is written.
 pub fn check(plan: &Plan, ca: &str) -> Result<()> {
     let path = path(plan);
-    match load_at(&path)? {
+    match load(plan)? {
         Some(recorded) if recorded != ca => Err(BadInput(other_ca(&path, &recorded, ca)).into()),
         _ => Ok(()),
     }

@@ -303,6 +303,10 @@ fn discover_finds_master1_verified_and_flags_forged_and_foreign() {
             .output()
             .unwrap()
     };
+    // A single-server cluster keeps no CA record: master1 makes a new CA at each install,
+    // so an older cluster's record (here, another CA) must not stop the laptop finding it.
+    let record = c.plan.out_dir.join(chocoimg::cluster_ca::FILE_NAME);
+    std::fs::write(&record, format!("{}\n", "b".repeat(64))).unwrap();
     let out = run(&["discover", "--json", "--timeout", "4"]);
     assert_eq!(
         out.status.code(),
@@ -310,6 +314,11 @@ fn discover_finds_master1_verified_and_flags_forged_and_foreign() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("recorded"));
+    std::fs::remove_file(&record).unwrap();
+    let out = run(&["discover", "--json", "--timeout", "4"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!record.exists(), "a single-server cluster recorded its CA");
     let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let by_instance = |i: &str| {
         found

@@ -100,6 +100,13 @@ fn four_booted_at_once_make_one_cluster() {
     for s in ["master2", "master3"] {
         assert_eq!(count(&ev, s, "joined "), 1, "{s}: {ev:?}");
     }
+    assert!(
+        nodo1
+            .logs()
+            .contains("found the server of cluster chocoha at 10.99.0."),
+        "{}",
+        nodo1.logs()
+    );
     // The agent pinned the cluster's CA.
     let dropin = std::fs::read_to_string(
         nodo1.under("/etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml"),
@@ -217,6 +224,23 @@ fn a_reflashed_first_server_rejoins_and_never_starts_a_second_cluster() {
             .any(|(n, e)| n == "master1" && e.starts_with("joined 10.99.0.2 ")),
         "master1 joins the lowest member address: {ev:?}"
     );
+    // The member list outlived master1's disk: every server holds all three, voting
+    // (replicated asynchronously: wait for it).
+    let list_of = |s: &Node| -> serde_json::Value {
+        let path = s.under("/var/lib/rancher/k3s/server/db/etcd/member/members.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    for s in &servers {
+        crate::support::netns::wait_for(
+            std::time::Duration::from_secs(30),
+            || {
+                let list = list_of(s);
+                let members = list["members"].as_object().unwrap();
+                members.keys().eq(SERVERS.iter()) && members.values().all(|m| m["learner"] == false)
+            },
+            &format!("{}'s member list to hold all three, voting", s.host.name),
+        );
+    }
 }
 
 /// (d) A forged announcement (a proof made without the agent token) and a replayed one
@@ -358,4 +382,90 @@ fn ha_node_files_keep_secrets_where_they_belong() {
             );
         }
     }
+}
+
+/// A script's whole log: what it decided (stdout) and why it ignored answers (stderr).
+fn output_text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Starts `node`'s K3s stand-in with `dropin` as its bootstrap drop-in, as if its
+/// bootstrap had decided so, and its announce timer.
+fn start_with(lan: &Lan, node: &mut Node, dropin: &str) {
+    let path = node.under("/etc/rancher/k3s/config.yaml.d/50-chocoimg-bootstrap.yaml");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, dropin).unwrap();
+    crate::support::ok(
+        lan.cmd(&node.host, node.systemctl())
+            .args(["start", "--no-block", "k3s"]),
+    );
+    node.start(lan, &["announce.sh"]);
+}
+
+/// Two clusters of this cluster's name (a split brain: master1 and master3 each started
+/// one): without a recorded CA master2 refuses to pick either and says why; with the
+/// recorded CA it joins the server serving it, not the lower address. And K3s itself
+/// refuses a join token pinning another CA than the member serves.
+#[test]
+fn two_clusters_are_never_joined_blindly_and_a_recorded_ca_picks_its_own() {
+    let (c, mut lan, journal) = ha_lan();
+    let mut servers = add_servers(&c, &mut lan, &SERVERS, &journal);
+    for i in [0, 2] {
+        start_with(&lan, &mut servers[i], "cluster-init: true\n");
+        wait_announced(&servers[i]);
+    }
+    let (ca1, ca3) = (servers[0].ca().unwrap(), servers[2].ca().unwrap());
+    assert_ne!(ca1, ca3);
+    let dropin = servers[1].under("/etc/rancher/k3s/config.yaml.d/50-chocoimg-bootstrap.yaml");
+
+    let out = servers[1].script(&lan, "bootstrap.sh").output().unwrap();
+    let log = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("valid proofs but different CAs") && log.contains("not starting a cluster"),
+        "{log}"
+    );
+    assert!(!dropin.exists() && !servers[1].state.join("systemctl.log").exists());
+
+    servers[1].reflash(&c, Some(&ca3), &journal);
+    let out = servers[1].script(&lan, "bootstrap.sh").output().unwrap();
+    let log = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains(&format!(
+            "servers of cluster chocoha at {} serve another CA than the one the laptop recorded",
+            servers[0].host.ip
+        )),
+        "{log}"
+    );
+    let master3 = servers[2].host.ip;
+    assert!(
+        std::fs::read_to_string(&dropin).unwrap().contains(&format!(
+            "server: \"https://{master3}:6443\"\ntoken: \"K10{ca3}::server:"
+        )),
+        "{log}"
+    );
+    wait_events(&journal, &[&servers[1]], "master2 to join master3", |ev| {
+        count(ev, "master2", &format!("joined {master3} ")) == 1
+    });
+    assert_eq!(servers[1].ca(), Some(ca3.clone()));
+
+    // A join token that pins master1's CA, sent to master3: K3s refuses it.
+    servers[1].reflash(&c, None, &journal);
+    start_with(
+        &lan,
+        &mut servers[1],
+        &format!(
+            "server: \"https://{master3}:6443\"\ntoken: \"K10{ca1}::server:{}\"\n",
+            c.secrets.server_token
+        ),
+    );
+    wait_events(
+        &journal,
+        &[&servers[1]],
+        "the wrong CA to be refused",
+        |ev| count(ev, "master2", "failed: token CA hash does not match") > 0,
+    );
+    assert_eq!(count(&events(&journal), "master2", "joined "), 1);
+    assert_eq!(servers[1].ca(), None);
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 /// The HA profile (master1-3, nodo1) written over `c`'s, and the secrets given host keys
 /// for master2 and master3 (tokens unchanged, so the node files rendered from `c`'s plan
 /// announce for this cluster).
-fn make_ha(c: &mut Cluster) {
+pub(crate) fn make_ha(c: &mut Cluster) {
     std::fs::write(
         &c.profile,
         format!(
@@ -196,24 +196,21 @@ fn fetch_kubeconfig_reads_from_any_verified_server() {
     let mut c = Cluster::new("chocotest", "chocotest", None);
     let mut lan = Lan::new();
     let m1 = start_master(&c, &mut lan);
-    let m2 = member(&c, &mut lan, &m1, "master2");
+    let _m2 = member(&c, &mut lan, &m1, "master2");
     let m3 = member(&c, &mut lan, &m1, "master3");
     make_ha(&mut c);
     let ca = ca_of(&m1.cacerts);
-    // master1 runs no sshd (its SSH is down); master2 and master3 serve the kubeconfig.
-    for m in [&m2, &m3] {
-        let name = m.host.name.clone();
-        let k3s_yaml = m.host.dir.join("k3s.yaml");
-        private_file(&k3s_yaml, &m1.pki.k3s_kubeconfig());
-        start_sshd(
-            &c,
-            &lan,
-            &m.host,
-            22,
-            &c.secrets.host_keys[&name].private,
-            &k3s_yaml,
-        );
-    }
+    // Only master3 serves the kubeconfig: master1 and master2 run no sshd (SSH down).
+    let k3s_yaml = m3.host.dir.join("k3s.yaml");
+    private_file(&k3s_yaml, &m1.pki.k3s_kubeconfig());
+    start_sshd(
+        &c,
+        &lan,
+        &m3.host,
+        22,
+        &c.secrets.host_keys["master3"].private,
+        &k3s_yaml,
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let laptop = lan.add_host("laptop");
     let kube = c.dir.path().join("kubeconfig");
@@ -232,12 +229,25 @@ fn fetch_kubeconfig_reads_from_any_verified_server() {
         (out.status.code(), text(&out))
     };
 
-    // Discovered: master1 first, its SSH refuses, master2 serves it; the URL names master2.
-    let (code, log) = fetch(&["--timeout", "5"]);
+    // Discovered: every server, tried in profile order until one serves it; the URL
+    // names master3, which announces itself only once the fetch has begun: the browse
+    // goes on until every server answered (it would stop at master1 and master2 else).
+    let announcement = m3.services.join("chocoimg-k3s.service");
+    std::fs::remove_file(&announcement).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, log) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_secs(3));
+            crate::cluster::announce(&lan, &m3);
+        });
+        fetch(&["--timeout", "10"])
+    });
+    assert!(announcement.exists());
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("not used: master1 at 10.99.0.1"), "{log}");
-    assert!(log.contains("master2 at 10.99.0.2 (announced"), "{log}");
-    assert_eq!(server_of(&kube), "https://10.99.0.2:6443");
+    assert!(log.contains("not used: master2 at 10.99.0.2"), "{log}");
+    assert!(log.contains("master3 at 10.99.0.3 (announced"), "{log}");
+    assert_eq!(server_of(&kube), "https://10.99.0.3:6443");
     assert!(log.contains("recorded the cluster's CA"), "{log}");
     assert_eq!(
         std::fs::read_to_string(record_path(&c)).unwrap(),
@@ -245,9 +255,14 @@ fn fetch_kubeconfig_reads_from_any_verified_server() {
     );
 
     // --server in HA: any server's pinned host key is accepted; the URL names it.
+    std::fs::remove_file(&kube).unwrap();
     let (code, log) = fetch(&["--server", "10.99.0.3"]);
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(server_of(&kube), "https://10.99.0.3:6443");
+    assert!(
+        log.contains("the server at 10.99.0.3 (given with --server)"),
+        "{log}"
+    );
     assert!(!log.contains("recorded the cluster's CA"), "{log}");
 
     // A machine with no server's host key at a server's address: refused, named.
@@ -284,4 +299,126 @@ fn fetch_kubeconfig_reads_from_any_verified_server() {
     let (code, log) = fetch(&["--server", "10.99.0.2"]);
     assert_eq!(code, Some(2), "{log}");
     assert_eq!(std::fs::read(&kube).unwrap(), before, "nothing written");
+}
+
+/// `--new-cluster` forgets the recorded CA so the servers built now may start a cluster:
+/// without it an HA server's seed carries the record (/etc/chocoimg/cluster-ca); with it
+/// the seed carries none and the record is gone, said once. A build refused before its
+/// second phase (a missing --iso) keeps the record: nothing half-done.
+#[test]
+fn new_cluster_forgets_the_recorded_ca_and_only_then() {
+    let ws = crate::support::workspace::Workspace::with_profile(&crate::profile::ha_profile());
+    ws.ok(&["render", "--node", "nodo1"]);
+    let record = ws.out().join("chocolandiadc-ha").join("cluster-ca.sha256");
+    let ca = "c".repeat(64);
+    std::fs::write(&record, format!("{ca}\n")).unwrap();
+    let dir = ws.path().join("seeds");
+    let render = |extra: &[&str]| {
+        let mut args = vec![
+            "render",
+            "--node",
+            "master1",
+            "--out",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = ws.ok(&args);
+        let user_data = std::fs::read_to_string(dir.join("master1/user-data")).unwrap();
+        (String::from_utf8_lossy(&out.stderr).into_owned(), user_data)
+    };
+    let (err, user_data) = render(&[]);
+    assert!(user_data.contains("/etc/chocoimg/cluster-ca"), "{err}");
+    assert!(user_data.contains(&ca), "the seed carries the recorded CA");
+    assert!(!err.contains("no CA recorded"), "{err}");
+    assert!(record.exists());
+
+    let out = ws.run(&[
+        "build",
+        "--node",
+        "master1",
+        "--new-cluster",
+        "--iso",
+        "/nonexistent/ubuntu.iso",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), format!("{ca}\n"));
+
+    let (err, user_data) = render(&["--new-cluster"]);
+    assert!(
+        !user_data.contains(&ca),
+        "a new cluster's seed carries no CA"
+    );
+    assert!(!record.exists());
+    assert_eq!(err.matches("forgot the recorded CA").count(), 1, "{err}");
+    assert!(err.contains("wiped and re-flashed"), "{err}");
+    // Nothing left to forget: nothing said.
+    let (err, _) = render(&["--new-cluster"]);
+    assert!(!err.contains("forgot"), "{err}");
+
+    for cmd in ["build", "render"] {
+        let help = ws.ok(&[cmd, "--help"]);
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(help.contains("--new-cluster"), "{help}");
+        assert!(help.contains("Only after wiping every server"), "{help}");
+    }
+}
+
+/// The loop closed on the real node scripts: three servers bootstrap themselves (the K3s
+/// HA stand-in: no real K3s can run here); `discover` lists all three, verified, and
+/// records the CA they serve; master1 re-flashed from a seed carrying that record while
+/// master2 and master3 are off waits for a member serving it and never starts a cluster.
+#[test]
+fn discover_records_a_bootstrapped_clusters_ca_and_a_reflash_carries_it() {
+    use crate::support::ha::{events, wait_announced, Node};
+    let c = Cluster::ha("chocoha", "chocoha");
+    let mut lan = Lan::new();
+    let journal = lan.dir.path().join("journal");
+    let mut servers: Vec<Node> = ["master1", "master2", "master3"]
+        .iter()
+        .map(|n| Node::add(&c, &mut lan, n, None, &journal))
+        .collect();
+    for s in &mut servers {
+        s.start(&lan, &["bootstrap.sh", "announce.sh"]);
+    }
+    for s in &servers {
+        wait_announced(s);
+    }
+    let ca = servers[0].ca().unwrap();
+    let laptop = lan.add_host("laptop");
+    let out = laptop_run(&c, &lan, &laptop, &["discover", "--json", "--timeout", "4"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in &servers {
+        let name = s.host.name.as_str();
+        let a = found
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["instance"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {found:#}"));
+        assert_eq!(a["verdict"], "verified", "{a:#}");
+        assert_eq!(a["proven"], serde_json::json!([s.host.ip.to_string()]));
+        assert_eq!(a["ca"], ca.as_str());
+    }
+    assert!(log.contains("3 of 3 servers verified"), "{log}");
+    let recorded = chocoimg::cluster_ca::load(&c.plan).unwrap();
+    assert_eq!(recorded.as_deref(), Some(ca.as_str()));
+
+    servers[1].stop();
+    servers[2].stop();
+    servers[0].reflash(&c, recorded.as_deref(), &journal);
+    let out = servers[0].script(&lan, "bootstrap.sh").output().unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("serving the recorded CA {ca}"))
+            && log.contains("never starts a new cluster"),
+        "{log}"
+    );
+    let inits = events(&journal)
+        .iter()
+        .filter(|(_, e)| e.starts_with("cluster-init"))
+        .count();
+    assert_eq!(inits, 1);
 }

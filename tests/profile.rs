@@ -11,7 +11,7 @@ fn default_profile() -> String {
     shipped_profile("chocolandiadc-mvp.yaml")
 }
 
-fn ha_profile() -> String {
+pub(crate) fn ha_profile() -> String {
     shipped_profile("chocolandiadc-ha.yaml")
 }
 

@@ -525,3 +525,120 @@ fn an_agent_without_a_server_reports_failed_after_the_wait() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("unknown stage dancing"));
     assert_eq!(agent.announcement(), failed);
 }
+
+/// Issue 11: with three servers, `watch` shows the order they came up in, from the times
+/// they announced `k3s-running`, whatever order the announcements are heard in. Each
+/// node announces from its own host and Avahi, as on the LAN (the laptop's one-shot
+/// queries get 512-byte answers: one responder with many services loses records).
+#[test]
+fn watch_shows_the_servers_join_order() {
+    let mut c = Cluster::new("chocotest", "chocotest", None);
+    crate::ha_laptop::make_ha(&mut c);
+    let mut lan = Lan::new();
+    let laptop = lan.add_host("laptop");
+    let mut services = std::collections::BTreeMap::new();
+    for node in ["master1", "master2", "master3", "nodo1"] {
+        let mut host = lan.add_host(node);
+        let avahi = lan.start_avahi(&mut host, None);
+        services.insert(node, (host, avahi.services_dir));
+    }
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 300;
+    // A stage announcement as stage.sh makes it (proof keyed with the agent token),
+    // written aside and moved into place: Avahi must never read half a file.
+    let announce = |node: &str, stage: &str, since: u64| {
+        let proof = chocoimg::proof::StageClaim {
+            cluster: "chocotest",
+            node,
+            stage,
+            since,
+            reason: "",
+        }
+        .proof(&c.secrets.agent_token);
+        let (host, dir) = &services[node];
+        let staging = host.dir.join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        publish_stage(
+            &staging,
+            "chocoimg-node.service",
+            node,
+            &[
+                ("txtvers", "1".into()),
+                ("cluster", "chocotest".into()),
+                ("node", node.into()),
+                ("stage", stage.into()),
+                ("since", since.to_string()),
+                ("proof", proof),
+            ],
+        );
+        // Avahi reloads a file only when its mtime (seconds) moved on, as
+        // replace_service_file makes sure on a node.
+        let aside = staging.join("chocoimg-node.service");
+        std::fs::File::options()
+            .write(true)
+            .open(&aside)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() + Duration::from_secs(2))
+            .unwrap();
+        std::fs::rename(&aside, dir.join("chocoimg-node.service")).unwrap();
+    };
+    announce("master3", "k3s-running", t0 + 40);
+    announce("master2", "joining", t0 + 10);
+    announce("master1", "k3s-running", t0);
+    announce("nodo1", "joined", t0 + 50);
+    let mut watch = Watcher::start(&lan, &laptop, &c, &["--json", "--timeout", "120"]);
+    let order = |v: &Value| -> Vec<String> {
+        v["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["node"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let two = watch.expect("master1 and master3 up", |v| {
+        v["event"] == "join-order" && v["servers"].as_array().unwrap().len() == 2
+    });
+    assert_eq!(order(&two), ["master1", "master3"]);
+    assert_eq!(two["servers"][0]["since"], t0);
+    announce("master2", "k3s-running", t0 + 20);
+    let three = watch.expect("all three servers up", |v| {
+        v["event"] == "join-order" && v["servers"].as_array().unwrap().len() == 3
+    });
+    assert_eq!(order(&three), ["master1", "master2", "master3"]);
+    let (code, err, seen) = watch.finish();
+    assert_eq!(code, Some(0), "{err}\n{seen:#?}");
+    let end = seen.last().unwrap();
+    assert_eq!(end["result"], "up");
+    assert_eq!(
+        end["join_order"],
+        serde_json::json!(["master1", "master2", "master3"])
+    );
+    assert!(
+        err.contains("servers up, in join order: master1 ("),
+        "{err}"
+    );
+
+    // Plain lines (no terminal): the order as a line of its own.
+    let out = lan
+        .cmd(&laptop, chocoimg().get_program())
+        .args(["watch", "--timeout", "60"])
+        .envs(c.envs())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let line = text
+        .lines()
+        .rfind(|l| l.starts_with("servers up, in join order: "))
+        .unwrap_or_else(|| panic!("no join order in:\n{text}"));
+    let (a, b, c3) = (
+        line.find("master1 (").unwrap(),
+        line.find("master2 (").unwrap(),
+        line.find("master3 (").unwrap(),
+    );
+    assert!(a < b && b < c3, "{line}");
+    assert!(line.ends_with("(3 of 3)"), "{line}");
+}

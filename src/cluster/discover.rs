@@ -90,11 +90,14 @@ pub fn mark_recorded(servers: &mut [Server], recorded: Option<&str>) {
     }
 }
 
-/// How long to browse, and whether to stop at the first round with a usable server.
+/// How long to browse, and whether to stop early.
 #[derive(Debug, Clone, Copy)]
 pub struct Browse {
     pub timeout: Duration,
-    pub stop_at_first_verified: bool,
+    /// Stop at the end of the first round in which this many servers (by name) proved an
+    /// address: 1 for the first one; every server of an HA cluster for `fetch`, which
+    /// may have to try each. None: browse for the whole timeout.
+    pub stop_after_verified: Option<usize>,
 }
 
 /// Browses the LAN for `_k3s._tcp` over IPv4 and returns every announcement heard, one
@@ -115,14 +118,22 @@ pub fn browse(cluster: &str, agent_token: &str, opts: Browse) -> Result<Vec<Serv
         querier.listen(&mut heard, round_end);
         pause = (pause * 2).min(Duration::from_secs(4));
         let done = Instant::now() >= deadline;
-        if opts.stop_at_first_verified || done {
+        if opts.stop_after_verified.is_some() || done {
             let servers = judge_all(
                 &heard.announcements(&service),
                 cluster,
                 agent_token,
                 &mut proofs,
             );
-            if done || servers.iter().any(|s| s.usable_address().is_some()) {
+            let verified: BTreeSet<&str> = servers
+                .iter()
+                .filter(|s| s.usable_address().is_some())
+                .map(|s| s.instance.as_str())
+                .collect();
+            let enough = opts
+                .stop_after_verified
+                .is_some_and(|n| !verified.is_empty() && verified.len() >= n);
+            if done || enough {
                 break servers;
             }
         }
@@ -495,9 +506,9 @@ pub fn nothing_found_hint(cluster: &str, timeout: Duration, heard: &[Server]) ->
          - this computer is on a different LAN or Wi-Fi network than the nodes (guest network, VPN);\n\
          - the Wi-Fi isolates clients from each other (client/AP isolation), which blocks mDNS;\n\
          - macOS: the terminal lacks Local Network permission (System Settings > Privacy & Security > Local Network: allow your terminal app, then retry);\n\
-         - master1 is still installing (the install and K3s's first start take 10-20 minutes) or is off;\n\
-         - the secrets in out/<cluster>/secrets.yaml are not the ones master1's image was built with.\n\
-         If you know master1's address, `chocoimg fetch-kubeconfig --server ADDRESS` skips discovery.",
+         - the server (in `mode: ha` every server) is still installing (the install and K3s's first start take 10-20 minutes) or is off;\n\
+         - the secrets in out/<cluster>/secrets.yaml are not the ones the servers' images were built with.\n\
+         If you know a server's address, `chocoimg fetch-kubeconfig --server ADDRESS` skips discovery.",
     );
     s
 }

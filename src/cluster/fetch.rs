@@ -65,13 +65,14 @@ pub fn locate(
         }));
     }
     let recorded = crate::cluster_ca::load(plan)?;
-    // In HA every server answers; one round is enough to have some to try.
+    // Every server, to try the next when one fails: in HA the browse goes on until all
+    // have answered (or the timeout passes, when one is down).
     let servers = discover::browse(
         &plan.cluster,
         &secrets.agent_token,
         Browse {
             timeout,
-            stop_at_first_verified: true,
+            stop_after_verified: Some(plan.server_names().len()),
         },
     )?;
     match discover::choose(&servers, &plan.server_names(), recorded.as_deref()) {

@@ -280,6 +280,24 @@ impl Table {
     pub fn first_failed(&self) -> Option<&Row> {
         self.rows.iter().find(|r| r.failed().is_some())
     }
+
+    /// With several servers (`mode: ha`): the servers that are up, in the order they got
+    /// there (the time each announced entering its up stage; the profile's order within
+    /// one second). Empty with one server: there is no order to tell.
+    pub fn join_order(&self) -> Vec<&Row> {
+        let servers = self.rows.iter().filter(|r| r.role == Role::Server).count();
+        if servers < 2 {
+            return Vec::new();
+        }
+        let mut up: Vec<(usize, &Row)> = self
+            .rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.role == Role::Server && r.is_up())
+            .collect();
+        up.sort_by_key(|(i, r)| (r.seen.as_ref().map(|s| s.since), *i));
+        up.into_iter().map(|(_, r)| r).collect()
+    }
 }
 
 /// How long one round of questions listens: the table is at most this stale.
@@ -452,5 +470,37 @@ mod tests {
         ));
         assert_eq!(t.first_failed().unwrap().node, "nodo1");
         assert!(!t.all_up());
+        assert!(t.join_order().is_empty(), "one server: no order to tell");
+    }
+
+    #[test]
+    fn join_order_is_the_order_servers_came_up() {
+        let names = ["master1", "master2", "master3"];
+        let mut t = Table::new(
+            names
+                .iter()
+                .map(|n| (n.to_string(), Role::Server))
+                .chain([("nodo1".to_string(), Role::Agent)]),
+        );
+        let order =
+            |t: &Table| -> Vec<String> { t.join_order().iter().map(|r| r.node.clone()).collect() };
+        assert!(order(&t).is_empty());
+        // Heard out of order; the times decide. A server not yet up is not listed.
+        t.apply(&heard("master3", "k3s-running", NOW + 20, "", "tok"));
+        t.apply(&heard("master2", "joining", NOW + 5, "", "tok"));
+        t.apply(&heard("master1", "k3s-running", NOW, "", "tok"));
+        assert_eq!(order(&t), ["master1", "master3"]);
+        t.apply(&heard("master2", "k3s-running", NOW + 10, "", "tok"));
+        t.apply(&heard("nodo1", "joined", NOW + 1, "", "tok"));
+        assert_eq!(order(&t), ["master1", "master2", "master3"]);
+        // A server that fails drops out of the order.
+        t.apply(&heard(
+            "master2",
+            "failed",
+            NOW + 30,
+            "K3s unit failed",
+            "tok",
+        ));
+        assert_eq!(order(&t), ["master1", "master3"]);
     }
 }

@@ -3,7 +3,7 @@
 use crate::artifacts::{self, FetchOptions, LockMode};
 use crate::cli::{BuildArgs, Global};
 use crate::commands::inputs::{
-    cluster_ca_for_seeds, load_plan_with, prepare_secrets, select_nodes,
+    cluster_ca_for_seeds, forget_cluster_ca, load_plan_with, prepare_secrets, select_nodes,
 };
 use crate::errors::BadInput;
 use crate::image::{self, manifest::Manifest, Identity, ImageError, ProgressStyle, Target};
@@ -27,7 +27,12 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     )?;
     let nodes = select_nodes(&plan, &args.nodes)?;
     // Read (and a damaged record refused) before any download.
-    let cluster_ca = cluster_ca_for_seeds(&plan, &nodes)?;
+    // A new cluster's seeds carry no CA; the record goes once the inputs are known good.
+    let cluster_ca = if args.new_cluster {
+        None
+    } else {
+        cluster_ca_for_seeds(&plan, &nodes)?
+    };
     let outputs: Vec<PathBuf> = nodes.iter().map(|n| plan.image_path(n)).collect();
     // Before any download; `image::plan` asks again for the library's other callers.
     for out in &outputs {
@@ -93,6 +98,9 @@ pub fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     lock.save()?;
     // Secrets only once the inputs are known good: a refused ISO creates nothing.
     let secrets = prepare_secrets(&plan)?;
+    if args.new_cluster {
+        forget_cluster_ca(&plan)?;
+    }
     let seeds = nodes
         .iter()
         .map(|n| seed::render(&plan, &secrets, n, cluster_ca.as_deref()))

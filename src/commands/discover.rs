@@ -19,7 +19,7 @@ pub fn run(global: &Global, args: &DiscoverArgs) -> anyhow::Result<i32> {
         &secrets.agent_token,
         Browse {
             timeout,
-            stop_at_first_verified: args.first,
+            stop_after_verified: args.first.then_some(1),
         },
     )?;
     discover::mark_recorded(&mut servers, recorded.as_deref());

@@ -91,6 +91,21 @@ pub fn cluster_ca_for_seeds(plan: &Plan, nodes: &[&NodePlan]) -> Result<Option<S
     Ok(recorded)
 }
 
+/// `--new-cluster`: forgets the recorded CA (phase two: the inputs are known good), so
+/// the servers built now may start a cluster, and says so.
+pub fn forget_cluster_ca(plan: &Plan) -> Result<()> {
+    let path = crate::cluster_ca::path(plan);
+    if crate::cluster_ca::forget(plan)? {
+        eprintln!(
+            "note: --new-cluster: forgot the recorded CA ({}); the first server built now \
+             starts a new cluster when no server answers. Every server of the old cluster \
+             must be wiped and re-flashed",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// The cluster's secrets, which the laptop must already have (made by render/build).
 pub fn existing_secrets(plan: &Plan) -> Result<Secrets> {
     let path = plan.secrets_path();

@@ -1,7 +1,8 @@
 //! `chocoimg watch`: one row per profile node, its bring-up stage as the node announces
 //! it over mDNS (proof checked), refreshed as announcements change. Exit 0 once every
 //! node is up (server `k3s-running`, agents `joined`: both mean Ready in K3s), 1 as soon
-//! as a node reports `failed`, 4 on `--timeout`.
+//! as a node reports `failed`, 4 on `--timeout`. With several servers (`mode: ha`) it
+//! also shows the order the servers came up in.
 use crate::bringup::Stage;
 use crate::cli::{Global, WatchArgs};
 use crate::cluster::watch::{self, Announcement, Change, Ignored, Row, Table};
@@ -45,8 +46,12 @@ pub fn run(global: &Global, args: &WatchArgs) -> Result<i32> {
         &secrets.agent_token,
         timeout.map(|t| started + t),
         |a| {
+            let before = join_order(&table);
             if let Some(change) = table.apply(&a) {
                 out.change(&table, &change, &a);
+                if join_order(&table) != before {
+                    out.join_order(&table);
+                }
             }
             Ok(!(table.all_up() || table.first_failed().is_some()))
         },
@@ -98,13 +103,24 @@ pub fn run(global: &Global, args: &WatchArgs) -> Result<i32> {
         }
         return Ok(EXIT_NOT_FOUND);
     }
-    out.end("up", json!({}));
+    let order = join_order(&table);
+    out.end(
+        "up",
+        if order.is_empty() {
+            json!({})
+        } else {
+            json!({ "join_order": order })
+        },
+    );
     let summary: Vec<String> = table
         .rows
         .iter()
         .map(|r| format!("{} {}", r.node, stage_cell(r)))
         .collect();
     eprintln!("every node is up and Ready: {}", summary.join(", "));
+    if let Some(line) = join_order_line(&table) {
+        eprintln!("{line}");
+    }
     // With --fetch-kubeconfig the dispatcher runs fetch-kubeconfig next.
     if !args.fetch_kubeconfig {
         eprintln!("next: run `chocoimg fetch-kubeconfig`, then `kubectl get nodes`");
@@ -176,6 +192,26 @@ impl Output {
         }
     }
 
+    /// The servers' join order changed (`mode: ha`).
+    fn join_order(&mut self, table: &Table) {
+        match self {
+            Output::Json => line(&json!({
+                "event": "join-order",
+                "servers": table.join_order().iter().map(|r| {
+                    let since = r.seen.as_ref().map(|s| s.since).unwrap_or_default();
+                    json!({"node": r.node, "since": since, "since_utc": clock(since)})
+                }).collect::<Vec<_>>(),
+            })),
+            Output::Lines => {
+                if let Some(l) = join_order_line(table) {
+                    println!("{l}");
+                }
+            }
+            // The table shows it under the rows.
+            Output::Live { .. } => self.redraw(table),
+        }
+    }
+
     fn end(&mut self, result: &str, details: serde_json::Value) {
         if let Output::Json = self {
             let mut v = details;
@@ -223,6 +259,10 @@ impl Output {
         for r in &rows {
             push([&r[0], &r[1], &r[2], &r[3], &r[4]].map(String::as_str));
         }
+        if let Some(l) = join_order_line(table) {
+            text.push_str(&l);
+            text.push('\n');
+        }
         for n in notes.iter() {
             text.push_str(n);
             text.push('\n');
@@ -235,6 +275,41 @@ impl Output {
         let _ = stdout.flush();
         *drawn = text.lines().count();
     }
+}
+
+/// The servers that are up, in the order they came up (empty with one server).
+fn join_order(table: &Table) -> Vec<String> {
+    table.join_order().iter().map(|r| r.node.clone()).collect()
+}
+
+/// `servers up, in join order: master1 (2026-...Z), master2 (...) (2 of 3)`, or None
+/// with one server.
+fn join_order_line(table: &Table) -> Option<String> {
+    let servers = table
+        .rows
+        .iter()
+        .filter(|r| r.role == crate::profile::Role::Server)
+        .count();
+    if servers < 2 {
+        return None;
+    }
+    let up: Vec<String> = table
+        .join_order()
+        .iter()
+        .map(|r| {
+            let since = r.seen.as_ref().map(|s| s.since).unwrap_or_default();
+            format!("{} ({})", r.node, clock(since))
+        })
+        .collect();
+    Some(if up.is_empty() {
+        format!("servers up, in join order: none yet (0 of {servers})")
+    } else {
+        format!(
+            "servers up, in join order: {} ({} of {servers})",
+            up.join(", "),
+            up.len()
+        )
+    })
 }
 
 /// One JSON line, flushed at once (a script reads it as it comes).

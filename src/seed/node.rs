@@ -30,9 +30,11 @@ pub const AGENT_TOKEN_PATH: &str = "/etc/chocoimg/agent-token";
 pub const JOIN_DROPIN_PATH: &str = "/etc/rancher/k3s/config.yaml.d/50-chocoimg-join.yaml";
 /// The K3s config drop-in an HA server's bootstrap writes (join a member, or cluster-init).
 pub const BOOTSTRAP_DROPIN_PATH: &str = "/etc/rancher/k3s/config.yaml.d/50-chocoimg-bootstrap.yaml";
-/// Where K3s keeps a server's embedded etcd: once it exists, K3s ignores cluster-init and
-/// server, so the bootstrap has nothing to decide.
-pub const ETCD_DIR: &str = "/var/lib/rancher/k3s/server/db/etcd";
+/// The WAL folder of a server's embedded etcd: K3s takes etcd as initialized once it
+/// exists (k3s pkg/etcd `IsInitialized`) and then ignores cluster-init and server, so the
+/// bootstrap has nothing to decide. Not `db/etcd` itself: K3s writes `db/etcd/name` at
+/// every start, a join that etcd refused included.
+pub const ETCD_WAL_DIR: &str = "/var/lib/rancher/k3s/server/db/etcd/member/wal";
 /// The cluster's CA hash as the laptop recorded it (`crate::cluster_ca`), on HA servers
 /// built after the laptop saw the cluster: they join only a member serving it and never
 /// start a cluster. Public (the hash is announced over mDNS anyway).
@@ -108,10 +110,13 @@ pub fn setup(
         join_dropin => JOIN_DROPIN_PATH,
         service_file => SERVICE_FILE_PATH,
         stage_service_file => STAGE_SERVICE_FILE_PATH,
+        ha => plan.mode == Mode::Ha,
         ha_server => ha_server,
+        // What an agent's join calls the server it finds: in `ha` any of them.
+        server_word => if plan.mode == Mode::Ha { "the server" } else { "master1" },
         init_server => if init_server { "yes" } else { "" },
         cluster_ca_path => CLUSTER_CA_PATH,
-        etcd_dir => ETCD_DIR,
+        etcd_wal_dir => ETCD_WAL_DIR,
         bootstrap_dropin => BOOTSTRAP_DROPIN_PATH,
     };
     let file = |path: String, permissions: &str, template: &str| -> Result<NodeFile> {

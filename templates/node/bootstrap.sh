@@ -20,7 +20,7 @@ TOKEN_FILE="${CHOCOIMG_AGENT_TOKEN_FILE:-/etc/chocoimg/agent-token}"
 CLUSTER_CA_FILE="${CHOCOIMG_CLUSTER_CA_FILE:-{{ cluster_ca_path }}}"
 K3S_CONFIG="${CHOCOIMG_K3S_CONFIG:-/etc/rancher/k3s/config.yaml}"
 DROPIN="${CHOCOIMG_K3S_CONFIG_DIR:-/etc/rancher/k3s/config.yaml.d}/50-chocoimg-bootstrap.yaml"
-ETCD_DIR="${CHOCOIMG_ETCD_DIR:-{{ etcd_dir }}}"
+ETCD_WAL_DIR="${CHOCOIMG_ETCD_WAL_DIR:-{{ etcd_wal_dir }}}"
 SYSTEMCTL="${CHOCOIMG_SYSTEMCTL:-systemctl}"
 # How long nothing verified must answer before the init server starts the cluster.
 WINDOW="${CHOCOIMG_BROWSE_WINDOW:-180}"
@@ -28,11 +28,11 @@ PAUSE="${CHOCOIMG_PAUSE:-5}"
 
 {% include "lib.sh" %}
 
-if [ -d "$ETCD_DIR" ]; then
+if [ -d "$ETCD_WAL_DIR" ]; then
     if $SYSTEMCTL is-active --quiet k3s; then
         log "etcd data on disk and k3s runs: nothing to decide"
     else
-        log "etcd data on disk ($ETCD_DIR): starting k3s as it is (it ignores cluster-init and server now)"
+        log "etcd data on disk ($ETCD_WAL_DIR): starting k3s as it is (it ignores cluster-init and server now)"
         $SYSTEMCTL start --no-block k3s
     fi
     exit 0

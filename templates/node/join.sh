@@ -61,7 +61,7 @@ choose() {
     pick=$(awk -v cur="$current" '$1 == cur' "$tmp/candidates" | head -n 1)
     [ -n "$pick" ] || pick=$(sort -t. -k1,1n -k2,2n -k3,3n -k4,4n "$tmp/candidates" | head -n 1)
     if [ "$(wc -l <"$tmp/candidates")" -gt 1 ]; then
-        log "master1 answers at $(cut -d' ' -f1 "$tmp/candidates" | tr '\n' ' ')with the same CA; using ${pick% *}" >&2
+        log "{% if ha %}servers answer{% else %}master1 answers{% endif %} at $(cut -d' ' -f1 "$tmp/candidates" | tr '\n' ' ')with the same CA; using ${pick% *}" >&2
     fi
     printf '%s\n' "$pick"
 }
@@ -100,13 +100,13 @@ else
             break
         fi
         if [ "$try" -ge "$TRIES" ]; then
-            log "no verified _k3s._tcp announcement of cluster $CLUSTER after $TRIES tries ($(head -c 200 "$tmp/browse.err")); is master1 up and on this LAN? The timer retries later"
+            log "no verified _k3s._tcp announcement of cluster $CLUSTER after $TRIES tries ($(head -c 200 "$tmp/browse.err")); is {{ server_word }} up and on this LAN? The timer retries later"
             exit 1
         fi
         try=$((try + 1))
         sleep "$PAUSE"
     done
-    log "found master1 of cluster $CLUSTER at $address (proof verified, ca $ca)"
+    log "found {{ server_word }} of cluster $CLUSTER at $address (proof verified, ca $ca)"
 fi
 
 # Secrets inside: private from the first byte.
@@ -120,9 +120,9 @@ YAML
 
 if cmp -s "$tmp/dropin" "$DROPIN"; then
     if $SYSTEMCTL is-active --quiet k3s-agent; then
-        log "master1 is still at $address; k3s-agent keeps running"
+        log "{{ server_word }} is still at $address; k3s-agent keeps running"
     else
-        log "master1 is at $address; starting k3s-agent"
+        log "{{ server_word }} is at $address; starting k3s-agent"
         $SYSTEMCTL start --no-block k3s-agent
     fi
     exit 0
@@ -131,9 +131,9 @@ fi
 cp "$tmp/dropin" "$DROPIN.tmp"
 mv "$DROPIN.tmp" "$DROPIN"
 if [ -n "$current" ]; then
-    log "master1 moved from $current to $address; restarting k3s-agent"
+    log "{{ server_word }} moved from $current to $address; restarting k3s-agent"
 else
-    log "joining master1 at $address; starting k3s-agent"
+    log "joining {{ server_word }} at $address; starting k3s-agent"
 fi
 # Restart, not start, even when k3s-agent is not "active": an agent still starting never
 # gets there while its old server address is gone, and a start would leave it there.

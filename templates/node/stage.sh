@@ -23,7 +23,7 @@ DROPIN="${CHOCOIMG_K3S_CONFIG_DIR:-/etc/rancher/k3s/config.yaml.d}/50-chocoimg-j
 SYSTEMCTL="${CHOCOIMG_SYSTEMCTL:-systemctl}"
 K3S="${CHOCOIMG_K3S:-/usr/local/bin/k3s}"
 NO_SERVER_MINUTES="${CHOCOIMG_NO_SERVER_MINUTES:-15}"
-{% if ha_server %}ETCD_DIR="${CHOCOIMG_ETCD_DIR:-{{ etcd_dir }}}"
+{% if ha_server %}ETCD_WAL_DIR="${CHOCOIMG_ETCD_WAL_DIR:-{{ etcd_wal_dir }}}"
 BOOTSTRAP_DROPIN="${CHOCOIMG_K3S_CONFIG_DIR:-/etc/rancher/k3s/config.yaml.d}/50-chocoimg-bootstrap.yaml"
 {% endif %}SERVICE_FILE="$SERVICES_DIR/chocoimg-node.service"
 STATE_FILE="$STATE_DIR/stage"
@@ -108,7 +108,7 @@ node_ready() {
 {% if ha_server %}# An HA server's bootstrap, when it says more than K3s does: no decision yet (waiting for
 # a verified member), or joining a member until this node is Ready. False otherwise.
 bootstrap_stage() {
-    if [ ! -d "$ETCD_DIR" ] && [ ! -f "$BOOTSTRAP_DROPIN" ]; then
+    if [ ! -d "$ETCD_WAL_DIR" ] && [ ! -f "$BOOTSTRAP_DROPIN" ]; then
         announce waiting-for-server ""
     elif grep -q '^server:' "$BOOTSTRAP_DROPIN" 2>/dev/null && ! node_ready; then
         announce joining ""

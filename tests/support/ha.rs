@@ -68,6 +68,8 @@ impl Node {
     /// A node named `name` on `lan`: Avahi, its rendered files (the seed carrying the
     /// recorded CA `ca`, if any) and its systemctl stand-in.
     pub fn add(c: &Cluster, lan: &mut Lan, name: &str, ca: Option<&str>, journal: &Path) -> Node {
+        // The stand-in makes its certificates with openssl.
+        super::require_tool("openssl");
         let mut host = lan.add_host(name);
         let avahi = lan.start_avahi(&mut host, None);
         let root = host.dir.join("root");
@@ -169,8 +171,8 @@ esac
                 self.under("/etc/rancher/k3s/config.yaml.d"),
             )
             .env(
-                "CHOCOIMG_ETCD_DIR",
-                self.under("/var/lib/rancher/k3s/server/db/etcd"),
+                "CHOCOIMG_ETCD_WAL_DIR",
+                self.under("/var/lib/rancher/k3s/server/db/etcd/member/wal"),
             )
             .env(
                 "CHOCOIMG_K3S_TLS_DIR",

@@ -6,7 +6,8 @@ Why a stand-in: no real K3s (nor its embedded etcd) can run in the tests. It mod
 chocoimg's bootstrap must get right, as K3s and etcd do it (K3s docs datastore/ha-embedded
 and cli/token; k3s pkg/etcd, pkg/cluster; etcd's learner rules):
   - it reads config.yaml, then config.yaml.d/*.yaml in name order (later keys win);
-  - etcd data on disk (db/etcd): starts from it, ignoring cluster-init and server;
+  - etcd data on disk (db/etcd/member/wal): starts from it, ignoring cluster-init and
+    server; db/etcd/name is written at every start, as K3s does, joined or not;
   - `cluster-init: true`: a new cluster with a new CA (a fresh certificate, openssl);
   - `server: https://ADDR:6443` with `token: K10<ca hash>::server:<token>`: fetches
     /cacerts over HTTPS from that member, refuses a CA whose hash differs from the
@@ -56,7 +57,10 @@ args = p.parse_args()
 PORT = 6443
 TLS = os.path.join(args.data_dir, "server", "tls")
 ETCD = os.path.join(args.data_dir, "server", "db", "etcd")
-STATE = os.path.join(ETCD, "members.json")
+# K3s takes etcd as initialized once the WAL folder exists (pkg/etcd IsInitialized); it
+# writes db/etcd/name at every start before that, a refused join included.
+WAL = os.path.join(ETCD, "member", "wal")
+STATE = os.path.join(ETCD, "member", "members.json")
 
 
 def journal(event):
@@ -315,12 +319,15 @@ def agent(cfg):
 cfg = load_config()
 if args.role == "agent":
     agent(cfg)
+os.makedirs(ETCD, exist_ok=True)
+with open(os.path.join(ETCD, "name"), "w") as f:
+    f.write(args.name)
 
 # The server token is the same in every form (plain in config.yaml, K10 in a join).
 server_password = parse_token(cfg.get("token", ""), "server")[1]
 agent_password = str(cfg.get("agent-token", ""))
 client_ctx = insecure()
-if os.path.isdir(ETCD):
+if os.path.isdir(WAL):
     with open(STATE) as f:
         state = json.load(f)
     members = Members(state["members"], state["rev"])
@@ -346,7 +353,7 @@ elif cfg.get("server"):
         f.write(bootstrap["key"])
     node_certs()
     snap = json.loads(body)
-    os.makedirs(ETCD)
+    os.makedirs(WAL)
     members = Members(snap["members"], snap["rev"])
     members.save()
     journal("joined %s as a learner (ca %s)" % (url.hostname, got))
@@ -356,7 +363,7 @@ elif cfg.get("cluster-init"):
     openssl("req", "-x509", "-new", "-key", "server-ca.key", "-days", "30", "-subj",
             "/CN=k3s-server-ca@%d" % time.time_ns(), "-out", "server-ca.crt")
     node_certs()
-    os.makedirs(ETCD)
+    os.makedirs(WAL)
     members = Members({args.name: {"address": args.address, "learner": False,
                                     "since": time.time()}}, 1)
     members.save()

@@ -21,17 +21,9 @@ pub const DONE_MARK: &str = "REPLICA-DONE";
 
 /// The start of every busybox /init of the tests: busybox's tools on PATH, the kernel's
 /// filesystems, all output to the serial port, the kernel's own messages quiet, and the
-/// modules `write_initramfs_with` packs loaded in modules.load's order.
-const INIT_PREAMBLE: &str = r#"#!/bin/busybox sh
-export PATH=/sbin:/usr/sbin:/bin:/usr/bin
-/bin/busybox --install -s
-mount -t devtmpfs devtmpfs /dev
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-exec >/dev/ttyS0 2>&1 </dev/null
-echo 1 >/proc/sys/kernel/printk
-while read -r m; do insmod "/modules/$m" 2>/dev/null; done </modules.load
-"#;
+/// modules `write_initramfs_with` packs loaded in modules.load's order (a file, so
+/// bench/flash.sh's guest starts the same way).
+const INIT_PREAMBLE: &str = include_str!("../fixtures/replica/init-preamble.sh");
 
 /// A busybox /init: the preamble, then `body`.
 pub fn busybox_init(body: &str) -> String {
