@@ -70,8 +70,9 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
 /// `fsync`, which then writes all of them while the process only waits; started as
 /// each chunk is written, the disk works while the process goes on hashing. A hint: the
 /// final `fsync` still makes everything durable, so an error here changes nothing.
-/// On Linux, `POSIX_FADV_DONTNEED` starts write-back of the range's dirty pages (and
-/// only drops pages that are already clean, which freshly written ones are not).
+/// On Linux, `POSIX_FADV_DONTNEED` starts write-back of the range's dirty pages; those
+/// whose write-back has already finished leave the page cache (on a loop device, most):
+/// only for ranges nothing reads back soon. The input ISO's pages stay cached instead.
 pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     if let Some(len) = std::num::NonZeroU64::new(len) {

@@ -33,6 +33,38 @@ pub fn verify(agent_token: &str, cluster: &str, ca_hex: &str, published: &str) -
     check(agent_token, &proof_message(cluster, ca_hex), published)
 }
 
+/// The server proof's message: the same claim as the announcement proof's, under its own
+/// prefix, so neither proof ever stands for the other.
+pub fn server_proof_message(cluster: &str, ca_hex: &str) -> String {
+    format!("{PROOF_VERSION}/server|{cluster}|{ca_hex}")
+}
+
+/// The server proof an HA server's announcement carries beside `proof` (TXT `sproof`):
+/// hex HMAC-SHA256 keyed with the SERVER token. A joining server hands the server token
+/// to the member it joins, so it joins only a member that proves it holds that token
+/// already; the agent token, on every stick, cannot make this proof.
+pub fn server_proof(server_token: &str, cluster: &str, ca_hex: &str) -> String {
+    hex::encode(
+        mac(server_token, &server_proof_message(cluster, ca_hex))
+            .finalize()
+            .into_bytes(),
+    )
+}
+
+/// Checks a published server proof in constant time.
+pub fn verify_server_proof(
+    server_token: &str,
+    cluster: &str,
+    ca_hex: &str,
+    published: &str,
+) -> bool {
+    check(
+        server_token,
+        &server_proof_message(cluster, ca_hex),
+        published,
+    )
+}
+
 /// What a node's bring-up stage announcement claims, and its proof signs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StageClaim<'a> {
@@ -125,6 +157,22 @@ mod tests {
         assert!(!verify("k2", "c", "ab", &p));
         assert!(!verify("k", "other", "ab", &p));
         assert!(!verify("k", "c", "ab", "zz"));
+    }
+
+    #[test]
+    fn server_proof_matches_openssl_reference_and_is_not_the_agent_proof() {
+        // printf '%s' 'chocoimg/v1/server|c|ab' | openssl dgst -sha256 -mac HMAC -macopt key:k
+        let p = server_proof("k", "c", "ab");
+        assert_eq!(
+            p,
+            "a7a9d0b14848024c4b163119da24b86d9df644a149b3a3a9e52eea429b90ce8d"
+        );
+        assert!(verify_server_proof("k", "c", "ab", &p));
+        assert!(!verify_server_proof("k2", "c", "ab", &p));
+        assert!(!verify_server_proof("k", "c", "cd", &p));
+        // The agent proof, even with the same key, never passes for a server proof.
+        assert_ne!(p, proof("k", "c", "ab"));
+        assert!(!verify_server_proof("k", "c", "ab", &proof("k", "c", "ab")));
     }
 
     #[test]

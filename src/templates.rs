@@ -22,6 +22,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("node/lib.sh", include_str!("../templates/node/lib.sh")),
     (
+        "node/ha-server.sh",
+        include_str!("../templates/node/ha-server.sh"),
+    ),
+    (
         "node/avahi-config.sh",
         include_str!("../templates/node/avahi-config.sh"),
     ),

@@ -207,7 +207,8 @@ pub(crate) fn ca_of(path: &Path) -> String {
     chocoimg::proof::ca_hash(&std::fs::read(path).unwrap())
 }
 
-/// Publishes a hand-made `_k3s._tcp` announcement from `dir` (an Avahi services folder).
+/// Publishes a hand-made `_k3s._tcp` announcement from `dir` (an Avahi services folder),
+/// with `extra` TXT strings after the proof (an HA server's `sproof`).
 pub(crate) fn publish_fake(
     dir: &Path,
     file: &str,
@@ -215,7 +216,12 @@ pub(crate) fn publish_fake(
     cluster: &str,
     ca: &str,
     proof: &str,
+    extra: &[String],
 ) {
+    let extra: String = extra
+        .iter()
+        .map(|t| format!("    <txt-record>{t}</txt-record>\n"))
+        .collect();
     std::fs::write(
         dir.join(file),
         format!(
@@ -232,7 +238,7 @@ pub(crate) fn publish_fake(
     <txt-record>k3s=v1.28.15+k3s1</txt-record>
     <txt-record>ca={ca}</txt-record>
     <txt-record>proof={proof}</txt-record>
-  </service>
+{extra}  </service>
 </service-group>
 "#
         ),
@@ -253,6 +259,7 @@ fn start_forger(c: &Cluster, lan: &mut Lan) -> Host {
         &c.plan.cluster,
         &ca,
         &forged,
+        &[],
     );
     let theirs = chocoimg::proof::proof("their-token", "othercluster", &ca);
     publish_fake(
@@ -262,6 +269,7 @@ fn start_forger(c: &Cluster, lan: &mut Lan) -> Host {
         "othercluster",
         &ca,
         &theirs,
+        &[],
     );
     host
 }

@@ -121,8 +121,42 @@ fn flash_refuses_a_device_smaller_than_the_image() {
     );
 }
 
-// A partition is refused in `flash_vm` (this machine's kernel reads no partition
-// tables, so a loop device here never has partitions).
+/// A partition of a loop device (its table read by the kernel or added by partx): the
+/// whole disk is named instead, and neither the partition nor the disk is written.
+/// (`flash_vm` checks the same on a USB stick.)
+#[test]
+fn flash_refuses_a_partition_and_names_the_whole_disk() {
+    require_tool("sfdisk");
+    let t = tempfile::tempdir().unwrap();
+    let (img, _) = image(t.path(), MIB);
+    let backing = t.path().join("parted");
+    std::fs::write(&backing, vec![0xaa; 16 * MIB]).unwrap();
+    let mut sf = Command::new("sfdisk")
+        .args(["-q", s(&backing)])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\n,12M,c\n")
+        .unwrap();
+    assert!(sf.wait().unwrap().success());
+    let lo = LoopDevice::attach(&backing, true);
+    let part = lo.partition(1);
+    assert!(part.exists(), "{} has no partition node", lo.dev.display());
+    let before = lo.contents();
+    let out = flash(&[s(&img), s(&part), "--yes", "--allow-fixed-disk"]);
+    assert_refused(
+        &out,
+        &[
+            "it is a partition",
+            &format!("give {} instead", lo.dev.display()),
+        ],
+        &before,
+        &lo.contents(),
+    );
+}
 
 #[test]
 fn flash_writes_a_regular_file_only_with_to_file() {

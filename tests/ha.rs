@@ -259,6 +259,7 @@ fn forged_and_replayed_server_announcements_are_never_joined() {
         &[&format!("IP:{}", forger.ip)],
     );
     let real_ca = crate::cluster::ca_of(&real.ca);
+    // A replay copies the whole announcement, its server proof too.
     crate::cluster::publish_fake(
         &avahi.services_dir,
         "replayed.service",
@@ -266,6 +267,10 @@ fn forged_and_replayed_server_announcements_are_never_joined() {
         &c.plan.cluster,
         &real_ca,
         &chocoimg::proof::proof(&c.secrets.agent_token, &c.plan.cluster, &real_ca),
+        &[format!(
+            "sproof={}",
+            chocoimg::proof::server_proof(&c.secrets.server_token, &c.plan.cluster, &real_ca)
+        )],
     );
     let own_ca = crate::cluster::ca_of(&own.ca);
     crate::cluster::publish_fake(
@@ -275,6 +280,7 @@ fn forged_and_replayed_server_announcements_are_never_joined() {
         &c.plan.cluster,
         &own_ca,
         &chocoimg::proof::proof("not-the-agent-token", &c.plan.cluster, &own_ca),
+        &[],
     );
     let _tls = standin(
         lan.cmd(&forger, "/usr/bin/python3"),
@@ -468,4 +474,89 @@ fn two_clusters_are_never_joined_blindly_and_a_recorded_ca_picks_its_own() {
     );
     assert_eq!(count(&events(&journal), "master2", "joined "), 1);
     assert_eq!(servers[1].ca(), None);
+}
+
+/// Whether any credential whose secret is `secret` reached `host`'s K3s stand-in.
+fn received(journal: &Path, host: &str, secret: &str) -> bool {
+    let hash = format!("sha256:{}", chocoimg::proof::ca_hash(secret.as_bytes()));
+    events(journal)
+        .iter()
+        .any(|(n, e)| n == host && e.starts_with("received ") && e.ends_with(&hash))
+}
+
+/// The agent token is on every stick: whoever holds it (a lost nodo1 stick) can make a CA
+/// of their own, announce it with a valid agent proof and serve TLS with it. A fresh
+/// server (no recorded CA) must not join that, or it hands over the server token (full
+/// admin power): servers join only a member whose server proof checks with the server
+/// token. The rogue runs chocoimg's own scripts (a server seed with the real agent token
+/// and a server token of its own) and a K3s stand-in that logs what credentials reach it.
+#[test]
+fn a_holder_of_the_agent_token_never_gets_the_server_token() {
+    let (c, mut lan, journal) = ha_lan();
+    let mut rogue_cluster = Cluster::ha("chocoha", "chocoha");
+    rogue_cluster.secrets.agent_token = c.secrets.agent_token.clone();
+    assert_ne!(rogue_cluster.secrets.server_token, c.secrets.server_token);
+    // Added first: the lowest address, the one a fresh server would pick.
+    let mut rogue = Node::add_as(&rogue_cluster, &mut lan, "rogue", "master1", None, &journal);
+    start_with(&lan, &mut rogue, "cluster-init: true\n");
+    wait_announced(&rogue);
+    let rogue_ca = rogue.ca().unwrap();
+    let announced = std::fs::read_to_string(rogue.services.join("chocoimg-k3s.service")).unwrap();
+    assert!(
+        announced.contains(&format!(
+            "proof={}",
+            chocoimg::proof::proof(&c.secrets.agent_token, "chocoha", &rogue_ca)
+        )),
+        "the rogue's agent proof is valid: {announced}"
+    );
+
+    let mut servers = add_servers(&c, &mut lan, &SERVERS, &journal);
+    servers[1].start(&lan, &SERVER_SCRIPTS);
+    let rogue_ip = rogue.host.ip.to_string();
+    let ignored = format!("at {rogue_ip}: forged announcement (its server proof does not check");
+    // master2 either ignores the rogue (and waits) or hands it the server token.
+    wait_events(
+        &journal,
+        &[&servers[1], &rogue],
+        "master2 to ignore the rogue, or the rogue to receive the server token",
+        |_| {
+            received(&journal, "rogue", &c.secrets.server_token)
+                || (waits(&servers[1]) >= 2 && servers[1].logs().contains(&ignored))
+        },
+    );
+    assert!(
+        !received(&journal, "rogue", &c.secrets.server_token),
+        "the server token reached the rogue:\n{}",
+        servers[1].logs()
+    );
+    assert!(
+        servers[1].logs().contains(&ignored),
+        "{}",
+        servers[1].logs()
+    );
+    assert!(!servers[1].state.join("systemctl.log").exists());
+
+    // The genuine first server starts the cluster (the rogue is no member) and master2
+    // joins it, not the rogue at the lower address.
+    servers[0].start(&lan, &SERVER_SCRIPTS);
+    let genuine: Vec<&Node> = servers[..2].iter().collect();
+    for s in &genuine {
+        wait_announced(s);
+    }
+    let ev = events(&journal);
+    assert_eq!(count(&ev, "master1", "cluster-init"), 1, "{ev:?}");
+    let master1 = servers[0].host.ip;
+    assert_eq!(
+        count(&ev, "master2", &format!("joined {master1} ")),
+        1,
+        "{ev:?}"
+    );
+    assert_eq!(servers[1].ca(), servers[0].ca());
+    assert_ne!(servers[0].ca(), Some(rogue_ca));
+    assert!(!received(&journal, "rogue", &c.secrets.server_token));
+    // The genuine servers' tokens did reach each other: the log would show it.
+    assert!(
+        received(&journal, "master1", &c.secrets.server_token),
+        "{ev:?}"
+    );
 }

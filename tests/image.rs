@@ -543,6 +543,24 @@ fn image_build_interrupted_leaves_nothing() {
     );
 }
 
+/// A disk that fills up while the ISO is written (the error comes from the pass's writer
+/// thread): the build says so, rather than that a thread stopped, and leaves nothing
+/// behind but the payload. An 8 MiB tmpfs, the replica ISO about 24 MiB.
+#[test]
+fn image_build_on_a_full_disk_says_so_and_leaves_nothing() {
+    let iso = replica::replica(Variant::Joliet);
+    let fs = crate::support::loopdev::LoopFs::new("tmpfs", 8);
+    let dir = fs.mnt.join("out");
+    std::fs::create_dir(&dir).unwrap();
+    let err = build(&iso, &dir).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("writing the image (is the disk full?)"),
+        "{msg}"
+    );
+    assert_only(&dir, PAYLOAD_FILES);
+}
+
 /// Removes CRs and ANSI escape sequences (OVMF and GRUB write both).
 fn clean_log(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);

@@ -11,8 +11,10 @@ use crate::proof;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// The keys of master1's announcement.
-pub const SERVER_KEYS: &[&str] = &["txtvers", "cluster", "role", "k3s", "ca", "proof"];
+/// The keys of a server's announcement. `sproof`, an HA server's server proof
+/// (`proof::server_proof`), is checked only by HA servers (announcement.py); the laptop
+/// and agents read it by the rule (twice is malformed) and do not need its key.
+pub const SERVER_KEYS: &[&str] = &["txtvers", "cluster", "role", "k3s", "ca", "proof", "sproof"];
 
 /// A TXT record read by the rule: the keys we use, each at most once, UTF-8.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

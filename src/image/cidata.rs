@@ -233,10 +233,8 @@ impl<'f> Cached<'f> {
     fn write_out(&mut self, b: &CachedBlock) -> io::Result<()> {
         if b.dirty {
             let mut f = self.file;
-            let at = self.start + b.index * CACHE_BLOCK;
-            f.seek(SeekFrom::Start(at))?;
+            f.seek(SeekFrom::Start(self.start + b.index * CACHE_BLOCK))?;
             f.write_all(&b.data)?;
-            crate::fsutil::start_writeback(self.file, at, CACHE_BLOCK);
             self.written.insert(b.index);
         }
         Ok(())

@@ -299,26 +299,54 @@ fn server_files(file: &dyn Fn(String, &str, &str) -> Result<NodeFile>) -> Result
 mod tests {
     use super::*;
 
-    /// The shell formula the node scripts run and proof.rs agree (runs it for real).
-    #[test]
-    fn shell_proof_matches_proof_rs() {
-        let lib = render("lib.sh", minijinja::context! {}).unwrap();
+    /// A CA hash and a token with quotes and spaces, as the proof tests use them.
+    fn proof_inputs() -> (String, &'static str) {
         let ca = crate::proof::ca_hash(b"-----BEGIN CERTIFICATE-----\nstand-in\n");
-        let token = "0123abcd'x y";
-        let script = format!(
-            "PROG=test\n{lib}\nchocoimg_proof \"$1\" \"$2\" \"$3\"\nis_sha256 \"$2\" && echo ok\n"
-        );
+        (ca, "0123abcd'x y")
+    }
+
+    /// Runs `script` (after lib.sh) with sh, its arguments `args`; its stdout.
+    fn run_with_lib(script: &str, args: &[&str]) -> String {
+        let lib = render("lib.sh", minijinja::context! {}).unwrap();
         let out = std::process::Command::new("sh")
-            .args(["-c", &script, "sh", "chocolandiadc-mvp", &ca, token])
+            .args(["-c", &format!("PROG=test\n{lib}\n{script}"), "sh"])
+            .args(args)
             .output()
             .expect("running sh");
         assert!(out.status.success(), "{out:?}");
-        let stdout = String::from_utf8(out.stdout).unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The shell formula the node scripts run and proof.rs agree (runs it for real).
+    #[test]
+    fn shell_proof_matches_proof_rs() {
+        let (ca, token) = proof_inputs();
+        let stdout = run_with_lib(
+            "chocoimg_proof \"$1\" \"$2\" \"$3\"\nis_sha256 \"$2\" && echo ok\n",
+            &["chocolandiadc-mvp", &ca, token],
+        );
         let mut lines = stdout.lines();
         assert_eq!(
             lines.next().unwrap(),
             crate::proof::proof(token, "chocolandiadc-mvp", &ca)
         );
         assert_eq!(lines.next(), Some("ok"));
+    }
+
+    /// An HA server's server proof (ha-server.sh) is src/proof.rs's, and never the agent
+    /// proof over the same claim.
+    #[test]
+    fn shell_server_proof_matches_proof_rs() {
+        let (ca, token) = proof_inputs();
+        let ha = render("ha-server.sh", minijinja::context! {}).unwrap();
+        let stdout = run_with_lib(
+            &format!(
+                "CHOCOIMG_K3S_CONFIG=/dev/null\n{ha}\nchocoimg_server_proof \"$1\" \"$2\" \"$3\"\n"
+            ),
+            &["chocolandiadc-ha", &ca, token],
+        );
+        let want = crate::proof::server_proof(token, "chocolandiadc-ha", &ca);
+        assert_eq!(stdout.trim_end(), want);
+        assert_ne!(want, crate::proof::proof(token, "chocolandiadc-ha", &ca));
     }
 }

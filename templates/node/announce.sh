@@ -12,7 +12,8 @@ K3S_URL="${CHOCOIMG_K3S_URL:-https://127.0.0.1:6443}"
 WAIT_SECONDS="${CHOCOIMG_WAIT_SECONDS:-300}"
 SERVICE_FILE="$SERVICES_DIR/chocoimg-k3s.service"
 
-{% include "lib.sh" %}
+{% include "lib.sh" %}{% if ha_server %}
+{% include "ha-server.sh" %}{% endif %}
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -50,9 +51,22 @@ if ! is_sha256 "$proof"; then
     exit 1
 fi
 
+{% if ha_server %}# The server proof: the other servers join only a member that makes it (they hand it the
+# server token).
+if ! is_sha256 "$server_token"; then
+    log "no server token in $K3S_CONFIG; not announcing (no server could join this one)"
+    exit 1
+fi
+sproof=$(chocoimg_server_proof "$CLUSTER" "$ca" "$server_token")
+if ! is_sha256 "$sproof"; then
+    log "could not compute the server proof (is python3 installed?)"
+    exit 1
+fi
 avahi_service _k3s._tcp 6443 txtvers=1 "cluster=$CLUSTER" role=server \
+    "k3s=$K3S_VERSION" "ca=$ca" "proof=$proof" "sproof=$sproof" >"$tmp/service"
+{% else %}avahi_service _k3s._tcp 6443 txtvers=1 "cluster=$CLUSTER" role=server \
     "k3s=$K3S_VERSION" "ca=$ca" "proof=$proof" >"$tmp/service"
-if ! replace_service_file "$tmp/service" "$SERVICE_FILE"; then
+{% endif %}if ! replace_service_file "$tmp/service" "$SERVICE_FILE"; then
     log "already announcing cluster $CLUSTER (ca $ca)"
     exit 0
 fi

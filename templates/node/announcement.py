@@ -5,9 +5,12 @@ both, so the same bytes get the same verdict on either side).
 
 Usage: announcement.py CLUSTER < avahi-browse output. The agent token comes from the
 environment (CHOCOIMG_HMAC_KEY), never from the command line, which every local process
-can read. Prints one line per resolved IPv4 answer:
+can read. An HA server also gives the server token (CHOCOIMG_SERVER_HMAC_KEY): then an
+answer is verified only when its server proof (TXT sproof) checks too, since that server
+hands the server token to the member it joins. Prints one line per resolved IPv4 answer:
 VERDICT <tab> ADDRESS <tab> CA <tab> NAME <tab> WHY
-with VERDICT one of verified, foreign-cluster, forged, malformed.
+with VERDICT one of verified, foreign-cluster, forged, malformed, and CA "-" unless
+verified (the shell reads these lines with IFS=tab, which merges empty fields).
 
 announcement.py prove ADDRESS CA: exit 0 when ADDRESS serves the CA whose hash is CA at
 /cacerts and completes TLS on 6443 with that CA as the only root (as the laptop checks:
@@ -25,7 +28,7 @@ import sys
 API_PORT = 6443
 
 # The keys of master1's announcement; one of them twice (in any case) is malformed.
-SERVER_KEYS = ("txtvers", "cluster", "role", "k3s", "ca", "proof")
+SERVER_KEYS = ("txtvers", "cluster", "role", "k3s", "ca", "proof", "sproof")
 PROOF_VERSION = "chocoimg/v1"
 
 
@@ -101,8 +104,13 @@ def is_sha256_hex(s):
     return s is not None and re.fullmatch("[0-9a-f]{64}", s) is not None
 
 
-def judge(strings, cluster, token):
-    """(verdict, why, ca) for one server announcement's TXT strings."""
+def hmac_hex(key, msg):
+    return hmac.new(key, msg.encode(), hashlib.sha256).hexdigest()
+
+
+def judge(strings, cluster, token, server_token=None):
+    """(verdict, why, ca) for one server announcement's TXT strings; with server_token,
+    its server proof must check too."""
     try:
         txt = read_txt(strings)
     except Malformed as e:
@@ -116,10 +124,17 @@ def judge(strings, cluster, token):
         return "forged", "forged announcement (not txtvers=1 role=server)", ""
     if not (is_sha256_hex(ca) and is_sha256_hex(proof)):
         return "forged", "forged announcement (its proof does not check)", ""
-    msg = ("%s|%s|%s" % (PROOF_VERSION, cluster, ca)).encode()
-    want = hmac.new(token, msg, hashlib.sha256).hexdigest()
+    want = hmac_hex(token, "%s|%s|%s" % (PROOF_VERSION, cluster, ca))
     if not hmac.compare_digest(want, proof):
         return "forged", "forged announcement (its proof does not check)", ""
+    if server_token is not None:
+        # As src/proof.rs's server_proof: the agent token, on every stick, cannot make it.
+        sproof = txt.get("sproof")
+        want = hmac_hex(server_token, "%s/server|%s|%s" % (PROOF_VERSION, cluster, ca))
+        if not (is_sha256_hex(sproof) and hmac.compare_digest(want, sproof)):
+            return "forged", ("forged announcement (its server proof does not check with this "
+                              "cluster's server token: it may hold the agent token only, and "
+                              "joining it would hand it the server token)"), ""
     return "verified", "", ca
 
 
@@ -174,6 +189,7 @@ def main():
         return
     cluster = sys.argv[1]
     token = os.environb[b"CHOCOIMG_HMAC_KEY"]
+    server_token = os.environb.get(b"CHOCOIMG_SERVER_HMAC_KEY")
     for line in sys.stdin.buffer.read().decode("utf-8", "surrogateescape").splitlines():
         # =;iface;proto;name;type;domain;host;address;port;"k=v" ... (the TXT may hold ';')
         fields = line.split(";", 9)
@@ -190,10 +206,10 @@ def main():
         except ValueError:
             continue
         try:
-            verdict, why, ca = judge(txt_strings(fields[9]), cluster, token)
+            verdict, why, ca = judge(txt_strings(fields[9]), cluster, token, server_token)
         except Malformed as e:
             verdict, why, ca = "malformed", "malformed announcement (%s)" % e, ""
-        print("\t".join((verdict, address, ca, name, why)))
+        print("\t".join((verdict, address, ca or "-", name, why)))
 
 
 if __name__ == "__main__":

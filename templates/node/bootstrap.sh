@@ -3,8 +3,9 @@
 # is (a re-flashed first server must not start a second cluster):
 #   - etcd data on disk: start K3s as it is (K3s ignores cluster-init and server then);
 #   - a verified server of this cluster answers over mDNS (same TXT rule and proof as
-#     nodo1's, and the CA the laptop recorded when the seed carries one): join it, with
-#     the secure server token pinning its CA;
+#     nodo1's, plus the server proof only a holder of the server token can make, and the
+#     CA the laptop recorded when the seed carries one): join it, with the secure server
+#     token pinning its CA;
 #   - nothing verified answers for a whole browse window: only the designated init
 #     server, and only when the seed carries no recorded CA, starts the cluster
 #     (cluster-init); every other server waits (the timer runs this again).
@@ -18,7 +19,6 @@ NODE={{ node | sh }}
 INIT_SERVER={{ init_server | sh }}
 TOKEN_FILE="${CHOCOIMG_AGENT_TOKEN_FILE:-/etc/chocoimg/agent-token}"
 CLUSTER_CA_FILE="${CHOCOIMG_CLUSTER_CA_FILE:-{{ cluster_ca_path }}}"
-K3S_CONFIG="${CHOCOIMG_K3S_CONFIG:-/etc/rancher/k3s/config.yaml}"
 DROPIN="${CHOCOIMG_K3S_CONFIG_DIR:-/etc/rancher/k3s/config.yaml.d}/50-chocoimg-bootstrap.yaml"
 ETCD_WAL_DIR="${CHOCOIMG_ETCD_WAL_DIR:-{{ etcd_wal_dir }}}"
 SYSTEMCTL="${CHOCOIMG_SYSTEMCTL:-systemctl}"
@@ -27,6 +27,7 @@ WINDOW="${CHOCOIMG_BROWSE_WINDOW:-180}"
 PAUSE="${CHOCOIMG_PAUSE:-5}"
 
 {% include "lib.sh" %}
+{% include "ha-server.sh" %}
 
 if [ -d "$ETCD_WAL_DIR" ]; then
     if $SYSTEMCTL is-active --quiet k3s; then
@@ -39,8 +40,6 @@ if [ -d "$ETCD_WAL_DIR" ]; then
 fi
 
 token=$(cat "$TOKEN_FILE")
-# The server token, from K3s's own config (root-only): the join token carries it.
-server_token=$(sed -n 's/^token: *"\{0,1\}\([0-9a-f]*\)"\{0,1\} *$/\1/p' "$K3S_CONFIG")
 if ! is_sha256 "$server_token"; then
     log "no server token in $K3S_CONFIG; cannot join or start a cluster"
     exit 1
@@ -115,7 +114,7 @@ while :; do
 server: "https://$address:6443"
 token: "K10$ca::server:$server_token"
 YAML
-        apply "joining the member of cluster $CLUSTER at $address (proof verified, ca $ca)"
+        apply "joining the member of cluster $CLUSTER at $address (proof and server proof verified, ca $ca)"
         exit 0
     fi
     if [ $(($(date +%s) - started)) -ge "$WINDOW" ]; then

@@ -7,9 +7,13 @@ TAB=$(printf '\t')
 # avahi-browse -p lines: =;iface;proto;name;type;domain;host;address;port;"k=v" ...
 verified_answers() {
     timeout 20 avahi-browse -rptk _k3s._tcp 2>"$tmp/browse.err" >"$tmp/browse" || true
-    # The agent token goes to python through the environment only (not its command line).
+{% if role == "server" %}    # The tokens go to python through the environment only (not its command line). A
+    # server checks the server proof too: it hands the server token to what it joins.
+    CHOCOIMG_HMAC_KEY="$token" CHOCOIMG_SERVER_HMAC_KEY="$server_token" \
+        /usr/bin/python3 "$JUDGE" "$CLUSTER" <"$tmp/browse" >"$tmp/judged"
+{% else %}    # The agent token goes to python through the environment only (not its command line).
     CHOCOIMG_HMAC_KEY="$token" /usr/bin/python3 "$JUDGE" "$CLUSTER" <"$tmp/browse" >"$tmp/judged"
-    while IFS="$TAB" read -r verdict address ca name why; do
+{% endif %}    while IFS="$TAB" read -r verdict address ca name why; do
         if [ "$verdict" != verified ]; then
             log "ignoring $name at $address: $why" >&2
         elif why=$(/usr/bin/python3 "$JUDGE" prove "$address" "$ca"); then

@@ -68,12 +68,25 @@ impl Node {
     /// A node named `name` on `lan`: Avahi, its rendered files (the seed carrying the
     /// recorded CA `ca`, if any) and its systemctl stand-in.
     pub fn add(c: &Cluster, lan: &mut Lan, name: &str, ca: Option<&str>, journal: &Path) -> Node {
+        Node::add_as(c, lan, name, name, ca, journal)
+    }
+
+    /// `add`, for a host named `host` that gets the files of `c`'s node `node` (a rogue
+    /// with a node's seed under its own name).
+    pub fn add_as(
+        c: &Cluster,
+        lan: &mut Lan,
+        host: &str,
+        node: &str,
+        ca: Option<&str>,
+        journal: &Path,
+    ) -> Node {
         // The stand-in makes its certificates with openssl.
         super::require_tool("openssl");
-        let mut host = lan.add_host(name);
+        let mut host = lan.add_host(host);
         let avahi = lan.start_avahi(&mut host, None);
         let root = host.dir.join("root");
-        c.install_node_files_with_ca(name, &root, ca);
+        c.install_node_files_with_ca(node, &root, ca);
         let state = host.dir.join("state");
         std::fs::create_dir_all(&state).unwrap();
         let node = Node {

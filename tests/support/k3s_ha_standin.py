@@ -23,7 +23,8 @@ and cli/token; k3s pkg/etcd, pkg/cluster; etcd's learner rules):
     datastore, which an HA server must never do: logged as a failure;
   - agent: checks the server's CA against its K10 token and registers with
     `node:<agent token>`.
-Every event goes to --journal (shared by the test's nodes) as "<time> <node> <event>".
+Every event goes to --journal (shared by the test's nodes) as "<time> <node> <event>",
+among them the SHA-256 of every credential a request to this server carried.
 Simplification: a server rejoining under its old name replaces its old member entry
 (K3s names members <hostname>-<random>, leaving a stale one to remove by hand)."""
 import argparse
@@ -244,10 +245,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         want = "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode()).decode()
         return got == want
 
+    def note_credentials(self):
+        """Journals which credentials reached this server, as a hash (never the secret), so
+        a test can tell that a rogue never received the server token."""
+        got = self.headers.get("Authorization", "")
+        if got.startswith("Basic "):
+            user, _, password = base64.b64decode(got[6:]).decode(errors="replace").partition(":")
+            journal("received %s credentials sha256:%s" % (
+                user, hashlib.sha256(password.encode()).hexdigest()))
+
     def body(self):
         return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
 
     def do_GET(self):
+        self.note_credentials()
         if self.path == "/cacerts":
             return self.send(200, ca_bytes(), "text/plain")
         if self.path == "/ping":
@@ -268,6 +279,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.send(404, b'{"code":404}')
 
     def do_POST(self):
+        self.note_credentials()
         if self.path == "/v1-k3s/agent-join":
             if not self.authorized("node", agent_password):
                 return self.send(401, b'{"code":401}')

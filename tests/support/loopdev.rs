@@ -75,6 +75,12 @@ impl LoopDevice {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
+        // Partitions partx added go with it (a no-op when there are none).
+        let _ = Command::new("partx")
+            .arg("-d")
+            .arg(&self.dev)
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
     }
 }

@@ -30,6 +30,10 @@ pub fn cases(cluster: &str, token: &str, ca: &str) -> Vec<Case> {
         ("{other_ca}", other_ca.clone()),
         ("{other_proof}", proof::proof(token, cluster, &other_ca)),
         ("{forged}", proof::proof("not-the-agent-token", cluster, ca)),
+        (
+            "{sproof}",
+            proof::server_proof("a-server-token", cluster, ca),
+        ),
     ];
     let fill = |text: &str| {
         let mut t = text.to_string();
