@@ -6,7 +6,7 @@
 use crate::cluster::{
     ca_of, kubeconfig_for, nodes_json, private_file, start_master, start_sshd, Master,
 };
-use crate::hostile_lan::{laptop_run, second_server, server_with_api, text};
+use crate::hostile_lan::{laptop_run, own_ca, second_server, server_with_api, text};
 use crate::support::k3s::{pki, Cluster, Pki};
 use crate::support::netns::Lan;
 use crate::support::require_tool;
@@ -56,11 +56,7 @@ fn member(c: &Cluster, lan: &mut Lan, m1: &Master, name: &str) -> Master {
 
 /// A server named `name` of this cluster (valid proof) serving a CA of its own, `cn`.
 fn own_ca_server(c: &Cluster, lan: &mut Lan, name: &str, cn: &str) -> Master {
-    second_server(c, lan, name, |h| {
-        let p = pki(&h.dir.join("pki"), cn, &[&format!("IP:{}", h.ip)]);
-        let (cert, key) = (p.server_cert.clone(), p.server_key.clone());
-        (p, cert, key)
-    })
+    second_server(c, lan, name, |h| own_ca(h, cn))
 }
 
 fn record_path(c: &Cluster) -> std::path::PathBuf {
@@ -496,15 +492,7 @@ fn status_asks_another_server_when_the_kubeconfigs_is_down() {
         &c,
         &mut lan,
         "master2-stale",
-        |h| {
-            let p = pki(
-                &h.dir.join("pki"),
-                "k3s-server-ca-other",
-                &[&format!("IP:{}", h.ip)],
-            );
-            let (cert, key) = (p.server_cert.clone(), p.server_key.clone());
-            (p, cert, key)
-        },
+        |h| own_ca(h, "k3s-server-ca-other"),
         &api(&all_ready),
     );
     make_ha(&mut c);

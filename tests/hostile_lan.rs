@@ -357,6 +357,14 @@ pub(crate) fn second_server(
     server_with_api(c, lan, name, cert_for, &[])
 }
 
+/// A CA of `host`'s own, named `cn`, and its server certificate for the host's address:
+/// `second_server`'s `cert_for` for a server of another CA.
+pub(crate) fn own_ca(host: &Host, cn: &str) -> (Pki, std::path::PathBuf, std::path::PathBuf) {
+    let p = pki(&host.dir.join("pki"), cn, &[&format!("IP:{}", host.ip)]);
+    let (cert, key) = (p.server_cert.clone(), p.server_key.clone());
+    (p, cert, key)
+}
+
 /// `second_server` whose stand-in also takes `api_args` (`--client-ca`, `--nodes`).
 pub(crate) fn server_with_api(
     c: &Cluster,
@@ -434,13 +442,7 @@ fn two_verified_servers_with_different_cas_are_never_guessed() {
     let mut lan = Lan::new();
     let m = start_master(&c, &mut lan);
     let new = second_server(&c, &mut lan, "master1-new", |h| {
-        let p = pki(
-            &h.dir.join("pki"),
-            "k3s-server-ca-reinstalled",
-            &[&format!("IP:{}", h.ip)],
-        );
-        let (cert, key) = (p.server_cert.clone(), p.server_key.clone());
-        (p, cert, key)
+        own_ca(h, "k3s-server-ca-reinstalled")
     });
     std::thread::sleep(Duration::from_millis(1500));
     let (old_ca, new_ca) = (ca_of(&m.cacerts), ca_of(&new.cacerts));
