@@ -542,6 +542,10 @@ fn status_asks_another_server_when_the_kubeconfigs_is_down() {
         "{log}"
     );
     assert!(!log.contains("master2-stale"), "{log}");
+    assert!(
+        log.contains("`chocoimg fetch-kubeconfig` points it at one that does"),
+        "{log}"
+    );
     let (code, _, stdout) = status(true);
     assert_eq!(code, Some(3));
     let v: serde_json::Value = serde_json::from_slice(&stdout).unwrap();

@@ -83,6 +83,10 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
                 .map(|u| format!("{} did not answer ({})", u.server, u.why))
                 .collect();
             println!("  asked {name} at {}: {}", st.server, silent.join("; "));
+            eprintln!(
+                "the kubeconfig ({}) still names a server that does not answer: `chocoimg fetch-kubeconfig` points it at one that does",
+                path.display()
+            );
         }
         if let Some(cp) = &st.control_plane {
             println!(
@@ -122,7 +126,7 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
             if tried.is_empty() {
                 eprintln!("the K3s API did not answer: {err}");
             } else {
-                eprintln!("no server of the cluster answered; asked:{tried}");
+                eprintln!("no server of the cluster answered:{tried}");
                 if st.unanswered.len() == 1 {
                     eprintln!("no other server of the cluster announced itself over mDNS with a valid proof");
                 }
