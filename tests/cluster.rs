@@ -203,6 +203,16 @@ pub(crate) fn read_dropin(root: &Path) -> String {
         .unwrap()
 }
 
+/// The announcement of `name` in `discover --json`'s output.
+pub(crate) fn instance<'a>(found: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    found
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["instance"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {found:#}"))
+}
+
 pub(crate) fn ca_of(path: &Path) -> String {
     chocoimg::proof::ca_hash(&std::fs::read(path).unwrap())
 }
@@ -328,15 +338,7 @@ fn discover_finds_master1_verified_and_flags_forged_and_foreign() {
     assert_eq!(out.status.code(), Some(0));
     assert!(!record.exists(), "a single-server cluster recorded its CA");
     let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let by_instance = |i: &str| {
-        found
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["instance"] == i)
-            .unwrap_or_else(|| panic!("{i} not in {found:#}"))
-            .clone()
-    };
+    let by_instance = |i: &str| instance(&found, i).clone();
     let ours = by_instance("master1");
     assert_eq!(ours["verdict"], "verified", "{found:#}");
     assert_eq!(ours["addresses"], serde_json::json!(["10.99.0.1"]));

@@ -397,7 +397,7 @@ fn output_text(out: &std::process::Output) -> String {
 
 /// Starts `node`'s K3s stand-in with `dropin` as its bootstrap drop-in, as if its
 /// bootstrap had decided so, and its announce timer.
-fn start_with(lan: &Lan, node: &mut Node, dropin: &str) {
+pub(crate) fn start_with(lan: &Lan, node: &mut Node, dropin: &str) {
     let path = node.under("/etc/rancher/k3s/config.yaml.d/50-chocoimg-bootstrap.yaml");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, dropin).unwrap();

@@ -4,7 +4,8 @@
 //! in its own network namespace with Avahi, the rendered announce.sh, the K3s TLS
 //! stand-in (no real K3s can run here) and a real sshd.
 use crate::cluster::{
-    ca_of, kubeconfig_for, nodes_json, private_file, start_master, start_sshd, Master,
+    announce, ca_of, instance, kubeconfig_for, nodes_json, private_file, start_master, start_sshd,
+    Master,
 };
 use crate::hostile_lan::{laptop_run, own_ca, second_server, server_with_api, text};
 use crate::support::k3s::{pki, Cluster, Pki};
@@ -45,18 +46,57 @@ fn same_pki(p: &Pki) -> Pki {
     }
 }
 
+/// `m` announces itself as an HA server does: the rendered announce.sh, then its TXT
+/// gets the server proof (`sproof`, keyed with the server token) the HA announce.sh adds.
+/// A stand-in for the HA announce.sh only because that one waits for K3s's /readyz with
+/// the admin certificate, which the K3s TLS stand-in here does not serve; the real HA
+/// announce.sh is run by the tests that use `support::ha` (below, and tests/ha.rs).
+fn announce_ha(c: &Cluster, lan: &Lan, m: &Master) {
+    announce(lan, m);
+    let path = m.services.join("chocoimg-k3s.service");
+    let xml = std::fs::read_to_string(&path).unwrap();
+    let sproof =
+        chocoimg::proof::server_proof(&c.secrets.server_token, &c.plan.cluster, &ca_of(&m.cacerts));
+    let xml = xml.replace(
+        "  </service>",
+        &format!("    <txt-record>sproof={sproof}</txt-record>\n  </service>"),
+    );
+    // As lib.sh's replace_service_file: Avahi tells a change by its mtime in seconds.
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, xml).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(mtime.max(std::time::SystemTime::now()) + Duration::from_secs(1))
+        .unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+}
+
+/// master1 of `c`, announcing itself as an HA server.
+fn start_ha_master(c: &Cluster, lan: &mut Lan) -> Master {
+    let m = start_master(c, lan);
+    announce_ha(c, lan, &m);
+    m
+}
+
 /// A server named `name` serving master1's CA (its own TLS certificate from it).
 fn member(c: &Cluster, lan: &mut Lan, m1: &Master, name: &str) -> Master {
     let p = same_pki(&m1.pki);
-    second_server(c, lan, name, |h| {
+    let m = second_server(c, lan, name, |h| {
         let (cert, key) = p.another_server_cert(&h.dir.join("pki"), &h.ip.to_string());
         (p, cert, key)
-    })
+    });
+    announce_ha(c, lan, &m);
+    m
 }
 
-/// A server named `name` of this cluster (valid proof) serving a CA of its own, `cn`.
+/// A server named `name` of this cluster (valid proofs) serving a CA of its own, `cn`.
 fn own_ca_server(c: &Cluster, lan: &mut Lan, name: &str, cn: &str) -> Master {
-    second_server(c, lan, name, |h| own_ca(h, cn))
+    let m = second_server(c, lan, name, |h| own_ca(h, cn));
+    announce_ha(c, lan, &m);
+    m
 }
 
 fn record_path(c: &Cluster) -> std::path::PathBuf {
@@ -67,7 +107,7 @@ fn record_path(c: &Cluster) -> std::path::PathBuf {
 fn discover_lists_every_server_records_the_ca_and_reports_a_split_brain() {
     let mut c = Cluster::new("chocotest", "chocotest", None);
     let mut lan = Lan::new();
-    let m1 = start_master(&c, &mut lan);
+    let m1 = start_ha_master(&c, &mut lan);
     let _m2 = member(&c, &mut lan, &m1, "master2");
     let _m3 = member(&c, &mut lan, &m1, "master3");
     make_ha(&mut c);
@@ -193,7 +233,7 @@ fn fetch_kubeconfig_reads_from_any_verified_server() {
     require_tool("ssh");
     let mut c = Cluster::new("chocotest", "chocotest", None);
     let mut lan = Lan::new();
-    let m1 = start_master(&c, &mut lan);
+    let m1 = start_ha_master(&c, &mut lan);
     let _m2 = member(&c, &mut lan, &m1, "master2");
     let m3 = member(&c, &mut lan, &m1, "master3");
     make_ha(&mut c);
@@ -236,7 +276,7 @@ fn fetch_kubeconfig_reads_from_any_verified_server() {
     let (code, log) = std::thread::scope(|scope| {
         scope.spawn(|| {
             std::thread::sleep(Duration::from_secs(3));
-            crate::cluster::announce(&lan, &m3);
+            announce_ha(&c, &lan, &m3);
         });
         fetch(&["--timeout", "10"])
     });
@@ -361,44 +401,63 @@ fn new_cluster_forgets_the_recorded_ca_and_only_then() {
     }
 }
 
+/// master1-3 of `c` running the real node scripts (bootstrap, announce) on `lan`, once
+/// each announces itself.
+fn bootstrapped_servers(
+    c: &Cluster,
+    lan: &mut Lan,
+    journal: &Path,
+) -> Vec<crate::support::ha::Node> {
+    use crate::support::ha::{wait_announced, Node};
+    let mut servers: Vec<Node> = ["master1", "master2", "master3"]
+        .iter()
+        .map(|n| Node::add(c, lan, n, None, journal))
+        .collect();
+    for s in &mut servers {
+        s.start(lan, &["bootstrap.sh", "announce.sh"]);
+    }
+    for s in &servers {
+        wait_announced(s);
+    }
+    servers
+}
+
+/// `discover --json` from `laptop`: exit 0, each of `servers` verified at its address
+/// with the CA `ca`. Returns the JSON and the output.
+fn discover_verifies(
+    c: &Cluster,
+    lan: &Lan,
+    laptop: &crate::support::netns::Host,
+    servers: &[crate::support::ha::Node],
+    ca: &str,
+) -> (serde_json::Value, String) {
+    let out = laptop_run(c, lan, laptop, &["discover", "--json", "--timeout", "4"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in servers {
+        let a = instance(&found, &s.host.name);
+        assert_eq!(a["verdict"], "verified", "{a:#}");
+        assert_eq!(a["proven"], serde_json::json!([s.host.ip.to_string()]));
+        assert_eq!(a["ca"], ca);
+    }
+    (found, log)
+}
+
 /// The loop closed on the real node scripts: three servers bootstrap themselves (the K3s
 /// HA stand-in: no real K3s can run here); `discover` lists all three, verified, and
 /// records the CA they serve; master1 re-flashed from a seed carrying that record while
 /// master2 and master3 are off waits for a member serving it and never starts a cluster.
 #[test]
 fn discover_records_a_bootstrapped_clusters_ca_and_a_reflash_carries_it() {
-    use crate::support::ha::{events, wait_announced, Node};
+    use crate::support::ha::events;
     let c = Cluster::ha("chocoha", "chocoha");
     let mut lan = Lan::new();
     let journal = lan.dir.path().join("journal");
-    let mut servers: Vec<Node> = ["master1", "master2", "master3"]
-        .iter()
-        .map(|n| Node::add(&c, &mut lan, n, None, &journal))
-        .collect();
-    for s in &mut servers {
-        s.start(&lan, &["bootstrap.sh", "announce.sh"]);
-    }
-    for s in &servers {
-        wait_announced(s);
-    }
+    let mut servers = bootstrapped_servers(&c, &mut lan, &journal);
     let ca = servers[0].ca().unwrap();
     let laptop = lan.add_host("laptop");
-    let out = laptop_run(&c, &lan, &laptop, &["discover", "--json", "--timeout", "4"]);
-    let log = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{log}");
-    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for s in &servers {
-        let name = s.host.name.as_str();
-        let a = found
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["instance"] == name)
-            .unwrap_or_else(|| panic!("{name} not in {found:#}"));
-        assert_eq!(a["verdict"], "verified", "{a:#}");
-        assert_eq!(a["proven"], serde_json::json!([s.host.ip.to_string()]));
-        assert_eq!(a["ca"], ca.as_str());
-    }
+    let (_, log) = discover_verifies(&c, &lan, &laptop, &servers, &ca);
     assert!(log.contains("3 of 3 servers verified"), "{log}");
     let recorded = chocoimg::cluster_ca::load(&c.plan).unwrap();
     assert_eq!(recorded.as_deref(), Some(ca.as_str()));
@@ -421,6 +480,80 @@ fn discover_records_a_bootstrapped_clusters_ca_and_a_reflash_carries_it() {
     assert_eq!(inits, 1);
 }
 
+/// The agent token is on every stick: a holder of it alone (a lost nodo1 stick) can run
+/// chocoimg's own server scripts with a CA of its own and announce it with a valid agent
+/// proof, but not the server proof. The laptop, which has the server token, never counts
+/// it as a server of the cluster and never records its CA (every later server build
+/// would wait for that CA forever). The rogue has the lowest address; the real node
+/// scripts and the K3s HA stand-in run every server (no real K3s can run here).
+#[test]
+fn a_holder_of_the_agent_token_is_never_a_server_nor_recorded() {
+    use crate::ha::start_with;
+    use crate::support::ha::{wait_announced, Node};
+    let c = Cluster::ha("chocoha", "chocoha");
+    let mut lan = Lan::new();
+    let journal = lan.dir.path().join("journal");
+    let mut rogue_cluster = Cluster::ha("chocoha", "chocoha");
+    rogue_cluster.secrets.agent_token = c.secrets.agent_token.clone();
+    let mut rogue = Node::add_as(&rogue_cluster, &mut lan, "rogue", "master1", None, &journal);
+    start_with(&lan, &mut rogue, "cluster-init: true\n");
+    wait_announced(&rogue);
+    let rogue_ca = rogue.ca().unwrap();
+    let laptop = lan.add_host("laptop");
+    let record = record_path(&c);
+
+    // The rogue alone: nothing found (exit 4), the reason named, nothing recorded.
+    let out = laptop_run(&c, &lan, &laptop, &["discover", "--timeout", "3"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{log}");
+    assert!(
+        log.contains("no verified K3s server of cluster chocoha"),
+        "{log}"
+    );
+    assert!(
+        log.contains("rogue (from 10.99.0.1) claims cluster chocoha but is forged: its server proof does not check"),
+        "{log}"
+    );
+    assert!(log.contains("agent token only"), "{log}");
+    assert!(!record.exists(), "{log}");
+
+    // The three genuine servers bootstrap beside it: listed, verified, their CA recorded;
+    // the rogue listed as forged, with the reason.
+    let servers = bootstrapped_servers(&c, &mut lan, &journal);
+    let ca = servers[0].ca().unwrap();
+    assert_ne!(ca, rogue_ca);
+    let (found, log) = discover_verifies(&c, &lan, &laptop, &servers, &ca);
+    let r = instance(&found, "rogue");
+    assert_eq!(r["verdict"], "forged", "{r:#}");
+    assert_eq!(r["ca"], rogue_ca.as_str(), "{r:#}");
+    assert!(
+        r["why"].as_str().unwrap().contains("agent token only"),
+        "{r:#}"
+    );
+    assert_eq!(r["proven"], serde_json::json!([]), "{r:#}");
+    let members: Vec<String> = servers
+        .iter()
+        .map(|s| format!("{} ({})", s.host.name, s.host.ip))
+        .collect();
+    assert!(
+        log.contains(&format!(
+            "3 of 3 servers verified with the cluster's CA: {}",
+            members.join(", ")
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("split brain"), "{log}");
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), format!("{ca}\n"));
+    // The table says why too.
+    let out = laptop_run(&c, &lan, &laptop, &["discover", "--timeout", "4"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("forged: its server proof does not check"),
+        "{log}"
+    );
+}
+
 /// `status` when the server the kubeconfig names is the one that died: the other
 /// servers (found over mDNS, verified) are asked with the kubeconfig's client certificate
 /// and CA, and the cluster is 2/3, degraded (exit 3), not unavailable. A fourth server of
@@ -430,8 +563,9 @@ fn discover_records_a_bootstrapped_clusters_ca_and_a_reflash_carries_it() {
 /// API stand-in (no real K3s can run here).
 #[test]
 fn status_asks_another_server_when_the_kubeconfigs_is_down() {
-    // The single-server plan's announce.sh (the HA one waits for etcd membership, which
-    // the API stand-in does not model); the profile made HA before `status` runs.
+    // The single-server plan's announce.sh with the HA server proof added (`announce_ha`:
+    // the HA one waits for etcd membership, which the API stand-in does not model); the
+    // profile made HA before `status` runs.
     let mut c = Cluster::new("chocotest", "chocotest", None);
     let mut lan = Lan::new();
     let ca_pki = pki(
@@ -463,7 +597,7 @@ fn status_asks_another_server_when_the_kubeconfigs_is_down() {
         .iter()
         .map(|name| {
             let p = same_pki(&ca_pki);
-            server_with_api(
+            let m = server_with_api(
                 &c,
                 &mut lan,
                 name,
@@ -472,7 +606,9 @@ fn status_asks_another_server_when_the_kubeconfigs_is_down() {
                     (p, cert, key)
                 },
                 &api(&nodes),
-            )
+            );
+            announce_ha(&c, &lan, &m);
+            m
         })
         .collect();
     // A server with a valid proof but its own CA (a stale reinstall): it trusts our
@@ -495,6 +631,7 @@ fn status_asks_another_server_when_the_kubeconfigs_is_down() {
         |h| own_ca(h, "k3s-server-ca-other"),
         &api(&all_ready),
     );
+    announce_ha(&c, &lan, &_stranger);
     make_ha(&mut c);
     std::thread::sleep(Duration::from_millis(1500));
     let laptop = lan.add_host("laptop");

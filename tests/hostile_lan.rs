@@ -185,7 +185,11 @@ fn txt_case_table_drives_the_laptops_judge() {
     let all = cases("chocotest", "agent-token", &ca);
     assert!(all.len() >= 25, "{}", all.len());
     for case in all {
-        let judged = chocoimg::cluster::txt::judge(&case.txt, "chocotest", "agent-token");
+        let judged = chocoimg::cluster::txt::judge(
+            &case.txt,
+            "chocotest",
+            chocoimg::cluster::txt::Keys::agent("agent-token"),
+        );
         assert_eq!(
             serde_json::to_value(&judged.verdict).unwrap(),
             case.verdict.as_str(),

@@ -5,7 +5,7 @@
 //! announcement and `/cacerts`, only master1 holds the CA's key.
 use super::k3s_api::{prove_address, Unproven};
 use super::mdns::{self, Announcement, Heard, Name, Querier};
-pub use super::txt::{self, Verdict};
+pub use super::txt::{self, Keys, Verdict};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -75,6 +75,8 @@ impl Server {
                 "ours, valid proof, no IPv4 address".into()
             }
             (Verdict::Verified, None) => "valid proof, but no address holds its CA".into(),
+            // Forged claims our cluster: why matters (a lost stick's agent token in HA).
+            (Verdict::Forged, _) => format!("forged: {}", self.why),
             (v, _) => v.label().into(),
         }
     }
@@ -102,7 +104,7 @@ pub struct Browse {
 
 /// Browses the LAN for `_k3s._tcp` over IPv4 and returns every announcement heard, one
 /// per responder and TXT, judged and its addresses proven; usable ones first.
-pub fn browse(cluster: &str, agent_token: &str, opts: Browse) -> Result<Vec<Server>> {
+pub fn browse(cluster: &str, keys: Keys, opts: Browse) -> Result<Vec<Server>> {
     let start = Instant::now();
     let deadline = start + opts.timeout;
     let querier = Querier::new()?;
@@ -119,12 +121,7 @@ pub fn browse(cluster: &str, agent_token: &str, opts: Browse) -> Result<Vec<Serv
         pause = (pause * 2).min(Duration::from_secs(4));
         let done = Instant::now() >= deadline;
         if opts.stop_after_verified.is_some() || done {
-            let servers = judge_all(
-                &heard.announcements(&service),
-                cluster,
-                agent_token,
-                &mut proofs,
-            );
+            let servers = judge_all(&heard.announcements(&service), cluster, keys, &mut proofs);
             let verified: BTreeSet<&str> = servers
                 .iter()
                 .filter(|s| s.usable_address().is_some())
@@ -147,7 +144,7 @@ pub fn browse(cluster: &str, agent_token: &str, opts: Browse) -> Result<Vec<Serv
 fn judge_all(
     heard: &[Announcement],
     cluster: &str,
-    agent_token: &str,
+    keys: Keys,
     proofs: &mut AddressProofs,
 ) -> Vec<Server> {
     let mut servers: Vec<Server> = heard
@@ -155,7 +152,7 @@ fn judge_all(
         .map(|a| {
             to_server(
                 a,
-                txt::judge(a.txt.as_deref().unwrap_or(&[]), cluster, agent_token),
+                txt::judge(a.txt.as_deref().unwrap_or(&[]), cluster, keys),
             )
         })
         .collect();
@@ -472,6 +469,12 @@ pub fn nothing_found_hint(cluster: &str, timeout: Duration, heard: &[Server]) ->
         s.push_str(&format!(
             " ({others} other announcement{} heard, none of cluster {cluster} with a valid proof)",
             if others == 1 { "" } else { "s" }
+        ));
+    }
+    for f in heard.iter().filter(|s| s.verdict == Verdict::Forged) {
+        s.push_str(&format!(
+            ".\n{} (from {}) claims cluster {cluster} but is forged: {}",
+            f.instance, f.responder, f.why
         ));
     }
     for o in &ours {

@@ -69,7 +69,7 @@ pub fn locate(
     // have answered (or the timeout passes, when one is down).
     let servers = discover::browse(
         &plan.cluster,
-        &secrets.agent_token,
+        discover::Keys::of(plan, secrets),
         Browse {
             timeout,
             stop_after_verified: Some(plan.server_names().len()),

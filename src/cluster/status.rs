@@ -347,14 +347,14 @@ pub fn check_servers(
 /// decides.
 pub fn servers_by_mdns(
     cluster: &str,
-    agent_token: &str,
+    keys: discover::Keys,
     server_names: &[&str],
     timeout: Duration,
 ) -> Result<Vec<OtherServer>> {
     // The kubeconfig's server did not answer: the others are all that may.
     let heard = discover::browse(
         cluster,
-        agent_token,
+        keys,
         Browse {
             timeout,
             stop_after_verified: Some(server_names.len().saturating_sub(1).max(1)),

@@ -12,8 +12,9 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// The keys of a server's announcement. `sproof`, an HA server's server proof
-/// (`proof::server_proof`), is checked only by HA servers (announcement.py); the laptop
-/// and agents read it by the rule (twice is malformed) and do not need its key.
+/// (`proof::server_proof`), is checked by whoever holds the server token: HA servers
+/// (announcement.py) and the laptop in `mode: ha`; agents read it by the rule (twice is
+/// malformed) and cannot check it.
 pub const SERVER_KEYS: &[&str] = &["txtvers", "cluster", "role", "k3s", "ca", "proof", "sproof"];
 
 /// A TXT record read by the rule: the keys we use, each at most once, UTF-8.
@@ -109,8 +110,45 @@ pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Judges a server announcement's TXT strings against our cluster and agent token.
-pub fn judge<S: AsRef<[u8]>>(strings: &[S], cluster: &str, agent_token: &str) -> Judged {
+/// The secrets an announcement is checked with.
+#[derive(Debug, Clone, Copy)]
+pub struct Keys<'a> {
+    pub agent_token: &'a str,
+    /// `mode: ha`: the server token, and then the server proof (`sproof`) must check too.
+    /// The agent token is on every stick; a holder of it alone (a lost nodo1 stick) can
+    /// announce a CA of its own with a valid agent proof, and recording that CA would
+    /// leave every later server build waiting for it.
+    pub server_token: Option<&'a str>,
+}
+
+impl<'a> Keys<'a> {
+    /// The agent proof only: a single-server cluster (its server announces no `sproof`).
+    pub fn agent(agent_token: &'a str) -> Keys<'a> {
+        Keys {
+            agent_token,
+            server_token: None,
+        }
+    }
+
+    /// What the plan's servers announce: with `mode: ha`, the server proof too.
+    pub fn of(plan: &crate::plan::Plan, secrets: &'a crate::secrets::Secrets) -> Keys<'a> {
+        Keys {
+            agent_token: &secrets.agent_token,
+            server_token: (plan.mode == crate::profile::Mode::Ha)
+                .then_some(secrets.server_token.as_str()),
+        }
+    }
+}
+
+/// Why an announcement with a valid agent proof is forged when the server proof is
+/// missing or wrong (as the HA servers' announcement.py says it).
+pub const NO_SERVER_PROOF: &str = "its server proof does not check with this cluster's \
+    server token: it may hold the agent token only (a lost or copied stick), so its CA is \
+    neither used nor recorded";
+
+/// Judges a server announcement's TXT strings against our cluster and `keys`.
+pub fn judge<S: AsRef<[u8]>>(strings: &[S], cluster: &str, keys: Keys) -> Judged {
+    let agent_token = keys.agent_token;
     let txt = match Txt::parse(strings, SERVER_KEYS) {
         Ok(t) => t,
         Err(e) => {
@@ -140,7 +178,16 @@ pub fn judge<S: AsRef<[u8]>>(strings: &[S], cluster: &str, agent_token: &str) ->
                     && is_sha256_hex(p)
                     && proof::verify(agent_token, cluster, ca, p) =>
             {
-                (Verdict::Verified, String::new())
+                match (keys.server_token, txt.get("sproof")) {
+                    (None, _) => (Verdict::Verified, String::new()),
+                    (Some(server_token), Some(sp))
+                        if is_sha256_hex(sp)
+                            && proof::verify_server_proof(server_token, cluster, ca, sp) =>
+                    {
+                        (Verdict::Verified, String::new())
+                    }
+                    (Some(_), _) => (Verdict::Forged, NO_SERVER_PROOF.to_string()),
+                }
             }
             _ => (
                 Verdict::Forged,
@@ -176,7 +223,7 @@ mod tests {
                 format!("proof={proof}"),
             ]
         };
-        let verdict = |txt: &[String], token: &str| judge(txt, "c1", token).verdict;
+        let verdict = |txt: &[String], token: &str| judge(txt, "c1", Keys::agent(token)).verdict;
         assert_eq!(verdict(&base(&good, "c1"), "tok"), Verdict::Verified);
         assert_eq!(verdict(&base(&good, "c1"), "other"), Verdict::Forged);
         assert_eq!(verdict(&base("00", "c1"), "tok"), Verdict::Forged);
@@ -185,6 +232,63 @@ mod tests {
         no_role.remove(2);
         assert_eq!(verdict(&no_role, "tok"), Verdict::Forged);
         assert_eq!(verdict(&[], "tok"), Verdict::ForeignCluster);
+    }
+
+    /// `mode: ha`: a valid agent proof is not enough, the server proof must check too.
+    #[test]
+    fn ha_needs_the_server_proof() {
+        let ca = proof::ca_hash(b"ca");
+        let txt = |extra: &[String]| {
+            let mut t = vec![
+                "txtvers=1".to_string(),
+                "cluster=c1".into(),
+                "role=server".into(),
+                format!("ca={ca}"),
+                format!("proof={}", proof::proof("tok", "c1", &ca)),
+            ];
+            t.extend_from_slice(extra);
+            t
+        };
+        let ha = Keys {
+            agent_token: "tok",
+            server_token: Some("stok"),
+        };
+        let good = format!("sproof={}", proof::server_proof("stok", "c1", &ca));
+        assert_eq!(
+            judge(&txt(std::slice::from_ref(&good)), "c1", ha).verdict,
+            Verdict::Verified
+        );
+        for bad in [
+            vec![],
+            vec![format!(
+                "sproof={}",
+                proof::server_proof("other", "c1", &ca)
+            )],
+            vec![format!("sproof={}", proof::proof("stok", "c1", &ca))],
+            vec!["sproof".to_string()],
+        ] {
+            let j = judge(&txt(&bad), "c1", ha);
+            assert_eq!(j.verdict, Verdict::Forged, "{bad:?}");
+            assert!(j.why.contains("agent token only"), "{}", j.why);
+        }
+        // Single-server: no server proof announced, none needed.
+        assert_eq!(
+            judge(&txt(&[]), "c1", Keys::agent("tok")).verdict,
+            Verdict::Verified
+        );
+        // The server proof never rescues a wrong agent proof.
+        assert_eq!(
+            judge(
+                &txt(&[good]),
+                "c1",
+                Keys {
+                    agent_token: "x",
+                    ..ha
+                }
+            )
+            .verdict,
+            Verdict::Forged
+        );
     }
 
     #[test]
@@ -216,13 +320,13 @@ mod tests {
             ),
             seed in proptest::prelude::any::<u64>(),
         ) {
-            let judged = judge(&strings, "c1", "tok");
+            let judged = judge(&strings, "c1", Keys::agent("tok"));
             let mut shuffled = strings.clone();
             let n = shuffled.len();
             for i in 0..n {
                 shuffled.swap(i, (seed as usize).wrapping_add(i * 7) % n);
             }
-            proptest::prop_assert_eq!(judge(&shuffled, "c1", "tok").verdict, judged.verdict);
+            proptest::prop_assert_eq!(judge(&shuffled, "c1", Keys::agent("tok")).verdict, judged.verdict);
         }
     }
 }

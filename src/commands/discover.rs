@@ -16,7 +16,7 @@ pub fn run(global: &Global, args: &DiscoverArgs) -> anyhow::Result<i32> {
     let recorded = cluster_ca::load(&plan)?;
     let mut servers = discover::browse(
         &plan.cluster,
-        &secrets.agent_token,
+        discover::Keys::of(&plan, &secrets),
         Browse {
             timeout,
             stop_after_verified: args.first.then_some(1),

@@ -61,7 +61,7 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
         let secrets = existing_secrets(plan)?;
         status::servers_by_mdns(
             &plan.cluster,
-            &secrets.agent_token,
+            crate::cluster::discover::Keys::of(plan, &secrets),
             &plan.server_names(),
             Duration::from_secs(4),
         )
