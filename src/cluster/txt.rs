@@ -73,11 +73,12 @@ impl Txt {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
-    /// Our cluster, and the proof checks with our agent token.
+    /// Our cluster, and the proof checks with our agent token (in `mode: ha`, and the
+    /// server proof with our server token).
     Verified,
     /// Another cluster's server (named by its `cluster=`), or no cluster at all.
     ForeignCluster,
-    /// Claims our cluster but the proof does not check.
+    /// Claims our cluster but a proof does not check.
     Forged,
     /// Not readable by the rule (a key we use twice, a value that is not UTF-8).
     Malformed,
