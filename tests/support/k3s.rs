@@ -154,6 +154,22 @@ pub struct Pki {
     pub client_key: PathBuf,
 }
 
+/// A P-256 key in `dir/name`, SEC1 PEM (like K3s's client-key-data).
+fn ec_key(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            name,
+        ],
+    );
+}
+
 fn openssl(dir: &Path, args: &[&str]) {
     super::require_tool("openssl");
     let out = Command::new("openssl")
@@ -172,18 +188,7 @@ pub fn pki(dir: &Path, cn: &str, sans: &[&str]) -> Pki {
     std::fs::create_dir_all(dir).unwrap();
     // SEC1 EC keys, like K3s's client-key-data.
     for key in ["ca.key", "server.key", "client.key"] {
-        openssl(
-            dir,
-            &[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                key,
-            ],
-        );
+        ec_key(dir, key);
     }
     openssl(
         dir,
@@ -263,18 +268,7 @@ impl Pki {
         )
         .unwrap();
         let (ca, ca_key) = (self.ca.display().to_string(), ca_key.display().to_string());
-        openssl(
-            dir,
-            &[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                "server.key",
-            ],
-        );
+        ec_key(dir, "server.key");
         openssl(
             dir,
             &[
